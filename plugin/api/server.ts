@@ -1,0 +1,81 @@
+// The management API: versioned REST on its own unix socket (mode 0600; root only). The CLI is
+// its only client today; everything it shows comes from here.
+
+import express, { type Request, type Response, type NextFunction } from 'express';
+import { asMembraneError } from '../errors.js';
+import type { CallStats } from '../docker/http.js';
+import type { Context, NetworkManager } from '../network/networks.js';
+import type { EndpointManager } from '../endpoints/endpoints.js';
+import { parsePrefix, prefixSize } from '../ipam/prefix.js';
+
+export interface StatusSource {
+  version: string;
+  startedAt: number;
+  stateFile: string;
+  pluginSocket: string;
+  stats: Map<string, CallStats>;
+  lastKernelSync?: unknown;
+  lastDockerReconcile?: unknown;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const index = Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1);
+  return Math.round(sorted[Math.max(0, index)]! * 1000) / 1000;
+}
+
+export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: EndpointManager, status: StatusSource): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/v1/status', (_req, res) => {
+    const calls: Record<string, unknown> = {};
+    for (const [method, s] of status.stats) {
+      const sorted = [...s.recent].sort((a, b) => a - b);
+      calls[method] = { count: s.count, errors: s.errors, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99) };
+    }
+    res.json({
+      version: status.version, pid: process.pid, uptimeSeconds: Math.round((Date.now() - status.startedAt) / 1000),
+      pluginSocket: status.pluginSocket, stateFile: status.stateFile, stateWrites: ctx.store.writes,
+      ulaPrefix: ctx.state.ulaPrefix, networks: networks.list().length, endpoints: endpoints.list().length,
+      pools: Object.keys(ctx.state.pools).length, dockerCalls: calls,
+      lastKernelSync: status.lastKernelSync ?? null, lastDockerReconcile: status.lastDockerReconcile ?? null,
+    });
+  });
+  app.get('/v1/networks', (_req, res) => {
+    res.json(networks.list().map((n) => ({
+      ...n, endpoints: endpoints.list().filter((e) => e.networkId === n.id).length,
+    })));
+  });
+  app.get('/v1/networks/:id', (req, res) => {
+    const match = networks.list().filter((n) => n.id.startsWith(String(req.params.id)));
+    if (match.length !== 1) {
+      res.status(404).json({ code: 'MEMBRANE_NOT_FOUND', message: `no single network matches "${req.params.id}"` });
+      return;
+    }
+    res.json(match[0]);
+  });
+  app.get('/v1/endpoints', (_req, res) => {
+    res.json(endpoints.list());
+  });
+  app.get('/v1/ipam', (_req, res) => {
+    res.json({
+      ulaPrefix: ctx.state.ulaPrefix,
+      pools: Object.values(ctx.state.pools).map((p) => {
+        const allocator = ctx.ipam.allocator(p.id);
+        return {
+          id: p.id, family: p.family, pool: p.pool, range: p.range ?? null, automatic: p.automatic,
+          networkId: p.networkId ?? null, size: prefixSize(parsePrefix(p.range ?? p.pool)).toString(),
+          allocated: allocator.allocatedCount(), addresses: Object.fromEntries(Object.entries(p.owners).map(([a, o]) => [a, o.kind])),
+        };
+      }),
+    });
+  });
+  app.use((req: Request, res: Response) => {
+    res.status(404).json({ code: 'MEMBRANE_NOT_FOUND', message: `no API route ${req.method} ${req.path}; see /v1/status, /v1/networks, /v1/endpoints, /v1/ipam` });
+  });
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    const error = asMembraneError(err);
+    res.status(error.status).json(error.toJSON());
+  });
+  return app;
+}

@@ -1,0 +1,107 @@
+// Daemon configuration: defaults, then /etc/membrane/config.json (or --config), then MEMBRANE_*
+// environment variables (what `docker plugin set` and systemd units can change).
+
+import fs from 'node:fs';
+import { InvalidArgumentError } from './errors.js';
+
+export interface MembraneConfig {
+  /** Where the state file lives. */
+  stateDir: string;
+  /** The Docker plugin socket; its base name is the driver name (`membrane`). */
+  pluginSocket: string;
+  /** The management API socket (mode 0600). */
+  apiSocket: string;
+  /** Ranges that IPv4 pools are carved from when `docker network create` gives no --subnet. */
+  defaultIPv4Ranges: string[];
+  /** Prefix length of those IPv4 pools. */
+  defaultIPv4PoolLength: number;
+  /** Node ULA /48 for IPv6 pools; generated once (RFC 4193) and persisted when empty. */
+  ulaPrefix: string;
+  /** MTU of container interfaces when the network gives no com.docker.network.driver.mtu. */
+  defaultMtu: number;
+  /** Routing-rule priority of the per-network isolation rules (must be below main's 32766). */
+  rulePriority: number;
+  /** First routing-table id used for per-network isolation tables. */
+  tableBase: number;
+  /** Install iptables FORWARD accepts and IPv4 masquerade (off only when the host manages its own firewall). */
+  manageNetfilter: boolean;
+  logLevel: string;
+}
+
+export const DEFAULT_CONFIG: MembraneConfig = {
+  stateDir: '/var/lib/membrane',
+  pluginSocket: '/run/docker/plugins/membrane.sock',
+  apiSocket: '/run/membrane/membrane.sock',
+  defaultIPv4Ranges: ['10.210.0.0/16'],
+  defaultIPv4PoolLength: 24,
+  ulaPrefix: '',
+  defaultMtu: 1500,
+  rulePriority: 9000,
+  tableBase: 0x4d420000,
+  manageNetfilter: true,
+  logLevel: 'info',
+};
+
+const ENV: Record<string, keyof MembraneConfig> = {
+  MEMBRANE_STATE_DIR: 'stateDir',
+  MEMBRANE_PLUGIN_SOCKET: 'pluginSocket',
+  MEMBRANE_API_SOCKET: 'apiSocket',
+  MEMBRANE_DEFAULT_IPV4_RANGES: 'defaultIPv4Ranges',
+  MEMBRANE_DEFAULT_IPV4_POOL_LENGTH: 'defaultIPv4PoolLength',
+  MEMBRANE_ULA_PREFIX: 'ulaPrefix',
+  MEMBRANE_DEFAULT_MTU: 'defaultMtu',
+  MEMBRANE_MANAGE_NETFILTER: 'manageNetfilter',
+  MEMBRANE_LOG_LEVEL: 'logLevel',
+};
+
+function coerce(key: keyof MembraneConfig, raw: unknown, where: string): unknown {
+  const expected = DEFAULT_CONFIG[key];
+  if (Array.isArray(expected)) {
+    if (typeof raw === 'string') return raw.split(',').map((s) => s.trim()).filter(Boolean);
+    if (Array.isArray(raw) && raw.every((s) => typeof s === 'string')) return raw;
+  } else if (typeof expected === 'number') {
+    const n = typeof raw === 'string' ? Number(raw) : raw;
+    if (typeof n === 'number' && Number.isInteger(n)) return n;
+  } else if (typeof expected === 'boolean') {
+    if (typeof raw === 'boolean') return raw;
+    if (raw === 'true' || raw === '1') return true;
+    if (raw === 'false' || raw === '0') return false;
+  } else if (typeof raw === 'string') {
+    return raw;
+  }
+  throw new InvalidArgumentError(`${where}: ${key} must be ${Array.isArray(expected) ? 'a list of strings' : typeof expected}, got ${JSON.stringify(raw)}`);
+}
+
+export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env): MembraneConfig {
+  const config: MembraneConfig = { ...DEFAULT_CONFIG };
+  const path = file ?? env.MEMBRANE_CONFIG ?? '/etc/membrane/config.json';
+  if (fs.existsSync(path)) {
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = JSON.parse(fs.readFileSync(path, 'utf8'));
+    } catch (err) {
+      throw new InvalidArgumentError(`config file ${path} is not valid JSON: ${(err as Error).message}`);
+    }
+    for (const [key, value] of Object.entries(parsed)) {
+      if (!(key in DEFAULT_CONFIG)) {
+        throw new InvalidArgumentError(`config file ${path}: unknown key "${key}"; known keys: ${Object.keys(DEFAULT_CONFIG).join(', ')}`);
+      }
+      (config as unknown as Record<string, unknown>)[key] = coerce(key as keyof MembraneConfig, value, path);
+    }
+  } else if (file) {
+    throw new InvalidArgumentError(`config file ${file} does not exist`);
+  }
+  for (const [name, key] of Object.entries(ENV)) {
+    const raw = env[name];
+    if (raw !== undefined && raw !== '') {
+      (config as unknown as Record<string, unknown>)[key] = coerce(key, raw, `environment ${name}`);
+    }
+  }
+  if (config.defaultIPv4PoolLength < 8 || config.defaultIPv4PoolLength > 30) {
+    throw new InvalidArgumentError(`defaultIPv4PoolLength must be between 8 and 30, got ${config.defaultIPv4PoolLength}`);
+  }
+  if (config.defaultMtu < 1280 || config.defaultMtu > 65535) {
+    throw new InvalidArgumentError(`defaultMtu must be between 1280 (IPv6 minimum) and 65535, got ${config.defaultMtu}`);
+  }
+  return config;
+}

@@ -1,0 +1,103 @@
+// Reconciliation with Docker, run in the background after start and never inside a plugin
+// request (dockerd holds locks while it waits for a plugin, and its API may not even be up when
+// the plugin starts). It releases what Docker no longer knows about: endpoints of containers
+// that are gone, networks removed while Membrane was down, pools and addresses whose request
+// Docker abandoned. Only records older than this daemon's start are considered, so a call that
+// is in flight right now can never be mistaken for a leftover.
+
+import Docker from 'dockerode';
+import type { Logger } from '../log.js';
+import type { Context, NetworkManager } from '../network/networks.js';
+import type { EndpointManager } from '../endpoints/endpoints.js';
+
+export interface DockerView {
+  /** Network id -> endpoint ids and addresses Docker has on it. */
+  networks: Map<string, { endpoints: Set<string>; addresses: Set<string> }>;
+}
+
+export async function readDockerView(docker: Docker, driverName: string): Promise<DockerView> {
+  const view: DockerView = { networks: new Map() };
+  const list = await docker.listNetworks({ filters: { driver: [driverName] } });
+  for (const summary of list) {
+    const detail = await docker.getNetwork(summary.Id).inspect();
+    const endpoints = new Set<string>();
+    const addresses = new Set<string>();
+    for (const container of Object.values((detail.Containers ?? {}) as Record<string, { EndpointID?: string; IPv4Address?: string; IPv6Address?: string }>)) {
+      if (container.EndpointID) endpoints.add(container.EndpointID);
+      for (const a of [container.IPv4Address, container.IPv6Address]) if (a) addresses.add(a.split('/')[0]!.toLowerCase());
+    }
+    for (const config of (detail.IPAM?.Config ?? []) as { Gateway?: string; AuxiliaryAddresses?: Record<string, string> }[]) {
+      if (config.Gateway) addresses.add(config.Gateway.split('/')[0]!.toLowerCase());
+      for (const a of Object.values(config.AuxiliaryAddresses ?? {})) addresses.add(a.split('/')[0]!.toLowerCase());
+    }
+    view.networks.set(summary.Id, { endpoints, addresses });
+  }
+  return view;
+}
+
+export interface ReconcileReport {
+  endpointsReleased: string[];
+  networksReleased: string[];
+  poolsReleased: string[];
+  addressesReleased: string[];
+}
+
+/** Pure decision plus application: what Docker does not know and is older than `since` goes. */
+export async function reconcileWithDockerView(view: DockerView, since: number, ctx: Context,
+  networks: NetworkManager, endpoints: EndpointManager): Promise<ReconcileReport> {
+  const report: ReconcileReport = { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] };
+  for (const endpoint of endpoints.list()) {
+    if (endpoint.createdAt >= since) continue;
+    if (view.networks.get(endpoint.networkId)?.endpoints.has(endpoint.id)) continue;
+    endpoints.releaseVanished(endpoint);
+    report.endpointsReleased.push(endpoint.id);
+  }
+  for (const network of networks.list()) {
+    if (network.createdAt >= since || view.networks.has(network.id)) continue;
+    await networks.delete(network.id, (id) => endpoints.deleteNow(id));
+    report.networksReleased.push(network.id);
+  }
+  for (const pool of Object.values(ctx.state.pools)) {
+    if (pool.createdAt >= since) continue;
+    const network = pool.networkId ? view.networks.get(pool.networkId) : undefined;
+    if (!network) {
+      ctx.ipam.releasePool(pool.id);
+      report.poolsReleased.push(pool.id);
+      continue;
+    }
+    const held = new Set(endpoints.list().flatMap((e) => [e.ipv4, e.ipv6]).filter(Boolean));
+    for (const [address, owner] of Object.entries(pool.owners)) {
+      if (owner.since >= since || held.has(address) || network.addresses.has(address)) continue;
+      ctx.ipam.releaseAddress(pool.id, address);
+      report.addressesReleased.push(address);
+    }
+  }
+  await ctx.store.commit();
+  return report;
+}
+
+/** Waits for dockerd (it may start after us), then reconciles once. Stops when `signal` aborts. */
+export async function reconcileWithDocker(docker: Docker, driverName: string, since: number, ctx: Context,
+  networks: NetworkManager, endpoints: EndpointManager, log: Logger, signal: AbortSignal): Promise<ReconcileReport | undefined> {
+  let delay = 500;
+  while (!signal.aborted) {
+    try {
+      await docker.ping();
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10_000);
+    }
+  }
+  if (signal.aborted) return undefined;
+  try {
+    const view = await readDockerView(docker, driverName);
+    if (signal.aborted) return undefined;
+    const report = await reconcileWithDockerView(view, since, ctx, networks, endpoints);
+    log.info('reconciled with docker', report);
+    return report;
+  } catch (err) {
+    log.warn('reconciliation with docker failed; will not retry until the next start', { error: (err as Error).message });
+    return undefined;
+  }
+}

@@ -1,0 +1,207 @@
+// Endpoint lifecycle: CreateEndpoint plans and plumbs a veth pair, Join hands it to Docker,
+// Leave marks it, DeleteEndpoint removes it. The endpoint is persisted before the kernel is
+// touched, so a crash at any point leaves either nothing, or a record whose veth the start-up
+// reconciliation creates or removes.
+
+import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import type { Context, NetworkManager } from '../network/networks.js';
+import type { EndpointRecord, NetworkRecord, PoolRecord } from '../state/model.js';
+import { containerIfName, endpointMac, hostIfName, inPool, poolEntryFor } from '../network/plan.js';
+import { parseAddress, formatAddress } from '../ipam/prefix.js';
+
+export interface CreateEndpointRequest {
+  networkId: string;
+  endpointId: string;
+  address: string;
+  addressIPv6: string;
+  macAddress: string;
+}
+
+export interface StaticRoute {
+  Destination: string;
+  RouteType: 0 | 1;
+  NextHop?: string;
+}
+
+export interface JoinResult {
+  InterfaceName: { SrcName: string; DstPrefix: string };
+  Gateway?: string;
+  GatewayIPv6?: string;
+  StaticRoutes: StaticRoute[];
+  DisableGatewayService: boolean;
+}
+
+const ENDPOINT_ID = /^[0-9a-f]{12,64}$/;
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+
+function plainAddress(cidr: string, family: 4 | 6, field: string): string | undefined {
+  if (!cidr) return undefined;
+  const [address] = cidr.split('/');
+  let parsed;
+  try {
+    parsed = parseAddress(address!);
+  } catch {
+    throw new InvalidArgumentError(`${field} "${cidr}" is not an IP address`);
+  }
+  if (parsed.family !== family) throw new InvalidArgumentError(`${field} "${cidr}" is not an IPv${family} address`);
+  return formatAddress(parsed.family, parsed.value);
+}
+
+export class EndpointManager {
+  constructor(private readonly ctx: Context, private readonly networks: NetworkManager) {}
+
+  list(): EndpointRecord[] {
+    return Object.values(this.ctx.state.endpoints);
+  }
+
+  get(endpointId: string): EndpointRecord {
+    const endpoint = this.ctx.state.endpoints[endpointId];
+    if (!endpoint) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} is unknown to Membrane`);
+    return endpoint;
+  }
+
+  /** Returns the MAC to report to Docker, or undefined when Docker chose it. */
+  async create(request: CreateEndpointRequest): Promise<{ macAddress?: string }> {
+    const { ctx } = this;
+    if (!ENDPOINT_ID.test(request.endpointId)) {
+      throw new InvalidArgumentError(`EndpointID "${request.endpointId}" is not a hex id`);
+    }
+    const network = this.networks.get(request.networkId);
+    const existing = ctx.state.endpoints[request.endpointId];
+    if (existing) {
+      // Docker retried a call we may have answered already: make sure the kernel side exists.
+      ctx.dataplane.createEndpoint(existing, network);
+      return { macAddress: existing.macGenerated ? existing.mac : undefined };
+    }
+    const ipv4 = plainAddress(request.address, 4, 'Interface.Address');
+    const ipv6 = plainAddress(request.addressIPv6, 6, 'Interface.AddressIPv6');
+    if (!ipv4 && !ipv6) {
+      throw new InvalidArgumentError('CreateEndpoint carried no address; Membrane networks need `--ipam-driver membrane`');
+    }
+    for (const [family, address] of [[4, ipv4], [6, ipv6]] as const) {
+      if (address && !poolEntryFor(network, family, address)) {
+        throw new InvalidArgumentError(`address ${address} is outside network ${network.id.slice(0, 12)}'s subnets`);
+      }
+    }
+    let mac = request.macAddress.toLowerCase();
+    if (mac && !MAC.test(mac)) throw new InvalidArgumentError(`Interface.MacAddress "${request.macAddress}" is not a MAC address`);
+    const macGenerated = !mac;
+    if (!mac) mac = endpointMac(request.endpointId);
+    const endpoint: EndpointRecord = {
+      id: request.endpointId, networkId: network.id, hostIfName: hostIfName(request.endpointId),
+      containerIfName: containerIfName(request.endpointId), mac, macGenerated, ipv4, ipv6, mtu: network.mtu,
+      joined: false, createdAt: Date.now(),
+    };
+    ctx.state.endpoints[endpoint.id] = endpoint;
+    await ctx.store.commit();
+    try {
+      ctx.dataplane.createEndpoint(endpoint, network);
+    } catch (err) {
+      // Nothing was acknowledged: undo so that Docker's rollback or retry starts clean.
+      try {
+        ctx.dataplane.deleteEndpoint(endpoint);
+      } catch (cleanupError) {
+        ctx.log.warn('cleanup after failed CreateEndpoint failed', { endpoint: endpoint.id, error: String(cleanupError) });
+      }
+      delete ctx.state.endpoints[endpoint.id];
+      await ctx.store.commit();
+      throw err;
+    }
+    ctx.log.info('endpoint created', { endpoint: endpoint.id, network: network.id, ipv4, ipv6, hostIf: endpoint.hostIfName });
+    return { macAddress: macGenerated ? mac : undefined };
+  }
+
+  async join(networkId: string, endpointId: string, sandboxKey: string): Promise<JoinResult> {
+    const { ctx } = this;
+    const network = this.networks.get(networkId);
+    const endpoint = this.get(endpointId);
+    if (!ctx.dataplane.linkExists(endpoint.hostIfName)) {
+      ctx.dataplane.createEndpoint(endpoint, network);
+    }
+    if (!endpoint.joined || endpoint.sandboxKey !== sandboxKey) {
+      endpoint.joined = true;
+      endpoint.sandboxKey = sandboxKey || undefined;
+      await ctx.store.commit();
+    }
+    return joinResult(network, endpoint);
+  }
+
+  async leave(networkId: string, endpointId: string): Promise<void> {
+    const endpoint = this.ctx.state.endpoints[endpointId];
+    if (!endpoint || endpoint.networkId !== networkId || !endpoint.joined) return;
+    endpoint.joined = false;
+    endpoint.sandboxKey = undefined;
+    await this.ctx.store.commit();
+  }
+
+  /** Idempotent: deleting an unknown endpoint succeeds. */
+  async delete(endpointId: string): Promise<void> {
+    if (!this.ctx.state.endpoints[endpointId]) return;
+    this.deleteNow(endpointId);
+    await this.ctx.store.commit();
+  }
+
+  /** Removes the endpoint's kernel side and record; the caller commits. */
+  deleteNow(endpointId: string): void {
+    const endpoint = this.ctx.state.endpoints[endpointId];
+    if (!endpoint) return;
+    this.ctx.dataplane.deleteEndpoint(endpoint);
+    delete this.ctx.state.endpoints[endpointId];
+    this.ctx.log.info('endpoint deleted', { endpoint: endpointId, network: endpoint.networkId });
+  }
+
+  /**
+   * Frees an endpoint that died without Docker telling us: it had joined a container and its
+   * veth is gone (the container's namespace was destroyed while dockerd or Membrane was down).
+   * Its addresses go back to their pools. Used at start and when Docker asks for an address
+   * such an endpoint still holds (a container with a static --ip restarted after a crash).
+   */
+  releaseVanished(endpoint: EndpointRecord): void {
+    const { ctx } = this;
+    for (const address of [endpoint.ipv4, endpoint.ipv6]) {
+      if (!address) continue;
+      const pool = ctx.ipam.poolContaining(address);
+      if (pool && pool.owners[address]?.kind === 'endpoint') ctx.ipam.releaseAddress(pool.id, address);
+    }
+    this.deleteNow(endpoint.id);
+    ctx.log.warn('released endpoint whose container vanished', { endpoint: endpoint.id, ipv4: endpoint.ipv4, ipv6: endpoint.ipv6 });
+  }
+
+  /** IPAM reclaim hook: true when `address` belonged to a vanished endpoint and is now free. */
+  reclaim(pool: PoolRecord, address: string): boolean {
+    if (pool.owners[address]?.kind !== 'endpoint') return false;
+    const owner = this.list().find((e) => e.ipv4 === address || e.ipv6 === address);
+    if (!owner || !owner.joined || this.ctx.dataplane.linkExists(owner.hostIfName)) return false;
+    this.releaseVanished(owner);
+    return !pool.owners[address];
+  }
+}
+
+/**
+ * Join's answer. Container addresses are /32 and /128, so the gateway is made on-link with a
+ * connected route, and the network's pool is routed through it explicitly: a container on
+ * several Membrane networks then reaches each network through that network's interface, not
+ * through whichever interface holds the default route.
+ */
+export function joinResult(network: NetworkRecord, endpoint: EndpointRecord): JoinResult {
+  const result: JoinResult = {
+    InterfaceName: { SrcName: endpoint.containerIfName, DstPrefix: 'eth' },
+    StaticRoutes: [],
+    // Membrane routes egress itself (or, for --internal, forbids it): never Docker's gwbridge.
+    DisableGatewayService: true,
+  };
+  for (const [family, address] of [[4, endpoint.ipv4], [6, endpoint.ipv6]] as const) {
+    if (!address) continue;
+    const entry = poolEntryFor(network, family, address);
+    if (!entry?.gateway) continue;
+    const hostBits = family === 4 ? 32 : 128;
+    result.StaticRoutes.push({ Destination: `${entry.gateway}/${hostBits}`, RouteType: 1 });
+    if (!inPool(entry.pool, entry.gateway) || entry.pool.endsWith(`/${hostBits}`)) continue;
+    result.StaticRoutes.push({ Destination: entry.pool, RouteType: 0, NextHop: entry.gateway });
+    if (!network.internal) {
+      if (family === 4) result.Gateway = entry.gateway;
+      else result.GatewayIPv6 = entry.gateway;
+    }
+  }
+  return result;
+}

@@ -1,0 +1,183 @@
+// The contract of the native addon (native/): a thin, syscall-shaped layer over rtnetlink.
+// Everything here is synchronous: each call is one netlink request and its acknowledgement,
+// well under a millisecond, and running them on the event loop keeps every state change of a
+// Docker request atomic with respect to other requests.
+//
+// Errors thrown by the addon are plain Error objects carrying:
+//   errno: number      positive errno from the kernel (e.g. 17)
+//   code:  string      its symbolic name (e.g. 'EEXIST')
+//   op:    string      the operation (e.g. 'RTM_NEWLINK veth mbr0123456789a')
+//   message            '<op>: <strerror>[; kernel: <extended ack message>]'
+// Validation and defaults live in TypeScript (plugin/kernel/links.ts, routes.ts); the addon only
+// checks argument types.
+
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import fs from 'node:fs';
+
+export type Family = 4 | 6;
+
+export interface LinkInfo {
+  index: number;
+  name: string;
+  mtu: number;
+  /** Lower-case colon hex, '' when the link has no hardware address. */
+  mac: string;
+  /** IFF_UP is set. */
+  up: boolean;
+  /** IFLA_INFO_KIND ('veth', 'bridge', ...) or '' for links without one (lo, physical). */
+  kind: string;
+  /** IFLA_IFALIAS or ''. Membrane marks the links it owns with 'membrane:<endpoint id>'. */
+  alias: string;
+  /** IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace); 0 if absent. */
+  linkIndex: number;
+}
+
+export interface VethOptions {
+  mtu?: number;
+  /** MAC of the host-side end, colon hex. Kernel picks a random one when absent. */
+  mac?: string;
+  /** MAC of the peer (container-side) end. */
+  peerMac?: string;
+  /** IFLA_IFALIAS of the host-side end. */
+  alias?: string;
+}
+
+export interface AddrInfo {
+  index: number;
+  family: Family;
+  address: string;
+  prefixLen: number;
+  /** IFA_FLAGS (IFA_F_NODAD = 0x02, IFA_F_NOPREFIXROUTE = 0x200, ...). */
+  flags: number;
+}
+
+export interface AddrOptions {
+  /** IFA_F_NODAD: skip IPv6 duplicate address detection. */
+  nodad?: boolean;
+  /** IFA_F_NOPREFIXROUTE: do not add the connected prefix route. */
+  noprefixroute?: boolean;
+}
+
+export type RouteType = 'unicast' | 'local' | 'blackhole' | 'unreachable' | 'prohibit' | 'throw';
+export type RouteScope = 'universe' | 'link' | 'host';
+
+export interface RouteSpec {
+  family: Family;
+  /** Destination network address; '0.0.0.0' or '::' with dstLen 0 for a default route. */
+  dst: string;
+  dstLen: number;
+  /** Routing table id; 254 (main) when absent. Ids above 255 use RTA_TABLE. */
+  table?: number;
+  type?: RouteType;
+  /** Output interface index (RTA_OIF). */
+  oif?: number;
+  /** Next hop (RTA_GATEWAY). */
+  gateway?: string;
+  /** Preferred source (RTA_PREFSRC). */
+  prefsrc?: string;
+  scope?: RouteScope;
+  /** rtm_protocol; Membrane tags its routes with its own protocol number (see routes.ts). */
+  protocol?: number;
+  /** RTA_PRIORITY (metric). */
+  priority?: number;
+}
+
+export interface RouteInfo {
+  family: Family;
+  dst: string;
+  dstLen: number;
+  table: number;
+  type: RouteType | string;
+  oif: number;
+  gateway: string;
+  prefsrc: string;
+  scope: RouteScope | string;
+  protocol: number;
+  priority: number;
+}
+
+export interface RuleSpec {
+  family: Family;
+  /** FRA_PRIORITY. */
+  priority: number;
+  /** Source selector (FRA_SRC); omit for 'from all'. */
+  src?: string;
+  srcLen?: number;
+  /** Destination selector (FRA_DST). */
+  dst?: string;
+  dstLen?: number;
+  /** FRA_TABLE for action 'lookup'. */
+  table?: number;
+  /** FR_ACT_TO_TBL ('lookup'), FR_ACT_BLACKHOLE, FR_ACT_UNREACHABLE, FR_ACT_PROHIBIT. Default 'lookup'. */
+  action?: 'lookup' | 'blackhole' | 'unreachable' | 'prohibit';
+  /** FRA_PROTOCOL (kernel >= 4.17); used to find our own rules again. */
+  protocol?: number;
+}
+
+export interface RuleInfo {
+  family: Family;
+  priority: number;
+  src: string;
+  srcLen: number;
+  dst: string;
+  dstLen: number;
+  table: number;
+  action: string;
+  protocol: number;
+}
+
+export interface NativeAddon {
+  /** Creates a veth pair in the current network namespace and returns the ifindex of `name`. */
+  linkCreateVeth(name: string, peerName: string, options: VethOptions): number;
+  /** Deletes a link by ifindex (deleting one end of a veth deletes both). */
+  linkDelete(index: number): void;
+  linkGetByName(name: string): LinkInfo | null;
+  linkGetByIndex(index: number): LinkInfo | null;
+  linkList(): LinkInfo[];
+  linkSetUp(index: number, up: boolean): void;
+  linkSetAlias(index: number, alias: string): void;
+
+  addrAdd(index: number, family: Family, address: string, prefixLen: number, options: AddrOptions): void;
+  addrDel(index: number, family: Family, address: string, prefixLen: number): void;
+  /** All addresses of `family`, optionally filtered to one ifindex (0 = all). */
+  addrList(family: Family, index: number): AddrInfo[];
+
+  /** RTM_NEWROUTE with NLM_F_CREATE|NLM_F_EXCL, or NLM_F_REPLACE when replace is true. */
+  routeAdd(route: RouteSpec, replace: boolean): void;
+  routeDel(route: RouteSpec): void;
+  /** Dumps routes of one family; table 0 = every table. */
+  routeList(family: Family, table: number): RouteInfo[];
+
+  ruleAdd(rule: RuleSpec): void;
+  ruleDel(rule: RuleSpec): void;
+  ruleList(family: Family): RuleInfo[];
+}
+
+/** Where the compiled addon lives; MEMBRANE_NATIVE overrides (tests, packaging). */
+function addonCandidates(): string[] {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // here = <root>/dist/plugin/kernel at run time.
+  const root = path.resolve(here, '..', '..', '..');
+  const fromEnv = process.env.MEMBRANE_NATIVE ? [process.env.MEMBRANE_NATIVE] : [];
+  return [...fromEnv, path.join(root, 'native', 'build', 'Release', 'membrane_native.node')];
+}
+
+let loaded: NativeAddon | undefined;
+
+/** Loads the addon once. Throws an error naming every path it tried and how to build it. */
+export function native(): NativeAddon {
+  if (loaded) return loaded;
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const candidate of addonCandidates()) {
+    tried.push(candidate);
+    if (fs.existsSync(candidate)) {
+      loaded = require(candidate) as NativeAddon;
+      return loaded;
+    }
+  }
+  throw new Error(`membrane native addon not found (looked in: ${tried.join(', ')}); ` +
+    'build it with `npm run build:native` (needs libmnl-dev, g++, python3)');
+}

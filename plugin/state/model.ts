@@ -1,0 +1,84 @@
+// The persisted state: what Membrane promised Docker. Everything else (kernel links, routes,
+// rules, netfilter) is derived from this and repaired to match it at start.
+
+import type { AllocatorState } from '../ipam/allocator.js';
+
+export const STATE_VERSION = 1;
+
+export type AddressOwner = 'gateway' | 'aux' | 'endpoint';
+
+export interface PoolRecord {
+  /** Opaque to Docker; we use the CIDR (plus the range) because live pools never overlap. */
+  id: string;
+  family: 4 | 6;
+  /** Canonical CIDR. */
+  pool: string;
+  /** The --ip-range sub-pool, if any. */
+  range?: string;
+  /** True when Membrane chose the subnet (no --subnet). */
+  automatic: boolean;
+  /** Docker's --ipam-opt map, remembered per pool (Docker never resends it). */
+  options: Record<string, string>;
+  allocator: AllocatorState;
+  /** Why each address is taken and since when (ms since epoch). */
+  owners: Record<string, { kind: AddressOwner; since: number }>;
+  /** Set once CreateNetwork names this pool. */
+  networkId?: string;
+  createdAt: number;
+}
+
+export interface NetworkFamilyRecord {
+  pool: string;
+  poolId?: string;
+  /** Gateway address without prefix length, if Docker allocated one. */
+  gateway?: string;
+  aux: Record<string, string>;
+}
+
+export interface NetworkRecord {
+  id: string;
+  ipv4: NetworkFamilyRecord[];
+  ipv6: NetworkFamilyRecord[];
+  internal: boolean;
+  mtu: number;
+  /** Routing table holding this network's isolation routes. */
+  table: number;
+  /** The -o options Docker passed (com.docker.network.generic). */
+  options: Record<string, string>;
+  createdAt: number;
+}
+
+export interface EndpointRecord {
+  id: string;
+  networkId: string;
+  /** Host-side veth name: 'mbr' + the first 12 hex digits of the endpoint id. */
+  hostIfName: string;
+  /** Container-side veth name until Docker moves and renames it: 'mbc' + 12 hex digits. */
+  containerIfName: string;
+  mac: string;
+  /** True when Membrane chose the MAC (Docker sent none) and must report it back. */
+  macGenerated: boolean;
+  ipv4?: string;
+  ipv6?: string;
+  mtu: number;
+  joined: boolean;
+  sandboxKey?: string;
+  createdAt: number;
+}
+
+export interface MembraneState {
+  version: number;
+  /** The node's ULA /48 for automatic IPv6 pools. */
+  ulaPrefix: string;
+  /** Next /64 index inside the ULA to try for an automatic pool; only grows. */
+  nextIPv6Subnet: number;
+  /** Next IPv4 pool index to try inside the default ranges; wraps. */
+  nextIPv4Subnet: number;
+  pools: Record<string, PoolRecord>;
+  networks: Record<string, NetworkRecord>;
+  endpoints: Record<string, EndpointRecord>;
+}
+
+export function emptyState(ulaPrefix: string): MembraneState {
+  return { version: STATE_VERSION, ulaPrefix, nextIPv6Subnet: 1, nextIPv4Subnet: 0, pools: {}, networks: {}, endpoints: {} };
+}
