@@ -48,13 +48,17 @@ export function planNetfilter(networks: NetworkRecord[]): NetfilterPlan {
 
 function run(command: string, args: string[], input?: string): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn(command, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'] });
     let stderr = '';
-    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    child.stderr?.on('data', (chunk) => { stderr += chunk; });
     child.on('error', (err) => reject(new NetfilterError(`cannot run ${command}: ${err.message}; ` +
       'install iptables (Debian: apt-get install iptables) or set manageNetfilter to false', { cause: err })));
     child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
-    child.stdin.end(input ?? '');
+    if (child.stdin) {
+      // The tool may exit before reading everything (its error then shows in stderr and the code).
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(input);
+    }
   });
 }
 

@@ -1,0 +1,175 @@
+// Containers on Membrane networks, through a real dockerd: addressing, reachability both
+// families by IP and by name, host reachability, isolation, --internal, static addressing
+// options, multi-network containers, and clean removal.
+
+import test from 'ava';
+import {
+  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
+  execMayFail, kernelLeftovers, run, runContainer, uniqueName,
+} from './harness.js';
+
+const membrane = new MembraneProcess();
+
+test.before(async () => {
+  await cleanupDocker();
+  await membrane.start();
+});
+
+test.after.always(async () => {
+  await cleanupDocker();
+  await membrane.stop();
+});
+
+async function ping(container: string, family: 4 | 6, target: string): Promise<void> {
+  await eventually(() => exec(container, 'ping', `-${family}`, '-c', '1', '-W', '2', target), 15_000);
+}
+
+async function fetchPage(container: string, target: string): Promise<string> {
+  const url = target.includes(':') && !target.startsWith('[') ? `http://[${target}]:8080/` : `http://${target}:8080/`;
+  return eventually(() => exec(container, 'timeout', '5', 'wget', '-q', '-O', '-', url), 15_000);
+}
+
+test('dual-stack network: containers reach each other over IPv4 and IPv6, by IP and by name', async (t) => {
+  const net = uniqueName('mbt-dual');
+  await createNetwork(net, '--ipv6');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net);
+  const addrB = await addressesOf(b, net);
+  t.truthy(addrB.ipv4, 'IPv4 address assigned');
+  t.truthy(addrB.ipv6, 'IPv6 address assigned');
+  t.regex(addrB.ipv6!, /^fd[0-9a-f]{2}:/, 'IPv6 comes from the node ULA');
+
+  await ping(a, 4, addrB.ipv4!);
+  await ping(a, 6, addrB.ipv6!);
+  t.is((await fetchPage(a, addrB.ipv4!)).trim(), 'membrane test page');
+  t.is((await fetchPage(a, addrB.ipv6!)).trim(), 'membrane test page');
+  // By name through Docker's embedded DNS: both record types.
+  const lookup = await eventually(() => exec(a, 'nslookup', b), 10_000);
+  t.true(lookup.includes(addrB.ipv4!), `A record in: ${lookup}`);
+  t.true(lookup.includes(addrB.ipv6!), `AAAA record in: ${lookup}`);
+  await ping(a, 4, b);
+  await ping(a, 6, b);
+  t.is((await fetchPage(a, b)).trim(), 'membrane test page');
+
+  // The container sees a host route model: /32 and /128, default via the network gateway.
+  const routes = await exec(a, 'ip', 'route');
+  t.regex(routes, /^default via \S+ dev eth0/m);
+  const addrs = await exec(a, 'ip', '-o', 'addr', 'show', 'dev', 'eth0');
+  t.regex(addrs, /inet \S+\/32/);
+  t.regex(addrs, /inet6 fd\S+\/128/);
+
+  // The host reaches containers.
+  await eventually(() => run('busybox', ['ping', '-4', '-c', '1', '-W', '2', addrB.ipv4!]), 10_000);
+  await eventually(() => run('busybox', ['ping', '-6', '-c', '1', '-W', '2', addrB.ipv6!]), 10_000);
+});
+
+test('two Membrane networks are isolated from each other', async (t) => {
+  const net1 = uniqueName('mbt-iso1');
+  const net2 = uniqueName('mbt-iso2');
+  await createNetwork(net1, '--ipv6');
+  await createNetwork(net2, '--ipv6');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  const c = uniqueName('mbt-c');
+  await runContainer(a, net1);
+  await runContainer(b, net2);
+  await runContainer(c, net1);
+  const addrB = await addressesOf(b, net2);
+  const addrC = await addressesOf(c, net1);
+  await ping(a, 4, addrC.ipv4!); // same network works: the check below is not a broken setup
+  await ping(a, 6, addrC.ipv6!);
+  t.not((await execMayFail(a, 'ping', '-4', '-c', '1', '-W', '2', addrB.ipv4!)).code, 0, 'IPv4 across networks blocked');
+  t.not((await execMayFail(a, 'ping', '-6', '-c', '1', '-W', '2', addrB.ipv6!)).code, 0, 'IPv6 across networks blocked');
+  t.not((await execMayFail(a, 'timeout', '3', 'wget', '-q', '-O', '-', `http://${addrB.ipv4}:8080/`)).code, 0, 'TCP across networks blocked');
+});
+
+test('--internal network: containers talk to each other but have no way out', async (t) => {
+  const net = uniqueName('mbt-int');
+  await createNetwork(net, '--ipv6', '--internal');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net);
+  const addrB = await addressesOf(b, net);
+  await ping(a, 4, addrB.ipv4!);
+  await ping(a, 6, addrB.ipv6!);
+  const routes = await exec(a, 'ip', 'route');
+  t.notRegex(routes, /^default/m, 'no default route inside an internal network');
+  // The host refuses to forward anything else out of the network (checked against a real
+  // outside host in egress.test.ts).
+  const ext = await execMayFail(a, 'ping', '-4', '-c', '1', '-W', '2', '192.0.2.1');
+  t.not(ext.code, 0, 'outside address unreachable');
+});
+
+test('static addressing: --subnet, --ip-range, --gateway, --aux-address, --ip, --ip6', async (t) => {
+  const net = uniqueName('mbt-static');
+  await createNetwork(net, '--ipv6', '--subnet', '10.231.7.0/24', '--ip-range', '10.231.7.128/25', '--gateway', '10.231.7.1',
+    '--aux-address', 'router=10.231.7.200', '--subnet', 'fd00:db8:77::/64', '--gateway', 'fd00:db8:77::1');
+  const inspect = JSON.parse(await docker('network', 'inspect', net))[0];
+  const v4 = inspect.IPAM.Config.find((c: { Subnet: string }) => c.Subnet === '10.231.7.0/24');
+  t.is(v4.Gateway, '10.231.7.1');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net, '--ip', '10.231.7.50', '--ip6', 'fd00:db8:77::50');
+  const addrA = await addressesOf(a, net);
+  const addrB = await addressesOf(b, net);
+  const lastOctet = Number(addrA.ipv4!.split('.')[3]);
+  t.true(lastOctet >= 128 && lastOctet !== 200, `dynamic address ${addrA.ipv4} inside --ip-range, not the aux address`);
+  t.is(addrB.ipv4, '10.231.7.50');
+  t.is(addrB.ipv6, 'fd00:db8:77::50');
+  await ping(a, 4, '10.231.7.50');
+  await ping(a, 6, 'fd00:db8:77::50');
+  // The aux address is reserved: asking for it fails with a clear message.
+  const clash = await dockerMayFail('run', '--rm', '--label', 'membrane.test=1', '--network', net, '--ip', '10.231.7.200', 'membrane-test:latest', 'true');
+  t.not(clash.code, 0);
+  t.regex(clash.stderr, /already allocated/);
+  // Overlapping subnets are refused with the owner named.
+  const overlap = await dockerMayFail('network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--label', 'membrane.test=1',
+    '--subnet', '10.231.0.0/16', uniqueName('mbt-overlap'));
+  t.not(overlap.code, 0);
+  t.regex(overlap.stderr, /overlaps 10\.231\.7\.0\/24/);
+});
+
+test('one container on two Membrane networks reaches both', async (t) => {
+  const net1 = uniqueName('mbt-m1');
+  const net2 = uniqueName('mbt-m2');
+  await createNetwork(net1, '--ipv6');
+  await createNetwork(net2, '--ipv6');
+  const multi = uniqueName('mbt-multi');
+  const p1 = uniqueName('mbt-p1');
+  const p2 = uniqueName('mbt-p2');
+  await runContainer(p1, net1);
+  await runContainer(p2, net2);
+  await runContainer(multi, net1);
+  await docker('network', 'connect', net2, multi);
+  const a1 = await addressesOf(p1, net1);
+  const a2 = await addressesOf(p2, net2);
+  for (const [family, target] of [[4, a1.ipv4], [6, a1.ipv6], [4, a2.ipv4], [6, a2.ipv6]] as const) {
+    await ping(multi, family, target!);
+  }
+  t.is((await fetchPage(multi, a2.ipv4!)).trim(), 'membrane test page');
+  t.is((await fetchPage(multi, p2)).trim(), 'membrane test page');
+  await docker('network', 'disconnect', net2, multi);
+  await ping(multi, 4, a1.ipv4!);
+  t.pass();
+});
+
+test('docker network rm leaves no veth, route, rule or state behind', async (t) => {
+  await cleanupDocker();
+  const net = uniqueName('mbt-rm');
+  await createNetwork(net, '--ipv6');
+  const a = uniqueName('mbt-a');
+  await runContainer(a, net);
+  const during = await kernelLeftovers();
+  t.true(during.links.length >= 1 && during.routes.length >= 1 && during.rules.length >= 1, 'plumbing exists while the network is in use');
+  await docker('rm', '-f', a);
+  await docker('network', 'rm', net);
+  t.deepEqual(await kernelLeftovers(), { links: [], routes: [], rules: [] });
+  t.deepEqual(await apiGet('/v1/endpoints'), []);
+  t.deepEqual(await apiGet('/v1/networks'), []);
+  const ipam = await apiGet<{ pools: unknown[] }>('/v1/ipam');
+  t.deepEqual(ipam.pools, []);
+});

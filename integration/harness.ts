@@ -1,0 +1,214 @@
+// Fixtures for integration tests: a real Membrane daemon process, the real docker CLI, and
+// teardown that removes every container, network and namespace a test made, even on failure.
+
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import http from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, '..', '..');
+export const CLI = path.join(ROOT, 'dist', 'plugin', 'cli', 'main.js');
+export const IMAGE = process.env.MEMBRANE_TEST_IMAGE ?? 'membrane-test:latest';
+/** Every container and network a test creates carries this label, so cleanup finds them all. */
+export const TEST_LABEL = 'membrane.test=1';
+export const API_SOCKET = '/run/membrane/membrane.sock';
+
+export async function run(cmd: string, args: string[], options: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await execFileAsync(cmd, args, { timeout: options.timeoutMs ?? 120_000, maxBuffer: 16 << 20 });
+    return { stdout, stderr, code: 0 };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; code?: number | string };
+    if (options.allowFail) return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+    throw new Error(`${cmd} ${args.join(' ')} failed (${e.code}): ${(e.stderr ?? '').trim() || (e.stdout ?? '').trim()}`);
+  }
+}
+
+export async function docker(...args: string[]): Promise<string> {
+  return (await run('docker', args)).stdout.trim();
+}
+
+export async function dockerMayFail(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  return run('docker', args, { allowFail: true });
+}
+
+/** Runs a command in a container; returns stdout, throws with stderr on failure. */
+export async function exec(container: string, ...command: string[]): Promise<string> {
+  return docker('exec', container, ...command);
+}
+
+export async function execMayFail(container: string, ...command: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  return run('docker', ['exec', container, ...command], { allowFail: true, timeoutMs: 30_000 });
+}
+
+export function apiGet<T = unknown>(urlPath: string, socket = API_SOCKET): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: socket, path: urlPath }, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(body) as T);
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** POSTs a raw plugin call to Docker's plugin socket, as dockerd does. */
+export function pluginCall(method: string, body: string | undefined, socket = '/run/docker/plugins/membrane.sock'): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: socket, path: `/${method}`, method: 'POST', headers: { Accept: 'application/vnd.docker.plugins.v1.2+json' } }, (res) => {
+      let text = '';
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => {
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
+        } catch {
+          resolve({ status: res.statusCode ?? 0, body: text });
+        }
+      });
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+export class MembraneProcess {
+  child: ChildProcess | undefined;
+  readonly stateDir: string;
+  readonly logFile: string;
+
+  constructor(stateDir?: string) {
+    this.stateDir = stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-state-'));
+    this.logFile = path.join(this.stateDir, 'daemon.log');
+  }
+
+  async start(): Promise<void> {
+    const log = fs.openSync(this.logFile, 'a');
+    this.child = spawn(process.execPath, [CLI, 'daemon'], {
+      env: { ...process.env, MEMBRANE_STATE_DIR: this.stateDir, MEMBRANE_LOG_LEVEL: 'debug' },
+      stdio: ['ignore', log, log],
+    });
+    fs.closeSync(log);
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      if (this.child.exitCode !== null) throw new Error(`membrane daemon exited with ${this.child.exitCode}: ${this.tail()}`);
+      try {
+        await apiGet('/v1/status');
+        return;
+      } catch {
+        await sleep(100);
+      }
+    }
+    throw new Error(`membrane daemon did not answer within 20 s: ${this.tail()}`);
+  }
+
+  tail(lines = 30): string {
+    try {
+      return fs.readFileSync(this.logFile, 'utf8').trim().split('\n').slice(-lines).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  /** Graceful stop (SIGTERM). */
+  async stop(): Promise<void> {
+    await this.signal('SIGTERM');
+  }
+
+  /** kill -9: nothing gets a chance to flush. */
+  async kill9(): Promise<void> {
+    await this.signal('SIGKILL');
+  }
+
+  private async signal(sig: NodeJS.Signals): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill(sig);
+    await Promise.race([exited, sleep(15_000)]);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Retries `fn` until it succeeds or `timeoutMs` passes (IPv6 DAD, ARP and DNS need a moment). */
+export async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000, intervalMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      return await fn();
+    } catch (err) {
+      last = err;
+      await sleep(intervalMs);
+    }
+  }
+  throw last;
+}
+
+let counter = 0;
+/** A unique, short name for test resources. */
+export function uniqueName(prefix: string): string {
+  return `${prefix}-${process.pid.toString(36)}${(counter++).toString(36)}`;
+}
+
+/** Removes every test container and network (by label), whatever state they are in. */
+export async function cleanupDocker(): Promise<void> {
+  const containers = (await dockerMayFail('ps', '-aq', '--filter', `label=${TEST_LABEL}`)).stdout.split('\n').filter(Boolean);
+  if (containers.length) await dockerMayFail('rm', '-f', ...containers);
+  const networks = (await dockerMayFail('network', 'ls', '-q', '--filter', `label=${TEST_LABEL}`)).stdout.split('\n').filter(Boolean);
+  for (const network of networks) await dockerMayFail('network', 'rm', network);
+}
+
+export async function createNetwork(name: string, ...args: string[]): Promise<string> {
+  return docker('network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--label', TEST_LABEL, ...args, name);
+}
+
+/** Starts a long-running test container: httpd on :8080 (TCP checks) and nothing else. */
+export async function runContainer(name: string, network: string, ...args: string[]): Promise<string> {
+  return docker('run', '-d', '--name', name, '--label', TEST_LABEL, '--network', network, ...args, IMAGE,
+    'httpd', '-f', '-p', '8080', '-h', '/var/www');
+}
+
+export interface ContainerAddresses {
+  ipv4?: string;
+  ipv6?: string;
+}
+
+export async function addressesOf(container: string, network: string): Promise<ContainerAddresses> {
+  const out = await docker('inspect', '-f', `{{with index .NetworkSettings.Networks "${network}"}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}`, container);
+  const [ipv4, ipv6] = out.split(' ');
+  return { ipv4: ipv4 || undefined, ipv6: ipv6 || undefined };
+}
+
+/** Host links, routes and rules Membrane owns (alias membrane:, proto 201). */
+export async function kernelLeftovers(): Promise<{ links: string[]; routes: string[]; rules: string[] }> {
+  const links = (await run('ip', ['-o', 'link', 'show'])).stdout.split('\n').filter((l) => /mbr[0-9a-f]{12}/.test(l));
+  const routes = [
+    ...(await run('ip', ['-4', 'route', 'show', 'table', 'all', 'proto', '201'])).stdout.split('\n'),
+    ...(await run('ip', ['-6', 'route', 'show', 'table', 'all', 'proto', '201'])).stdout.split('\n'),
+  ].filter(Boolean);
+  const rules = [
+    ...(await run('ip', ['-4', 'rule', 'show'])).stdout.split('\n'),
+    ...(await run('ip', ['-6', 'rule', 'show'])).stdout.split('\n'),
+  ].filter((l) => l.includes('proto 201'));
+  return { links, routes, rules };
+}

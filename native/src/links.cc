@@ -1,0 +1,244 @@
+// Links: veth creation, deletion, lookup and the two settings Membrane changes (IFF_UP, alias).
+#include "netlink.h"
+
+#include <linux/if.h>
+#include <linux/if_link.h>
+#include <linux/veth.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdio>
+
+namespace membrane {
+
+namespace {
+
+bool ParseMac(Napi::Env env, const std::string& text, const std::string& what, unsigned char mac[6]) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  bool ok = text.size() == 17;
+  for (size_t i = 0; ok && i < 6; ++i) {
+    int hi = nibble(text[3 * i]), lo = nibble(text[3 * i + 1]);
+    ok = hi >= 0 && lo >= 0 && (i == 5 || text[3 * i + 2] == ':');
+    mac[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
+  if (!ok) ThrowType(env, what + " is not a MAC address (aa:bb:cc:dd:ee:ff): '" + text + "'");
+  return ok;
+}
+
+std::string FormatMac(const nlattr* attr) {
+  if (!attr) return "";
+  const auto* p = static_cast<const unsigned char*>(mnl_attr_get_payload(attr));
+  std::string out;
+  char byte[4];
+  for (uint16_t i = 0; i < mnl_attr_get_payload_len(attr); ++i) {
+    std::snprintf(byte, sizeof byte, i ? ":%02x" : "%02x", p[i]);
+    out += byte;
+  }
+  return out;
+}
+
+Napi::Object LinkInfoFrom(Napi::Env env, const nlmsghdr* h) {
+  const auto* ifi = static_cast<const ifinfomsg*>(mnl_nlmsg_get_payload(h));
+  const nlattr* tb[IFLA_MAX + 1];
+  ParseAttrs(h, sizeof(ifinfomsg), tb, IFLA_MAX);
+  const nlattr* li[IFLA_INFO_MAX + 1];
+  ParseNested(tb[IFLA_LINKINFO], li, IFLA_INFO_MAX);
+
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("index", Napi::Number::New(env, ifi->ifi_index));
+  o.Set("name", Napi::String::New(env, AttrStr(tb[IFLA_IFNAME])));
+  o.Set("mtu", Napi::Number::New(env, AttrU32(tb[IFLA_MTU])));
+  o.Set("mac", Napi::String::New(env, FormatMac(tb[IFLA_ADDRESS])));
+  o.Set("up", Napi::Boolean::New(env, (ifi->ifi_flags & IFF_UP) != 0));
+  o.Set("kind", Napi::String::New(env, AttrStr(li[IFLA_INFO_KIND])));
+  o.Set("alias", Napi::String::New(env, AttrStr(tb[IFLA_IFALIAS])));
+  o.Set("linkIndex", Napi::Number::New(env, AttrU32(tb[IFLA_LINK])));
+  return o;
+}
+
+bool IsLinkMessage(const nlmsghdr* h) {
+  return h->nlmsg_type == RTM_NEWLINK && h->nlmsg_len >= MNL_NLMSG_HDRLEN + sizeof(ifinfomsg);
+}
+
+// RTM_GETLINK for one link by name or index. ENODEV is an answer (null), not an error.
+Napi::Value GetLink(Napi::Env env, Netlink& nl, const std::string* name, uint32_t index, const std::string& op) {
+  Message m(RTM_GETLINK, 0);
+  auto* ifi = m.Header<ifinfomsg>();
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = static_cast<int>(index);
+  if (name) m.PutStrz(IFLA_IFNAME, *name);
+  m.PutU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+  Napi::Value result = env.Null();
+  Outcome r = nl.Request(m, [&](const nlmsghdr* h) {
+    if (IsLinkMessage(h)) result = LinkInfoFrom(env, h);
+  });
+  if (r.error == ENODEV) return env.Null();
+  if (r.error) return ThrowErrno(env, r, op);
+  return result;
+}
+
+Outcome SetAlias(Netlink& nl, uint32_t index, const std::string& alias) {
+  Message m(RTM_NEWLINK, 0);
+  auto* ifi = m.Header<ifinfomsg>();
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = static_cast<int>(index);
+  // No trailing NUL, as iproute2 sends it: an empty payload is what clears the alias.
+  m.Put(IFLA_IFALIAS, alias.size(), alias.data());
+  return nl.Request(m);
+}
+
+Outcome DeleteLink(Netlink& nl, uint32_t index) {
+  Message m(RTM_DELLINK, 0);
+  auto* ifi = m.Header<ifinfomsg>();
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = static_cast<int>(index);
+  return nl.Request(m);
+}
+
+}  // namespace
+
+Napi::Value LinkCreateVeth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name, peer, mac, peer_mac, alias;
+  Napi::Object opts;
+  uint32_t mtu = 0;
+  bool has_mtu = false, has_mac = false, has_peer_mac = false, has_alias = false;
+  unsigned char mac_bytes[6], peer_mac_bytes[6];
+  if (!ArgString(env, info[0], "linkCreateVeth: name", &name) ||
+      !ArgString(env, info[1], "linkCreateVeth: peerName", &peer) ||
+      !ArgObject(env, info[2], "linkCreateVeth: options", &opts) ||
+      !OptU32(env, opts, "mtu", "linkCreateVeth: options.mtu", &has_mtu, &mtu) ||
+      !OptString(env, opts, "mac", "linkCreateVeth: options.mac", &has_mac, &mac) ||
+      !OptString(env, opts, "peerMac", "linkCreateVeth: options.peerMac", &has_peer_mac, &peer_mac) ||
+      !OptString(env, opts, "alias", "linkCreateVeth: options.alias", &has_alias, &alias) ||
+      (has_mac && !ParseMac(env, mac, "linkCreateVeth: options.mac", mac_bytes)) ||
+      (has_peer_mac && !ParseMac(env, peer_mac, "linkCreateVeth: options.peerMac", peer_mac_bytes))) {
+    return env.Undefined();
+  }
+  Netlink& nl = NL(info);
+  const std::string op = "RTM_NEWLINK veth " + name;
+
+  Message m(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  m.PutStrz(IFLA_IFNAME, name);
+  if (has_mtu) m.PutU32(IFLA_MTU, mtu);
+  if (has_mac) m.Put(IFLA_ADDRESS, sizeof mac_bytes, mac_bytes);
+  nlattr* linkinfo = m.NestStart(IFLA_LINKINFO);
+  m.PutStrz(IFLA_INFO_KIND, "veth");
+  nlattr* data = m.NestStart(IFLA_INFO_DATA);
+  nlattr* peer_nest = m.NestStart(VETH_INFO_PEER);
+  // The peer is described like a nested RTM_NEWLINK: its own ifinfomsg, then its attributes.
+  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  m.PutStrz(IFLA_IFNAME, peer);
+  if (has_mtu) m.PutU32(IFLA_MTU, mtu);
+  if (has_peer_mac) m.Put(IFLA_ADDRESS, sizeof peer_mac_bytes, peer_mac_bytes);
+  m.NestEnd(peer_nest);
+  m.NestEnd(data);
+  m.NestEnd(linkinfo);
+  Outcome r = nl.Request(m);
+  if (r.error) return ThrowErrno(env, r, op);
+
+  Napi::Value link = GetLink(env, nl, &name, 0, "RTM_GETLINK " + name);
+  if (env.IsExceptionPending()) return env.Undefined();
+  if (link.IsNull()) {
+    // Gone already (someone deleted it between our two requests).
+    Outcome gone;
+    gone.error = ENODEV;
+    return ThrowErrno(env, gone, "RTM_GETLINK " + name);
+  }
+  uint32_t index = link.As<Napi::Object>().Get("index").As<Napi::Number>().Uint32Value();
+
+  if (has_alias) {
+    // The kernel ignores IFLA_IFALIAS in a create request, so the alias is a second request. If
+    // it fails, the pair is removed again: the caller sees one call that either fully happened or
+    // did not, and no unmarked link is left behind.
+    r = SetAlias(nl, index, alias);
+    if (r.error) {
+      DeleteLink(nl, index);
+      return ThrowErrno(env, r, "RTM_NEWLINK alias " + name);
+    }
+  }
+  return Napi::Number::New(env, index);
+}
+
+Napi::Value LinkDelete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t index;
+  if (!ArgU32(env, info[0], "linkDelete: index", &index, INT32_MAX)) return env.Undefined();
+  Outcome r = DeleteLink(NL(info), index);
+  if (r.error) return ThrowErrno(env, r, "RTM_DELLINK " + std::to_string(index));
+  return env.Undefined();
+}
+
+Napi::Value LinkGetByName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name;
+  if (!ArgString(env, info[0], "linkGetByName: name", &name)) return env.Undefined();
+  return GetLink(env, NL(info), &name, 0, "RTM_GETLINK " + name);
+}
+
+Napi::Value LinkGetByIndex(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t index;
+  if (!ArgU32(env, info[0], "linkGetByIndex: index", &index, INT32_MAX)) return env.Undefined();
+  return GetLink(env, NL(info), nullptr, index, "RTM_GETLINK " + std::to_string(index));
+}
+
+Napi::Value LinkList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Message m(RTM_GETLINK, 0);
+  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  m.PutU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  Outcome r = NL(info).Dump(
+      m,
+      [&]() {
+        out = Napi::Array::New(env);
+        n = 0;
+      },
+      [&](const nlmsghdr* h) {
+        if (IsLinkMessage(h)) out.Set(n++, LinkInfoFrom(env, h));
+      });
+  if (r.error) return ThrowErrno(env, r, "RTM_GETLINK dump");
+  return out;
+}
+
+Napi::Value LinkSetUp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t index;
+  bool up;
+  if (!ArgU32(env, info[0], "linkSetUp: index", &index, INT32_MAX) || !ArgBool(env, info[1], "linkSetUp: up", &up)) {
+    return env.Undefined();
+  }
+  Message m(RTM_NEWLINK, 0);
+  auto* ifi = m.Header<ifinfomsg>();
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = static_cast<int>(index);
+  // ifi_change limits the update to IFF_UP; every other flag stays as it is.
+  ifi->ifi_change = IFF_UP;
+  ifi->ifi_flags = up ? IFF_UP : 0;
+  Outcome r = NL(info).Request(m);
+  if (r.error) return ThrowErrno(env, r, std::string("RTM_NEWLINK ") + (up ? "up " : "down ") + std::to_string(index));
+  return env.Undefined();
+}
+
+Napi::Value LinkSetAlias(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t index;
+  std::string alias;
+  if (!ArgU32(env, info[0], "linkSetAlias: index", &index, INT32_MAX) ||
+      !ArgString(env, info[1], "linkSetAlias: alias", &alias)) {
+    return env.Undefined();
+  }
+  Outcome r = SetAlias(NL(info), index, alias);
+  if (r.error) return ThrowErrno(env, r, "RTM_NEWLINK alias " + std::to_string(index));
+  return env.Undefined();
+}
+
+}  // namespace membrane
