@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import http from 'node:http';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
@@ -18,12 +19,12 @@ import { MEMBRANE_RTPROT } from './network/plan.js';
 import { Netfilter } from './netfilter/iptables.js';
 import { NetworkManager, type Context } from './network/networks.js';
 import { EndpointManager } from './endpoints/endpoints.js';
-import { createPluginApp, type CallStats } from './docker/http.js';
+import { createPluginApp, type CallStats, type Handler } from './docker/http.js';
 import { networkRoutes, pluginActivation } from './docker/network-driver.js';
 import { ipamRoutes } from './docker/ipam-driver.js';
 import { reconcileWithDocker } from './docker/reconcile.js';
 import { createApiApp, type StatusSource } from './api/server.js';
-import { StateError } from './errors.js';
+import { ConflictError, StateError } from './errors.js';
 
 export function packageVersion(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -62,16 +63,33 @@ function listenUnix(server: http.Server, socket: string, mode: number): Promise<
   });
 }
 
-export interface RunningDaemon {
-  stop(): Promise<void>;
+export interface MembraneCore {
   ctx: Context;
+  networks: NetworkManager;
+  endpoints: EndpointManager;
+  ipam: Ipam;
+  store: JsonStore<MembraneState>;
+  stateFile: string;
+  /** Every Docker plugin call Membrane answers, by path name ('NetworkDriver.Join', ...). */
+  routes: Record<string, Handler>;
+  /** Makes the kernel match the state; returns what it changed. */
+  reconcileKernel(): Promise<Record<string, unknown>>;
 }
 
-export async function startDaemon(config: MembraneConfig, log: Logger): Promise<RunningDaemon> {
-  const startedAt = Date.now();
-  const nl = native();
-  const stateFile = path.join(config.stateDir, 'state.json');
+export interface CoreDependencies {
+  nl: NativeAddon;
+  log: Logger;
+  netfilter?: Netfilter;
+  procSys?: string;
+}
 
+/**
+ * Builds every part of Membrane around one state file, without opening sockets: the daemon
+ * serves it, unit tests drive it with a fake netlink.
+ */
+export function createCore(config: MembraneConfig, deps: CoreDependencies): MembraneCore {
+  const { nl, log } = deps;
+  const stateFile = path.join(config.stateDir, 'state.json');
   let state: MembraneState;
   let ipam: Ipam | undefined;
   const store = new JsonStore<MembraneState>(stateFile, () => {
@@ -94,8 +112,8 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     log.info('no state yet; generated node ULA prefix', { ulaPrefix: state.ulaPrefix });
   }
 
-  const dataplane = new Dataplane(nl, log, config.rulePriority);
-  const netfilter = new Netfilter(config.manageNetfilter);
+  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys);
+  const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
   ipam = new Ipam(state, {
     defaultIPv4Ranges: config.defaultIPv4Ranges,
@@ -109,24 +127,56 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   };
   const networks = new NetworkManager(ctx);
   endpoints = new EndpointManager(ctx, networks);
-
-  // Kernel reconciliation: make links, routes and rules match the state before serving anyone.
-  dataplane.ensureForwarding();
-  const kernelReport = dataplane.syncEndpoints(endpoints.list(), new Map(networks.list().map((n) => [n.id, n])));
-  for (const endpoint of kernelReport.vanished) endpoints.releaseVanished(endpoint);
-  const networkReport = dataplane.syncNetworks(networks.list());
-  await store.commit();
-  await netfilter.sync(networks.list());
-  const lastKernelSync = { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), at: new Date().toISOString() };
-  log.info('kernel reconciled', lastKernelSync);
-
-  const stats = new Map<string, CallStats>();
-  const routes = {
+  const routes: Record<string, Handler> = {
     'Plugin.Activate': () => pluginActivation,
     ...networkRoutes(networks, endpoints),
     ...ipamRoutes(ipam, ctx.store),
   };
-  const pluginServer = http.createServer(createPluginApp(routes, log, stats));
+
+  return {
+    ctx, networks, endpoints, ipam, store, stateFile, routes,
+    async reconcileKernel() {
+      dataplane.ensureForwarding();
+      const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
+      for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
+      const networkReport = dataplane.syncNetworks(networks.list());
+      await store.commit();
+      await netfilter.sync(networks.list());
+      return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), at: new Date().toISOString() };
+    },
+  };
+}
+
+/**
+ * One daemon per network namespace: two would each treat the other's veths and routes as
+ * orphans. An abstract unix socket is scoped to the network namespace, exactly the scope of
+ * what Membrane manages, and vanishes with the process however it dies.
+ */
+function lockNamespace(): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE'
+      ? new ConflictError('another Membrane daemon is already running in this network namespace; stop it first')
+      : err));
+    server.listen('\0membrane-daemon', () => resolve(server));
+  });
+}
+
+export interface RunningDaemon {
+  stop(): Promise<void>;
+  core: MembraneCore;
+}
+
+export async function startDaemon(config: MembraneConfig, log: Logger): Promise<RunningDaemon> {
+  const startedAt = Date.now();
+  const lock = await lockNamespace();
+  const core = createCore(config, { nl: native(), log });
+  const { ctx, networks, endpoints, stateFile } = core;
+  const lastKernelSync = await core.reconcileKernel();
+  log.info('kernel reconciled', lastKernelSync);
+
+  const stats = new Map<string, CallStats>();
+  const pluginServer = http.createServer(createPluginApp(core.routes, log, stats));
   await listenUnix(pluginServer, config.pluginSocket, 0o660);
 
   const status: StatusSource = { version: packageVersion(), startedAt, stateFile, pluginSocket: config.pluginSocket, stats, lastKernelSync };
@@ -137,11 +187,11 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
 
   const abort = new AbortController();
   const driverName = path.basename(config.pluginSocket).replace(/\.sock$/, '');
-  const dockerReconcile = reconcileWithDocker(new Docker(), driverName, startedAt, ctx, networks, endpoints!, log, abort.signal)
+  const dockerReconcile = reconcileWithDocker(new Docker(), driverName, startedAt, ctx, networks, endpoints, log, abort.signal)
     .then((report) => { status.lastDockerReconcile = report ? { ...report, at: new Date().toISOString() } : null; });
 
   return {
-    ctx,
+    core,
     async stop() {
       abort.abort();
       const close = (server: http.Server) => new Promise<void>((resolve) => {
@@ -150,9 +200,10 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       });
       await Promise.all([close(pluginServer), close(apiServer)]);
       await dockerReconcile.catch(() => undefined);
-      await store.flush();
+      await core.store.flush();
       fs.rmSync(config.pluginSocket, { force: true });
       fs.rmSync(config.apiSocket, { force: true });
+      lock.close();
       log.info('membrane stopped');
     },
   };

@@ -52,8 +52,9 @@ export function createPluginApp(routes: Record<string, Handler>, log: Logger, st
     const started = performance.now();
     let status = 200;
     let payload: unknown;
+    const raw = Buffer.isBuffer(req.body) ? req.body : undefined;
     try {
-      const body = parseBody(Buffer.isBuffer(req.body) ? req.body : undefined);
+      const body = parseBody(raw);
       payload = (await handler(body)) ?? {};
     } catch (err) {
       const error = asMembraneError(err);
@@ -69,6 +70,8 @@ export function createPluginApp(routes: Record<string, Handler>, log: Logger, st
     entry.recent.push(ms);
     if (entry.recent.length > 1024) entry.recent.shift();
     log.debug('docker call', { method, status, ms: Math.round(ms * 1000) / 1000 });
+    // Whole bodies only at the most verbose level: they are how protocol fixtures are recorded.
+    log.silly('docker call bodies', { method, status, request: raw?.toString('utf8') ?? '', response: payload });
     res.status(status).send(JSON.stringify(payload));
   });
   app.use((req: Request, res: Response) => {

@@ -6,6 +6,7 @@
 // is in flight right now can never be mistaken for a leftover.
 
 import Docker from 'dockerode';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 import type { Context, NetworkManager } from '../network/networks.js';
 import type { EndpointManager } from '../endpoints/endpoints.js';
@@ -85,7 +86,7 @@ export async function reconcileWithDocker(docker: Docker, driverName: string, si
       await docker.ping();
       break;
     } catch {
-      await new Promise((r) => setTimeout(r, delay));
+      await sleep(delay, undefined, { signal }).catch(() => undefined);
       delay = Math.min(delay * 2, 10_000);
     }
   }

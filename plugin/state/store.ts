@@ -53,26 +53,29 @@ export class JsonStore<T> {
    * has reached the disk. Callers acknowledge Docker only after this resolves.
    */
   commit(): Promise<void> {
-    if (!this.pending) {
-      this.pending = (async () => {
-        // Wait for the write in flight; our change is picked up by the snapshot taken after it.
-        if (this.writing) await this.writing.catch(() => undefined);
-        this.pending = null;
-        this.writing = this.writeSnapshot();
-        try {
-          await this.writing;
-        } finally {
-          this.writing = null;
-        }
-      })();
-    }
-    return this.pending;
+    if (this.pending) return this.pending;
+    // The snapshot is taken when the previous write has finished, so it includes every change
+    // made before this call and any that arrive while we wait (group commit). The `.then`
+    // callback runs asynchronously, so `this.pending` is set before it can be cleared.
+    const previous = this.writing ? this.writing.catch(() => undefined) : Promise.resolve();
+    const pending = previous.then(async () => {
+      this.pending = null;
+      const writing = this.writeSnapshot();
+      this.writing = writing;
+      try {
+        await writing;
+      } finally {
+        if (this.writing === writing) this.writing = null;
+      }
+    });
+    this.pending = pending;
+    return pending;
   }
 
   /** Waits for every requested commit to land. */
   async flush(): Promise<void> {
     while (this.pending || this.writing) {
-      await (this.pending ?? this.writing);
+      await (this.pending ?? this.writing)!.catch(() => undefined);
     }
   }
 
