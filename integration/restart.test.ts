@@ -114,9 +114,11 @@ async function killDockerd(): Promise<void> {
   }
   const pid = Number((await run('pidof', ['dockerd'])).stdout.trim().split(' ')[0]);
   process.kill(pid, 'SIGKILL');
+  // Until its parent reaps it, a killed dockerd stays in /proc, and a new dockerd refuses to
+  // start while the pid in /var/run/docker.pid exists.
   await eventually(async () => {
-    if ((await run('pidof', ['dockerd'], { allowFail: true })).code === 0) throw new Error('dockerd still running');
-  }, 10_000);
+    if (fs.existsSync(`/proc/${pid}`)) throw new Error(`dockerd ${pid} has not been reaped yet`);
+  }, 30_000);
 }
 
 async function startDockerd(): Promise<void> {

@@ -82,6 +82,9 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
     } catch (err) {
       throw new InvalidArgumentError(`config file ${path} is not valid JSON: ${(err as Error).message}`);
     }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw new InvalidArgumentError(`config file ${path} must contain a JSON object of settings, e.g. {"defaultMtu": 1450}`);
+    }
     for (const [key, value] of Object.entries(parsed)) {
       if (!(key in DEFAULT_CONFIG)) {
         throw new InvalidArgumentError(`config file ${path}: unknown key "${key}"; known keys: ${Object.keys(DEFAULT_CONFIG).join(', ')}`);

@@ -234,22 +234,29 @@ test('REPLAY: mid-session the kernel holds the routed model of both recorded net
   // Up to and including the second Join (both containers running).
   const lastJoin = calls.map((c) => c.method).lastIndexOf('NetworkDriver.Join');
   for (const recorded of calls.slice(0, lastJoin + 1)) await call(recorded.method, recorded.request);
-  const host1 = nl.linkGetByName('mbrb81cff9ca415')!;
-  const peer1 = nl.linkGetByName('mbcb81cff9ca415')!;
+  // The recording's two endpoints: the first on recnet1 (static addresses, MAC given by Docker),
+  // the second on recnet2 (automatic addresses, MAC chosen by Membrane).
+  const created = calls.filter((c) => c.method === 'NetworkDriver.CreateEndpoint');
+  const [ep1, ep2] = created.map((c) => JSON.parse(c.request).EndpointID as string);
+  const id1 = ep1!.slice(0, 12);
+  const id2 = ep2!.slice(0, 12);
+  const mac2 = (created[1]!.response as { Interface: { MacAddress: string } }).Interface.MacAddress;
+  const host1 = nl.linkGetByName(`mbr${id1}`)!;
+  const peer1 = nl.linkGetByName(`mbc${id1}`)!;
   t.truthy(host1);
-  t.is(host1.alias, 'membrane:b81cff9ca4154e890cbf445313c304f85a47281fcf5c3ca51b695b765e30f323');
+  t.is(host1.alias, `membrane:${ep1}`);
   t.is(host1.mtu, 1400, 'recnet1 has -o com.docker.network.driver.mtu=1400');
   t.is(peer1.mtu, 1400);
   t.is(peer1.mac, '02:42:ac:11:00:99', 'the container end carries the MAC Docker asked for');
   t.true(host1.up);
-  const peer2 = nl.linkGetByName('mbcbacc85ddf232')!;
-  t.is(peer2.mac, '02:67:d5:cd:31:12');
+  const peer2 = nl.linkGetByName(`mbc${id2}`)!;
+  t.is(peer2.mac, mac2);
   t.is(peer2.mtu, 1500);
   // Host routes to each container address through its veth, tagged as Membrane's.
   const unicast = nl.allRoutes().filter((r) => r.type === 'unicast' && r.protocol === MEMBRANE_RTPROT)
     .map((r) => `${r.dst}/${r.dstLen} ${nl.linkGetByIndex(r.oif)?.name}`).sort();
-  t.deepEqual(unicast, ['10.210.0.2/32 mbrbacc85ddf232', '10.77.0.140/32 mbrb81cff9ca415',
-    'fd00:77::140/128 mbrb81cff9ca415', 'fde3:75a:9371:1::2/128 mbrbacc85ddf232']);
+  t.deepEqual(unicast, [`10.210.0.2/32 mbr${id2}`, `10.77.0.140/32 mbr${id1}`,
+    `fd00:77::140/128 mbr${id1}`, `fde3:75a:9371:1::2/128 mbr${id2}`]);
   // Gateways on the host veths.
   t.deepEqual(nl.addrList(4, host1.index).map((a) => `${a.address}/${a.prefixLen}`), ['10.77.0.1/32']);
   t.deepEqual(nl.addrList(6, host1.index).map((a) => `${a.address}/${a.prefixLen}`), ['fd00:77::1/128']);

@@ -69,8 +69,10 @@ export class EndpointManager {
     const network = this.networks.get(request.networkId);
     const existing = ctx.state.endpoints[request.endpointId];
     if (existing) {
-      // Docker retried a call we may have answered already: make sure the kernel side exists.
+      // Docker retried a call we may have answered already: make sure the kernel side exists and
+      // that the first call's record is on disk before answering again.
       ctx.dataplane.createEndpoint(existing, network);
+      await ctx.store.flush();
       return { macAddress: existing.macGenerated ? existing.mac : undefined };
     }
     const ipv4 = plainAddress(request.address, 4, 'Interface.Address');

@@ -60,8 +60,8 @@ export class Ipam {
   pool(poolId: string): PoolRecord {
     const record = this.state.pools[poolId];
     if (!record) {
-      throw new NotFoundError(`unknown pool "${poolId}": Membrane has no such pool. If Membrane's state ` +
-        `(${'/var/lib/membrane'}) was lost, remove and recreate the network`);
+      throw new NotFoundError(`unknown pool "${poolId}": Membrane has no such pool (it was released, or Membrane's ` +
+        'state directory was lost); remove and recreate the network');
     }
     return record;
   }
@@ -101,7 +101,9 @@ export class Ipam {
     }
     const poolText = formatPrefix(prefix);
     const rangeText = range ? formatPrefix(range) : undefined;
-    const id = rangeText ? `${poolText}|${rangeText}` : poolText;
+    const serial = this.state.nextPoolSerial ?? 1;
+    this.state.nextPoolSerial = serial + 1;
+    const id = `${serial}-${poolText}${rangeText ? `-${rangeText}` : ''}`;
     const allocator = new AddressAllocator({ pool: poolText, range: rangeText });
     const record: PoolRecord = {
       id, family, pool: poolText, range: rangeText, automatic, options: { ...request.options },

@@ -8,7 +8,11 @@ export const STATE_VERSION = 1;
 export type AddressOwner = 'gateway' | 'aux' | 'endpoint';
 
 export interface PoolRecord {
-  /** Opaque to Docker; we use the CIDR (plus the range) because live pools never overlap. */
+  /**
+   * Opaque to Docker: '<serial>-<cidr>[-<range>]'. Never derived from the CIDR alone: a stale
+   * network that dockerd removes at start releases its old pool ids, and those must not hit a
+   * newer pool with the same subnet.
+   */
   id: string;
   family: 4 | 6;
   /** Canonical CIDR. */
@@ -74,11 +78,13 @@ export interface MembraneState {
   nextIPv6Subnet: number;
   /** Next IPv4 pool index to try inside the default ranges; wraps. */
   nextIPv4Subnet: number;
+  /** Serial number of the next pool id; only grows. */
+  nextPoolSerial: number;
   pools: Record<string, PoolRecord>;
   networks: Record<string, NetworkRecord>;
   endpoints: Record<string, EndpointRecord>;
 }
 
 export function emptyState(ulaPrefix: string): MembraneState {
-  return { version: STATE_VERSION, ulaPrefix, nextIPv6Subnet: 1, nextIPv4Subnet: 0, pools: {}, networks: {}, endpoints: {} };
+  return { version: STATE_VERSION, ulaPrefix, nextIPv6Subnet: 1, nextIPv4Subnet: 0, nextPoolSerial: 1, pools: {}, networks: {}, endpoints: {} };
 }

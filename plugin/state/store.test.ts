@@ -1,0 +1,188 @@
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { JsonStore } from './store.js';
+import { StateError } from '../errors.js';
+
+interface Doc {
+  n: number;
+  items: string[];
+}
+
+const dirs: string[] = [];
+test.after.always(() => {
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function tempFile(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-store-'));
+  dirs.push(dir);
+  return path.join(dir, 'state', 'state.json');
+}
+
+function readDoc(file: string): Doc {
+  return JSON.parse(fs.readFileSync(file, 'utf8')) as Doc;
+}
+
+test('load: no file yet is undefined and creates the directory', (t) => {
+  const file = tempFile();
+  const store = new JsonStore<Doc>(file, () => ({ n: 0, items: [] }));
+  t.is(store.load(), undefined);
+  t.true(fs.statSync(path.dirname(file)).isDirectory());
+});
+
+test('commit: the snapshot reaches the disk and load reads it back', async (t) => {
+  const file = tempFile();
+  const doc: Doc = { n: 1, items: ['a'] };
+  const store = new JsonStore<Doc>(file, () => doc);
+  store.load();
+  await store.commit();
+  t.deepEqual(readDoc(file), doc);
+  t.false(fs.existsSync(`${file}.tmp`), 'the temporary file was renamed into place');
+  t.deepEqual(new JsonStore<Doc>(file, () => doc).load(), doc);
+  t.is(store.writes, 1);
+});
+
+test('commit: every awaited commit in a sequence reaches the disk', async (t) => {
+  const file = tempFile();
+  const doc: Doc = { n: 0, items: [] };
+  const store = new JsonStore<Doc>(file, () => doc);
+  store.load();
+  for (let i = 1; i <= 5; i++) {
+    doc.n = i;
+    doc.items.push(`item${i}`);
+    await store.commit();
+    t.is(readDoc(file).n, i, `after commit ${i} the file holds state ${i}`);
+  }
+  t.is(store.writes, 5);
+});
+
+test('commit: a leftover state.json.tmp is ignored and removed by load', (t) => {
+  const file = tempFile();
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, JSON.stringify({ n: 7, items: ['kept'] }));
+  // A write that was interrupted before its rename: half a document.
+  fs.writeFileSync(`${file}.tmp`, '{"n": 8, "items": ["ne');
+  const store = new JsonStore<Doc>(file, () => ({ n: 0, items: [] }));
+  t.deepEqual(store.load(), { n: 7, items: ['kept'] });
+  t.false(fs.existsSync(`${file}.tmp`));
+});
+
+test('commit: readers only ever see complete snapshots (write to temp file, then rename)', async (t) => {
+  const file = tempFile();
+  // Big enough that a write takes several syscalls.
+  const doc: Doc = { n: 0, items: Array.from({ length: 20000 }, (_, i) => `item-${i}-${'x'.repeat(20)}`) };
+  const store = new JsonStore<Doc>(file, () => doc);
+  store.load();
+  await store.commit();
+  let reads = 0;
+  let torn = 0;
+  let stop = false;
+  const reader = (async () => {
+    while (!stop) {
+      try {
+        const seen = JSON.parse(await fs.promises.readFile(file, 'utf8')) as Doc;
+        if (seen.items.length !== 20000) torn++;
+        reads++;
+      } catch {
+        torn++;
+      }
+    }
+  })();
+  for (let i = 1; i <= 20; i++) {
+    doc.n = i;
+    await store.commit();
+  }
+  stop = true;
+  await reader;
+  t.is(torn, 0);
+  t.true(reads > 0);
+  t.is(readDoc(file).n, 20);
+});
+
+test('commit: many concurrent commits coalesce into few writes, each resolving after its change is on disk', async (t) => {
+  const file = tempFile();
+  const doc: Doc = { n: 0, items: [] };
+  const store = new JsonStore<Doc>(file, () => ({ ...doc, items: [...doc.items] }));
+  store.load();
+  const promises: Promise<void>[] = [];
+  for (let i = 1; i <= 100; i++) {
+    doc.n = i;
+    doc.items.push(String(i));
+    promises.push(store.commit().then(() => {
+      // When this commit resolves, a snapshot containing change i is on disk.
+      const onDisk = readDoc(file);
+      t.true(onDisk.n >= i, `commit ${i} resolved with n=${onDisk.n} on disk`);
+      t.true(onDisk.items.includes(String(i)));
+    }));
+  }
+  await Promise.all(promises);
+  t.true(store.writes >= 1 && store.writes <= 3, `${store.writes} writes for 100 commits`);
+  t.is(readDoc(file).n, 100);
+});
+
+test('commit: a change committed while a write is in flight lands in a later write', async (t) => {
+  const file = tempFile();
+  const doc: Doc = { n: 0, items: [] };
+  const store = new JsonStore<Doc>(file, () => ({ ...doc, items: [...doc.items] }));
+  store.load();
+  doc.n = 1;
+  const first = store.commit();
+  // Let the first write get going (its snapshot is taken), then change and commit again.
+  await new Promise((resolve) => setImmediate(resolve));
+  doc.n = 2;
+  const second = store.commit();
+  await second;
+  t.is(readDoc(file).n, 2);
+  await first;
+  // Later interleavings keep working too.
+  for (let i = 3; i <= 6; i++) {
+    doc.n = i;
+    const p = store.commit();
+    await new Promise((resolve) => setImmediate(resolve));
+    doc.n = i * 10;
+    await Promise.all([p, store.commit()]);
+    t.is(readDoc(file).n, i * 10);
+  }
+});
+
+test('flush: waits for every requested commit', async (t) => {
+  const file = tempFile();
+  const doc: Doc = { n: 0, items: [] };
+  const store = new JsonStore<Doc>(file, () => doc);
+  store.load();
+  for (let i = 1; i <= 10; i++) {
+    doc.n = i;
+    void store.commit();
+  }
+  await store.flush();
+  t.is(readDoc(file).n, 10);
+  await t.notThrowsAsync(store.flush());
+});
+
+test('load: a corrupt state file is a StateError that says what to do', (t) => {
+  const file = tempFile();
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, '{"version": 1, "pools": {');
+  const store = new JsonStore<Doc>(file, () => ({ n: 0, items: [] }));
+  const err = t.throws(() => store.load(), { instanceOf: StateError });
+  t.is(err?.code, 'MEMBRANE_STATE');
+  t.true(err?.message.includes(file), 'names the file');
+  t.regex(err?.message ?? '', /not valid JSON/);
+  t.regex(err?.message ?? '', /restore it from a backup|move it away/);
+});
+
+test('commit: a write that cannot happen rejects with a StateError naming the file', async (t) => {
+  const file = tempFile();
+  const store = new JsonStore<Doc>(file, () => ({ n: 1, items: [] }));
+  store.load();
+  fs.rmSync(path.dirname(file), { recursive: true });
+  const err = await t.throwsAsync(store.commit(), { instanceOf: StateError });
+  t.true(err?.message.includes(file));
+  t.regex(err?.message ?? '', /free space and permissions/);
+  // The store recovers once the directory is back.
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  await store.commit();
+  t.is(readDoc(file).n, 1);
+});
