@@ -25,6 +25,8 @@ export interface MembraneConfig {
   tableBase: number;
   /** Install iptables FORWARD accepts and IPv4 masquerade (off only when the host manages its own firewall). */
   manageNetfilter: boolean;
+  /** Where the kernel's sysctls are; a managed plugin sees the host's under a bind mount. */
+  procSys: string;
   logLevel: string;
 }
 
@@ -39,6 +41,7 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   rulePriority: 9000,
   tableBase: 0x4d420000,
   manageNetfilter: true,
+  procSys: '/proc/sys',
   logLevel: 'info',
 };
 
@@ -51,6 +54,7 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_ULA_PREFIX: 'ulaPrefix',
   MEMBRANE_DEFAULT_MTU: 'defaultMtu',
   MEMBRANE_MANAGE_NETFILTER: 'manageNetfilter',
+  MEMBRANE_PROC_SYS: 'procSys',
   MEMBRANE_LOG_LEVEL: 'logLevel',
 };
 

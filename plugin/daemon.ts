@@ -112,7 +112,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     log.info('no state yet; generated node ULA prefix', { ulaPrefix: state.ulaPrefix });
   }
 
-  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys);
+  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
   ipam = new Ipam(state, {

@@ -2,6 +2,7 @@
 // The `membrane` command: `membrane daemon` runs the plugin; every other command is a client of
 // the management API socket and prints a table (default) or JSON (-o json).
 
+import fs from 'node:fs';
 import http from 'node:http';
 import { Command, Option } from 'commander';
 import { loadConfig, DEFAULT_CONFIG } from '../config.js';
@@ -9,6 +10,15 @@ import { createLogger } from '../log.js';
 import { asMembraneError } from '../errors.js';
 
 type Row = Record<string, unknown>;
+
+/** Where the managed plugin (config.json) puts its API socket: on its state mount. */
+const MANAGED_PLUGIN_API_SOCKET = '/var/lib/membrane/membrane.sock';
+
+function defaultApiSocket(): string {
+  if (process.env.MEMBRANE_API_SOCKET) return process.env.MEMBRANE_API_SOCKET;
+  if (!fs.existsSync(DEFAULT_CONFIG.apiSocket) && fs.existsSync(MANAGED_PLUGIN_API_SOCKET)) return MANAGED_PLUGIN_API_SOCKET;
+  return DEFAULT_CONFIG.apiSocket;
+}
 
 function apiGet(socket: string, path: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -65,10 +75,11 @@ function short(id: unknown): string {
 async function main(argv: string[]): Promise<void> {
   const program = new Command();
   program.name('membrane').description('Membrane: routed IPv6-first networking and IPAM for Docker')
-    .option('--api <socket>', 'management API socket', process.env.MEMBRANE_API_SOCKET ?? DEFAULT_CONFIG.apiSocket)
+    .option('--api <socket>', 'management API socket (default: $MEMBRANE_API_SOCKET, else the first that exists of ' +
+      `${DEFAULT_CONFIG.apiSocket} and ${MANAGED_PLUGIN_API_SOCKET})`)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'));
   const output = () => program.opts<{ output: string }>().output;
-  const api = () => program.opts<{ api: string }>().api;
+  const api = () => program.opts<{ api?: string }>().api ?? defaultApiSocket();
   const print = (data: unknown, render: () => string) => {
     process.stdout.write(`${output() === 'json' ? JSON.stringify(data, null, 2) : render()}\n`);
   };
