@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import {
-  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, eventually, exec, execMayFail, run, runContainer, uniqueName,
+  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec, execMayFail, run,
+  runContainer, uniqueName,
 } from './harness.js';
 
 const NS = `mbt-out-${process.pid.toString(36)}`;
@@ -106,4 +107,29 @@ test('--internal network has no way out, in either family', async (t) => {
   await exec(c, 'ip', 'route', 'add', 'default', 'via', gw ?? '');
   const forced = await execMayFail(c, 'timeout', '4', 'wget', '-q', '-O', '-', `http://${OUT_V4}:8081/cgi-bin/peer`);
   t.not(forced.code, 0, 'host refuses to forward out of an internal network');
+});
+
+test('published ports (-p) are reachable from outside (both families), from the host and by the container itself', async (t) => {
+  const net = uniqueName('mbt-ports');
+  await createNetwork(net, '--ipv6');
+  const web = uniqueName('mbt-web');
+  await runContainer(web, net, '-p', '18080:8080');
+  const fromOutside = (url: string) => run('ip', ['netns', 'exec', NS, 'timeout', '5', 'busybox', 'wget', '-q', '-O', '-', url]);
+  t.is((await eventually(() => fromOutside(`http://${HOST_V4}:18080/`), 10_000)).stdout.trim(), 'membrane test page');
+  t.is((await eventually(() => fromOutside(`http://[${HOST_V6}]:18080/`), 10_000)).stdout.trim(), 'membrane test page');
+  t.is((await run('busybox', ['wget', '-q', '-O', '-', 'http://127.0.0.1:18080/'])).stdout.trim(), 'membrane test page', 'host loopback');
+  t.is((await exec(web, 'timeout', '5', 'wget', '-q', '-O', '-', `http://${HOST_V4}:18080/`)).trim(), 'membrane test page', 'hairpin');
+  // The same host port cannot be published twice.
+  const clash = await dockerMayFail('run', '-d', '--label', 'membrane.test=1', '--network', net, '-p', '18080:8080', 'membrane-test:latest', 'sleep', '60');
+  t.not(clash.code, 0);
+  t.regex(clash.stderr, /host port 18080\/tcp is already published/);
+  // A random host port cannot be reported back to Docker: refused with what to write instead.
+  const random = await dockerMayFail('run', '-d', '--label', 'membrane.test=1', '--network', net, '-p', '8080', 'membrane-test:latest', 'sleep', '60');
+  t.not(random.code, 0);
+  t.regex(random.stderr, /give one: -p HOSTPORT:8080\/tcp/);
+  // Stopping the container withdraws the port.
+  await docker('stop', '-t', '1', web);
+  t.not((await run('ip', ['netns', 'exec', NS, 'timeout', '3', 'busybox', 'wget', '-q', '-O', '-', `http://${HOST_V4}:18080/`], { allowFail: true })).code, 0);
+  const dnat = (await run('iptables', ['-t', 'nat', '-S', 'MEMBRANE-DNAT'])).stdout;
+  t.notRegex(dnat, /18080/, 'DNAT rule removed');
 });

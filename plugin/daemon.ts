@@ -141,7 +141,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
       for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
       const networkReport = dataplane.syncNetworks(networks.list());
       await store.commit();
-      await netfilter.sync(networks.list());
+      await networks.syncNetfilter();
       return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), at: new Date().toISOString() };
     },
   };

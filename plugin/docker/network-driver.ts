@@ -5,11 +5,13 @@ import { obj, str, stringMap } from './http.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { NetworkManager } from '../network/networks.js';
 import type { EndpointManager } from '../endpoints/endpoints.js';
+import { parsePortMap } from '../netfilter/iptables.js';
 
 const GENERIC = 'com.docker.network.generic';
 const ENABLE_IPV4 = 'com.docker.network.enable_ipv4';
 const ENABLE_IPV6 = 'com.docker.network.enable_ipv6';
 const INTERNAL = 'com.docker.network.internal';
+const PORTMAP = 'com.docker.network.portmap';
 
 function bool(options: Body, key: string): boolean | undefined {
   const value = options[key];
@@ -60,7 +62,7 @@ export function networkRoutes(networks: NetworkManager, endpoints: EndpointManag
       const { macAddress } = await endpoints.create({
         networkId: str(body, 'NetworkID'), endpointId: str(body, 'EndpointID'),
         address: str(iface, 'Address', false), addressIPv6: str(iface, 'AddressIPv6', false),
-        macAddress: str(iface, 'MacAddress', false),
+        macAddress: str(iface, 'MacAddress', false), ports: parsePortMap(obj(body, 'Options')[PORTMAP]),
       });
       // Fill-only rule: report only what Docker left empty, or Docker rejects the endpoint.
       return macAddress ? { Interface: { MacAddress: macAddress } } : {};
@@ -86,9 +88,17 @@ export function networkRoutes(networks: NetworkManager, endpoints: EndpointManag
       await endpoints.leave(str(body, 'NetworkID'), str(body, 'EndpointID'));
       return {};
     },
-    // Membrane's egress needs nothing per container: routes and masquerade are per network.
-    'NetworkDriver.ProgramExternalConnectivity': () => ({}),
-    'NetworkDriver.RevokeExternalConnectivity': () => ({}),
+    // Egress is per network (routes, masquerade); per container there are only published ports.
+    'NetworkDriver.ProgramExternalConnectivity': async (body) => {
+      const options = obj(body, 'Options');
+      await endpoints.program(str(body, 'NetworkID'), str(body, 'EndpointID'),
+        options[PORTMAP] === undefined ? undefined : parsePortMap(options[PORTMAP]));
+      return {};
+    },
+    'NetworkDriver.RevokeExternalConnectivity': async (body) => {
+      await endpoints.revoke(str(body, 'NetworkID'), str(body, 'EndpointID'));
+      return {};
+    },
     'NetworkDriver.DiscoverNew': () => ({}),
     'NetworkDriver.DiscoverDelete': () => ({}),
   };

@@ -3,9 +3,9 @@
 // touched, so a crash at any point leaves either nothing, or a record whose veth the start-up
 // reconciliation creates or removes.
 
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors.js';
 import type { Context, NetworkManager } from '../network/networks.js';
-import type { EndpointRecord, NetworkRecord, PoolRecord } from '../state/model.js';
+import type { EndpointRecord, NetworkRecord, PoolRecord, PortMapping } from '../state/model.js';
 import { containerIfName, endpointMac, hostIfName, inPool, poolEntryFor } from '../network/plan.js';
 import { parseAddress, formatAddress } from '../ipam/prefix.js';
 
@@ -15,6 +15,7 @@ export interface CreateEndpointRequest {
   address: string;
   addressIPv6: string;
   macAddress: string;
+  ports: PortMapping[];
 }
 
 export interface StaticRoute {
@@ -92,7 +93,7 @@ export class EndpointManager {
     const endpoint: EndpointRecord = {
       id: request.endpointId, networkId: network.id, hostIfName: hostIfName(request.endpointId),
       containerIfName: containerIfName(request.endpointId), mac, macGenerated, ipv4, ipv6, mtu: network.mtu,
-      joined: false, createdAt: Date.now(),
+      joined: false, ports: request.ports.length ? request.ports : undefined, createdAt: Date.now(),
     };
     ctx.state.endpoints[endpoint.id] = endpoint;
     await ctx.store.commit();
@@ -138,9 +139,45 @@ export class EndpointManager {
 
   /** Idempotent: deleting an unknown endpoint succeeds. */
   async delete(endpointId: string): Promise<void> {
-    if (!this.ctx.state.endpoints[endpointId]) return;
+    const endpoint = this.ctx.state.endpoints[endpointId];
+    if (!endpoint) return;
     this.deleteNow(endpointId);
     await this.ctx.store.commit();
+    if (endpoint.published) await this.networks.syncNetfilter();
+  }
+
+  /**
+   * The endpoint became its container's way out: publish its ports (Docker sends the portmap
+   * again here; an empty one keeps what CreateEndpoint carried).
+   */
+  async program(networkId: string, endpointId: string, ports: PortMapping[] | undefined): Promise<void> {
+    const { ctx } = this;
+    const endpoint = this.get(endpointId);
+    if (endpoint.networkId !== networkId) throw new NotFoundError(`endpoint ${endpointId.slice(0, 12)} is not on network ${networkId.slice(0, 12)}`);
+    const wanted = ports ?? endpoint.ports ?? [];
+    for (const other of this.list()) {
+      if (other.id === endpoint.id || !other.published) continue;
+      for (const mine of wanted) {
+        const clash = other.ports?.find((p) => p.protocol === mine.protocol && p.hostPort === mine.hostPort &&
+          (p.hostIP === '' || mine.hostIP === '' || p.hostIP === mine.hostIP));
+        if (clash) {
+          throw new ConflictError(`host port ${mine.hostPort}/${mine.protocol} is already published by endpoint ` +
+            `${other.id.slice(0, 12)} (${other.ipv4 ?? other.ipv6}); pick another host port`);
+        }
+      }
+    }
+    endpoint.ports = wanted.length ? wanted : undefined;
+    endpoint.published = true;
+    await ctx.store.commit();
+    if (wanted.length) await this.networks.syncNetfilter();
+  }
+
+  async revoke(networkId: string, endpointId: string): Promise<void> {
+    const endpoint = this.ctx.state.endpoints[endpointId];
+    if (!endpoint || endpoint.networkId !== networkId || !endpoint.published) return;
+    endpoint.published = false;
+    await this.ctx.store.commit();
+    if (endpoint.ports?.length) await this.networks.syncNetfilter();
   }
 
   /** Removes the endpoint's kernel side and record; the caller commits. */

@@ -72,6 +72,8 @@ export class Dataplane {
     // router advertisements accepted from a container.
     this.writeSysctl(`net/ipv6/conf/${endpoint.hostIfName}/accept_dad`, '0');
     this.writeSysctl(`net/ipv6/conf/${endpoint.hostIfName}/accept_ra`, '0');
+    // Published ports reached on 127.0.0.1 are DNATed out of this interface (see netfilter).
+    this.writeSysctl(`net/ipv4/conf/${endpoint.hostIfName}/route_localnet`, '1');
     this.nl.linkSetUp(link.index, true);
     for (const addr of planEndpointAddresses(endpoint, network)) {
       try {

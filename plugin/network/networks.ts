@@ -115,7 +115,7 @@ export class NetworkManager {
     ctx.state.networks[network.id] = network;
     await ctx.store.commit();
     this.applyAll();
-    await ctx.netfilter.sync(this.list());
+    await this.syncNetfilter();
     ctx.log.info('network created', { network: network.id, ipv4: network.ipv4.map((f) => f.pool), ipv6: network.ipv6.map((f) => f.pool), internal: network.internal, mtu });
   }
 
@@ -138,8 +138,13 @@ export class NetworkManager {
     }
     await ctx.store.commit();
     this.applyAll();
-    await ctx.netfilter.sync(this.list());
+    await this.syncNetfilter();
     ctx.log.info('network deleted', { network: networkId });
+  }
+
+  /** Forward accepts, masquerade and published ports for the whole state. */
+  syncNetfilter(): Promise<void> {
+    return this.ctx.netfilter.sync(this.list(), Object.values(this.ctx.state.endpoints));
   }
 
   /** Routes and rules for every network (cheap: a few entries per network pair). */

@@ -52,6 +52,16 @@ export interface NetworkRecord {
   createdAt: number;
 }
 
+/** One `-p` binding Docker asked for. */
+export interface PortMapping {
+  protocol: 'tcp' | 'udp' | 'sctp';
+  /** Port inside the container. */
+  port: number;
+  hostPort: number;
+  /** '' for every host address. */
+  hostIP: string;
+}
+
 export interface EndpointRecord {
   id: string;
   networkId: string;
@@ -67,6 +77,10 @@ export interface EndpointRecord {
   mtu: number;
   joined: boolean;
   sandboxKey?: string;
+  /** Ports the container publishes (from Docker's portmap option). */
+  ports?: PortMapping[];
+  /** True between ProgramExternalConnectivity and RevokeExternalConnectivity: ports are live. */
+  published?: boolean;
   createdAt: number;
 }
 

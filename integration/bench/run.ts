@@ -1,0 +1,830 @@
+// Membrane benchmark harness (control plane). Measures, side by side in one run, and reports as
+// ratios; it never passes or fails on timing.
+//
+//   node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N]
+//                                      [--wait-max-seconds S] [--log-level LEVEL]
+//
+//   1. `docker run --rm IMAGE true` wall time on a Membrane network vs Docker's bridge driver vs
+//      `--network none` (the floor), interleaved per round with a rotating order (recipe R8, R0).
+//   2. Plugin call latency: server-side handler time from /v1/status, and client-side round trips
+//      of raw POSTs to the plugin socket replaying an endpoint life cycle on a network made by
+//      hand (fake 64-hex ids), torn down completely afterwards.
+//   3. IPAM allocations per second in-process (AddressAllocator) at 10 % and 99 % fullness.
+//   4. An environment header.
+//
+// Writes DIR/bench.json and DIR/bench.md (DIR defaults to integration/bench/results/<timestamp>)
+// and prints the markdown. Starts and stops its own Membrane daemon, but first waits (bounded) while
+// any other Membrane daemon or managed plugin runs on this machine: only one may run per network
+// namespace and it may belong to somebody else. Every container and network it creates carries the
+// labels membrane.test=1 and membrane.bench=<run id> and is removed in `finally`, also on SIGINT.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import { API_SOCKET, CLI, IMAGE, ROOT, TEST_LABEL, apiGet, run, sleep } from '../harness.js';
+import { runIpamBench, type IpamResult } from './ipam.js';
+import { fmt, median, ratio, round, summarize, type Summary } from './stats.js';
+
+const PLUGIN_SOCKET = '/run/docker/plugins/membrane.sock';
+const PLUGIN_ACCEPT = 'application/vnd.docker.plugins.v1.2+json';
+/** The four calls the report is about; others are kept in the JSON. */
+export const KEY_CALLS = [
+  'NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'IpamDriver.RequestAddress', 'NetworkDriver.DeleteEndpoint',
+] as const;
+
+// ---- options -----------------------------------------------------------------------------------
+
+export interface BenchOptions {
+  smoke: boolean;
+  outDir: string;
+  rounds: number;
+  warmupRounds: number;
+  cycles: number;
+  ipamRepetitions: number;
+  ipamPairs: number;
+  waitMaxSeconds: number;
+  logLevel: string;
+}
+
+function usage(): string {
+  return 'usage: node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N] ' +
+    '[--wait-max-seconds S] [--log-level LEVEL]';
+}
+
+export function parseArgs(argv: string[]): BenchOptions {
+  const smoke = argv.includes('--smoke');
+  const stamp = new Date().toISOString().replace(/:/g, '-');
+  const options: BenchOptions = {
+    smoke,
+    outDir: path.join(ROOT, 'integration', 'bench', 'results', stamp),
+    rounds: smoke ? 3 : 30,
+    warmupRounds: 1,
+    cycles: smoke ? 20 : 500,
+    ipamRepetitions: smoke ? 2 : 7,
+    ipamPairs: smoke ? 2_000 : 50_000,
+    waitMaxSeconds: 900,
+    logLevel: 'info',
+  };
+  const positiveInt = (flag: string, value: string | undefined): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} needs a positive integer\n${usage()}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    switch (arg) {
+      case '--smoke': break;
+      case '--out': options.outDir = path.resolve(argv[++i] ?? ''); break;
+      case '--rounds': options.rounds = positiveInt(arg, argv[++i]); break;
+      case '--cycles': options.cycles = positiveInt(arg, argv[++i]); break;
+      case '--wait-max-seconds': options.waitMaxSeconds = Number(argv[++i]); break;
+      case '--log-level': options.logLevel = argv[++i] ?? 'info'; break;
+      case '-h': case '--help': console.log(usage()); process.exit(0); break;
+      default: throw new Error(`unknown argument ${arg}\n${usage()}`);
+    }
+  }
+  if (!Number.isFinite(options.waitMaxSeconds) || options.waitMaxSeconds < 0) throw new Error(`--wait-max-seconds needs a number\n${usage()}`);
+  return options;
+}
+
+// ---- cancellation ------------------------------------------------------------------------------
+
+let aborted = false;
+function checkAborted(): void {
+  if (aborted) throw new Error('interrupted');
+}
+
+// ---- environment -------------------------------------------------------------------------------
+
+export interface Environment {
+  date: string;
+  smoke: boolean;
+  kernel: string;
+  uname: string;
+  docker: { server: string; client: string };
+  node: string;
+  cpus: number;
+  cpuModel: string;
+  memoryGiB: number;
+  iptables: string;
+  membraneCommit: string;
+  image: string;
+  imageId: string;
+  daemonLogLevel: string;
+  runId: string;
+}
+
+async function text(cmd: string, args: string[]): Promise<string> {
+  const r = await run(cmd, args, { allowFail: true, timeoutMs: 20_000 });
+  return (r.stdout.trim() || r.stderr.trim() || `(${cmd} failed)`).split('\n')[0]!;
+}
+
+async function environment(options: BenchOptions, runId: string): Promise<Environment> {
+  const commit = await text('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const dirty = (await run('git', ['-C', ROOT, 'status', '--porcelain'], { allowFail: true })).stdout.trim() !== '';
+  return {
+    date: new Date().toISOString(),
+    smoke: options.smoke,
+    kernel: os.release(),
+    uname: await text('uname', ['-srvm']),
+    docker: {
+      server: await text('docker', ['version', '--format', '{{.Server.Version}}']),
+      client: await text('docker', ['version', '--format', '{{.Client.Version}}']),
+    },
+    node: process.version,
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    memoryGiB: round(os.totalmem() / 2 ** 30, 1),
+    iptables: await text('iptables', ['-V']),
+    membraneCommit: `${commit}${dirty ? ' (working tree modified)' : ''}`,
+    image: IMAGE,
+    imageId: await text('docker', ['image', 'inspect', '-f', '{{.Id}}', IMAGE]),
+    daemonLogLevel: options.logLevel,
+    runId,
+  };
+}
+
+// ---- the daemon --------------------------------------------------------------------------------
+
+/** Is the namespace-wide single-daemon lock (an abstract unix socket) held by some process? */
+function namespaceLockHeld(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ path: '\0membrane-daemon' });
+    const done = (held: boolean) => {
+      socket.destroy();
+      resolve(held);
+    };
+    socket.setTimeout(2000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/** Why we must not start a daemon now (somebody else's is running), or undefined. */
+async function otherDaemon(): Promise<string | undefined> {
+  const pg = await run('pgrep', ['-af', 'main.js daemon'], { allowFail: true });
+  const procs = pg.stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+  if (procs.length) return `running daemon process(es): ${procs.join('; ')}`;
+  const plugins = await run('docker', ['plugin', 'ls', '--format', '{{.Name}} {{.Enabled}}'], { allowFail: true });
+  const enabled = plugins.stdout.split('\n').filter((l) => /membrane/i.test(l) && /\btrue$/.test(l.trim()));
+  if (enabled.length) return `enabled managed plugin(s): ${enabled.join('; ')}`;
+  if (await namespaceLockHeld()) return 'some process holds the Membrane namespace lock';
+  return undefined;
+}
+
+async function waitForMachine(maxSeconds: number): Promise<void> {
+  const deadline = Date.now() + maxSeconds * 1000;
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const why = await otherDaemon();
+    if (!why) return;
+    if (Date.now() + 30_000 > deadline) {
+      throw new Error(`another Membrane daemon is in use and did not go away within ${maxSeconds} s (${why}); not touching it`);
+    }
+    console.error(`bench: waiting 30 s, ${why}`);
+    for (let i = 0; i < 30 && !aborted; i++) await sleep(1000);
+    checkAborted();
+  }
+}
+
+/** A timer that does not keep the process alive (a pending race loser must not delay exit). */
+function unrefSleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Like the harness's MembraneProcess, but with a chosen log level (the harness forces debug). */
+class BenchDaemon {
+  child: ChildProcess | undefined;
+  readonly stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-state-'));
+  readonly logFile = path.join(this.stateDir, 'daemon.log');
+
+  constructor(private readonly logLevel: string) {}
+
+  tail(lines = 20): string {
+    try {
+      return fs.readFileSync(this.logFile, 'utf8').trim().split('\n').slice(-lines).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  async start(): Promise<void> {
+    const log = fs.openSync(this.logFile, 'a');
+    const child = spawn(process.execPath, [CLI, 'daemon'], {
+      env: { ...process.env, MEMBRANE_STATE_DIR: this.stateDir, MEMBRANE_LOG_LEVEL: this.logLevel },
+      stdio: ['ignore', log, log],
+    });
+    this.child = child;
+    fs.closeSync(log);
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`membrane daemon exited (${child.exitCode ?? child.signalCode}): ${this.tail()}`);
+      }
+      try {
+        const status = await apiGet<{ pid?: number }>('/v1/status');
+        // The API socket must be ours, not a daemon somebody started in the meantime.
+        if (status.pid === child.pid) return;
+      } catch {
+        // not up yet
+      }
+      await sleep(100);
+    }
+    await this.stop();
+    throw new Error(`membrane daemon did not answer within 20 s: ${this.tail()}`);
+  }
+
+  running(): boolean {
+    return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    await Promise.race([exited, unrefSleep(15_000)]);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await Promise.race([exited, unrefSleep(5_000)]);
+    }
+  }
+
+  /** Keeps the log next to the results, removes the temporary state directory. */
+  dispose(outDir?: string): void {
+    try {
+      if (outDir) fs.copyFileSync(this.logFile, path.join(outDir, 'daemon.log'));
+    } catch {
+      // no log
+    }
+    fs.rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
+
+async function startDaemonWhenFree(options: BenchOptions): Promise<BenchDaemon> {
+  const deadline = Date.now() + options.waitMaxSeconds * 1000;
+  for (let attempt = 0; attempt < 30; attempt++) {
+    await waitForMachine(Math.max(0, (deadline - Date.now()) / 1000));
+    const daemon = new BenchDaemon(options.logLevel);
+    try {
+      await daemon.start();
+      return daemon;
+    } catch (err) {
+      await daemon.stop();
+      daemon.dispose();
+      // Lost a race with somebody else's daemon: wait again (bounded by the same deadline).
+      if (!/another Membrane daemon/.test(String(err)) || Date.now() > deadline) throw err;
+    }
+  }
+  throw new Error('could not start a Membrane daemon');
+}
+
+interface DaemonStatus {
+  pid: number;
+  networks: number;
+  endpoints: number;
+  pools: number;
+  dockerCalls: Record<string, { count: number; errors: number; p50Ms: number; p99Ms: number }>;
+}
+
+// ---- 1. docker run -----------------------------------------------------------------------------
+
+interface VariantResult extends Summary {
+  network: string;
+  failures: number;
+  errors: string[];
+}
+
+export interface DockerRunResult {
+  command: string;
+  bridgeVariant: string;
+  rounds: number;
+  warmupRounds: number;
+  roundsCompleted: number;
+  variants: { membrane: VariantResult; bridge: VariantResult; none: VariantResult };
+  ratios: {
+    membraneOverBridge: number;
+    membraneOverNone: number;
+    bridgeOverNone: number;
+    /** Median over rounds of the per-round membrane/bridge ratio. */
+    pairedMembraneOverBridge: number;
+  };
+  deltasMs: { membraneMinusBridge: number; membraneMinusNone: number; bridgeMinusNone: number };
+  samplesMs: { membrane: number[]; bridge: number[]; none: number[] };
+}
+
+type VariantKey = 'membrane' | 'bridge' | 'none';
+
+async function timedDockerRun(network: string, labels: string[]): Promise<{ ms: number; error?: string }> {
+  const started = performance.now();
+  const r = await run('docker', ['run', '--rm', ...labels.flatMap((l) => ['--label', l]), '--network', network, IMAGE, 'true'],
+    { allowFail: true, timeoutMs: 60_000 });
+  const ms = performance.now() - started;
+  return r.code === 0 ? { ms } : { ms, error: (r.stderr.trim() || r.stdout.trim() || `exit ${r.code}`).slice(0, 300) };
+}
+
+async function createBridge(name: string, labels: string[]): Promise<string> {
+  const labelArgs = labels.flatMap((l) => ['--label', l]);
+  const v6 = await run('docker', ['network', 'create', ...labelArgs, '--ipv6', '--subnet', 'fd00:b::/64', name], { allowFail: true });
+  if (v6.code === 0) return 'user-defined bridge, --ipv6 --subnet fd00:b::/64 (IPv4 subnet picked by Docker)';
+  await run('docker', ['network', 'create', ...labelArgs, name]);
+  return `plain user-defined bridge (IPv4 only; --ipv6 --subnet fd00:b::/64 failed: ${v6.stderr.trim().slice(0, 200)})`;
+}
+
+async function benchDockerRun(options: BenchOptions, names: { membrane: string; bridge: string }, labels: string[]): Promise<DockerRunResult> {
+  const labelArgs = labels.flatMap((l) => ['--label', l]);
+  await run('docker', ['network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--ipv6', ...labelArgs, names.membrane]);
+  const bridgeVariant = await createBridge(names.bridge, labels);
+  const networks: Record<VariantKey, string> = { membrane: names.membrane, bridge: names.bridge, none: 'none' };
+  const keys: VariantKey[] = ['membrane', 'bridge', 'none'];
+  const samples: Record<VariantKey, number[]> = { membrane: [], bridge: [], none: [] };
+  const errors: Record<VariantKey, string[]> = { membrane: [], bridge: [], none: [] };
+  const paired: number[] = [];
+  const deadline = Date.now() + (options.smoke ? 3 : 8) * 60_000;
+  let completed = 0;
+  const total = options.warmupRounds + options.rounds;
+  for (let round = 0; round < total; round++) {
+    checkAborted();
+    if (Date.now() > deadline) {
+      console.error(`bench: docker run section hit its time limit after ${completed} rounds`);
+      break;
+    }
+    const order = keys.map((_, i) => keys[(i + round) % keys.length]!);
+    const thisRound: Partial<Record<VariantKey, number>> = {};
+    for (const key of order) {
+      const r = await timedDockerRun(networks[key], labels);
+      if (round < options.warmupRounds) continue;
+      if (r.error) errors[key].push(r.error);
+      else thisRound[key] = r.ms;
+    }
+    if (round < options.warmupRounds) continue;
+    for (const key of keys) if (thisRound[key] !== undefined) samples[key].push(thisRound[key]!);
+    if (thisRound.membrane !== undefined && thisRound.bridge !== undefined) paired.push(thisRound.membrane / thisRound.bridge);
+    completed++;
+  }
+  const variant = (key: VariantKey): VariantResult => {
+    const s = summarize(samples[key]);
+    return {
+      network: networks[key], failures: errors[key].length, errors: [...new Set(errors[key])].slice(0, 5),
+      n: s.n, median: round(s.median, 1), p90: round(s.p90, 1), p99: round(s.p99, 1), min: round(s.min, 1),
+      max: round(s.max, 1), mean: round(s.mean, 1), iqr: round(s.iqr, 1),
+    };
+  };
+  const v = { membrane: variant('membrane'), bridge: variant('bridge'), none: variant('none') };
+  return {
+    command: `docker run --rm --network NET ${IMAGE} true`,
+    bridgeVariant, rounds: options.rounds, warmupRounds: options.warmupRounds, roundsCompleted: completed,
+    variants: v,
+    ratios: {
+      membraneOverBridge: round(ratio(v.membrane.median, v.bridge.median)),
+      membraneOverNone: round(ratio(v.membrane.median, v.none.median)),
+      bridgeOverNone: round(ratio(v.bridge.median, v.none.median)),
+      pairedMembraneOverBridge: round(median(paired)),
+    },
+    deltasMs: {
+      membraneMinusBridge: round(v.membrane.median - v.bridge.median, 1),
+      membraneMinusNone: round(v.membrane.median - v.none.median, 1),
+      bridgeMinusNone: round(v.bridge.median - v.none.median, 1),
+    },
+    samplesMs: {
+      membrane: samples.membrane.map((x) => round(x, 1)), bridge: samples.bridge.map((x) => round(x, 1)),
+      none: samples.none.map((x) => round(x, 1)),
+    },
+  };
+}
+
+// ---- 2. plugin call latency --------------------------------------------------------------------
+
+class PluginClient {
+  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+
+  constructor(private readonly socketPath: string) {}
+
+  call(method: string, body: unknown): Promise<{ status: number; body: Record<string, unknown>; ms: number }> {
+    const payload = `${JSON.stringify(body)}\n`;
+    return new Promise((resolve, reject) => {
+      const started = performance.now();
+      const req = http.request({
+        socketPath: this.socketPath, path: `/${method}`, method: 'POST', agent: this.agent, timeout: 30_000,
+        headers: { Accept: PLUGIN_ACCEPT, 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const ms = performance.now() - started;
+          const raw = Buffer.concat(chunks).toString('utf8');
+          let parsed: Record<string, unknown>;
+          try {
+            parsed = JSON.parse(raw) as Record<string, unknown>;
+          } catch {
+            parsed = { Err: `non-JSON answer: ${raw.slice(0, 200)}` };
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed, ms });
+        });
+        res.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(new Error(`${method}: no answer within 30 s`)));
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  /** Like call(), but throws on a plugin error. */
+  async must(method: string, body: unknown): Promise<{ body: Record<string, unknown>; ms: number }> {
+    const r = await this.call(method, body);
+    if (r.status !== 200 || (typeof r.body.Err === 'string' && r.body.Err !== '')) {
+      throw new Error(`${method} failed (${r.status}): ${String(r.body.Err)}`);
+    }
+    return r;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+export interface CallLatency {
+  n: number;
+  p50Ms: number;
+  p99Ms: number;
+  medianMs: number;
+  maxMs: number;
+}
+
+export interface PluginLatencyResult {
+  serverSide: {
+    note: string;
+    afterDockerRuns: DaemonStatus['dockerCalls'];
+    afterReplay: DaemonStatus['dockerCalls'];
+  };
+  clientSide: {
+    note: string;
+    cycles: number;
+    cyclesCompleted: number;
+    failures: number;
+    errors: string[];
+    calls: Record<string, CallLatency>;
+    cycleTotal: CallLatency;
+  };
+  leakCheck: {
+    before: { networks: number; endpoints: number; pools: number };
+    after: { networks: number; endpoints: number; pools: number };
+    teardownErrors: string[];
+    clean: boolean;
+  };
+}
+
+const hex64 = (): string => randomBytes(32).toString('hex');
+const plain = (cidr: string): string => cidr.split('/')[0]!;
+
+function latency(values: number[]): CallLatency {
+  const s = summarize(values);
+  return { n: s.n, p50Ms: round(s.median, 3), p99Ms: round(s.p99, 3), medianMs: round(s.median, 3), maxMs: round(s.max, 3) };
+}
+
+/** Replays Docker's endpoint life cycle on a hand-made network; everything made is torn down. */
+async function replayCycles(options: BenchOptions): Promise<Omit<PluginLatencyResult, 'serverSide' | 'leakCheck'> & { teardownErrors: string[] }> {
+  const client = new PluginClient(PLUGIN_SOCKET);
+  const times: Record<string, number[]> = {};
+  const record = (method: string, ms: number) => (times[method] ??= []).push(ms);
+  const cycleTotals: number[] = [];
+  const errors: string[] = [];
+  const teardownErrors: string[] = [];
+  const networkId = hex64();
+  const pools: string[] = [];
+  const addresses = new Map<string, string>(); // address -> pool id
+  const endpoints = new Set<string>();
+  let networkCreated = false;
+  let completed = 0;
+  let failures = 0;
+  try {
+    // Network set-up, in Docker's order: pools, gateways, CreateNetwork (not timed).
+    const v4 = await client.must('IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '', SubPool: '', Options: {}, V6: false });
+    pools.push(String(v4.body.PoolID));
+    const v6 = await client.must('IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '', SubPool: '', Options: {}, V6: true });
+    pools.push(String(v6.body.PoolID));
+    const gateways: string[] = [];
+    for (const poolId of pools) {
+      const gw = await client.must('IpamDriver.RequestAddress', { PoolID: poolId, Address: '', Options: { RequestAddressType: 'com.docker.network.gateway' } });
+      gateways.push(String(gw.body.Address));
+      addresses.set(plain(String(gw.body.Address)), poolId);
+    }
+    await client.must('NetworkDriver.CreateNetwork', {
+      NetworkID: networkId,
+      Options: { 'com.docker.network.enable_ipv6': true, 'com.docker.network.generic': {} },
+      IPv4Data: [{ AddressSpace: 'membrane-local', Gateway: gateways[0], Pool: String(v4.body.Pool) }],
+      IPv6Data: [{ AddressSpace: 'membrane-local', Gateway: gateways[1], Pool: String(v6.body.Pool) }],
+    });
+    networkCreated = true;
+
+    const deadline = Date.now() + (options.smoke ? 60_000 : 5 * 60_000);
+    for (let i = 0; i < options.cycles; i++) {
+      checkAborted();
+      if (Date.now() > deadline) {
+        errors.push(`time limit reached after ${completed} cycles`);
+        break;
+      }
+      if (failures >= 10) {
+        errors.push('stopped after 10 failed cycles');
+        break;
+      }
+      try {
+        // A no-op call first: the bare HTTP-over-UDS round trip of the plugin server.
+        record('NetworkDriver.GetCapabilities', (await client.must('NetworkDriver.GetCapabilities', {})).ms);
+        const endpointId = hex64();
+        let total = 0;
+        const timed = async (method: string, body: unknown) => {
+          const r = await client.must(method, body);
+          record(method, r.ms);
+          total += r.ms;
+          return r.body;
+        };
+        const a4 = String((await timed('IpamDriver.RequestAddress', { PoolID: pools[0], Address: '', Options: null })).Address);
+        addresses.set(plain(a4), pools[0]!);
+        const a6 = String((await timed('IpamDriver.RequestAddress', { PoolID: pools[1], Address: '', Options: null })).Address);
+        addresses.set(plain(a6), pools[1]!);
+        endpoints.add(endpointId);
+        await timed('NetworkDriver.CreateEndpoint', {
+          NetworkID: networkId, EndpointID: endpointId, Interface: { Address: a4, AddressIPv6: a6, MacAddress: '' }, Options: {},
+        });
+        await timed('NetworkDriver.Join', { NetworkID: networkId, EndpointID: endpointId, SandboxKey: '/var/run/docker/netns/membrane-bench', Options: {} });
+        await timed('NetworkDriver.Leave', { NetworkID: networkId, EndpointID: endpointId });
+        await timed('NetworkDriver.DeleteEndpoint', { NetworkID: networkId, EndpointID: endpointId });
+        endpoints.delete(endpointId);
+        await timed('IpamDriver.ReleaseAddress', { PoolID: pools[0], Address: plain(a4) });
+        addresses.delete(plain(a4));
+        await timed('IpamDriver.ReleaseAddress', { PoolID: pools[1], Address: plain(a6) });
+        addresses.delete(plain(a6));
+        cycleTotals.push(total);
+        completed++;
+      } catch (err) {
+        failures++;
+        if (errors.length < 5) errors.push(String(err instanceof Error ? err.message : err).slice(0, 300));
+      }
+    }
+  } finally {
+    // Tear down in Docker's order; keep going on errors and report them.
+    const attempt = async (method: string, body: unknown) => {
+      try {
+        await client.must(method, body);
+      } catch (err) {
+        teardownErrors.push(String(err instanceof Error ? err.message : err).slice(0, 300));
+      }
+    };
+    for (const endpointId of endpoints) {
+      await attempt('NetworkDriver.Leave', { NetworkID: networkId, EndpointID: endpointId });
+      await attempt('NetworkDriver.DeleteEndpoint', { NetworkID: networkId, EndpointID: endpointId });
+    }
+    if (networkCreated) await attempt('NetworkDriver.DeleteNetwork', { NetworkID: networkId });
+    for (const [address, poolId] of addresses) await attempt('IpamDriver.ReleaseAddress', { PoolID: poolId, Address: address });
+    for (const poolId of pools) await attempt('IpamDriver.ReleasePool', { PoolID: poolId });
+    client.close();
+  }
+  const calls: Record<string, CallLatency> = {};
+  for (const [method, values] of Object.entries(times)) calls[method] = latency(values);
+  return {
+    clientSide: {
+      note: 'Client-side round trip of one raw HTTP POST on the plugin unix socket (keep-alive connection), ' +
+        'replaying RequestAddress(v4, v6) + CreateEndpoint + Join + Leave + DeleteEndpoint + ReleaseAddress(v4, v6) ' +
+        'on a network created directly on the plugin with fake 64-hex ids. NetworkDriver.GetCapabilities is a no-op ' +
+        'probe (bare HTTP/UDS + express overhead). The IpamDriver.* rows mix the v4 and v6 calls.',
+      cycles: options.cycles, cyclesCompleted: completed, failures, errors,
+      calls, cycleTotal: latency(cycleTotals),
+    },
+    teardownErrors,
+  };
+}
+
+async function benchPluginLatency(options: BenchOptions, afterDockerRuns: DaemonStatus): Promise<PluginLatencyResult> {
+  const before = { networks: afterDockerRuns.networks, endpoints: afterDockerRuns.endpoints, pools: afterDockerRuns.pools };
+  const replay = await replayCycles(options);
+  const status = await apiGet<DaemonStatus>('/v1/status');
+  const after = { networks: status.networks, endpoints: status.endpoints, pools: status.pools };
+  return {
+    serverSide: {
+      note: 'Server-side handler time inside the plugin (/v1/status dockerCalls: count and errors since daemon start; ' +
+        'p50/p99 over the last 1024 calls of each method). afterDockerRuns = the calls dockerd made for the docker run ' +
+        'section (and its network create); afterReplay = the same window after the raw replay, so dominated by it.',
+      afterDockerRuns: afterDockerRuns.dockerCalls,
+      afterReplay: status.dockerCalls,
+    },
+    clientSide: replay.clientSide,
+    leakCheck: {
+      before, after, teardownErrors: replay.teardownErrors,
+      clean: replay.teardownErrors.length === 0 && before.networks === after.networks &&
+        before.endpoints === after.endpoints && before.pools === after.pools,
+    },
+  };
+}
+
+// ---- report ------------------------------------------------------------------------------------
+
+export interface BenchResult {
+  schema: 'membrane-bench/1';
+  environment: Environment;
+  settings: Omit<BenchOptions, 'outDir'> & { outDir: string };
+  dockerRun: DockerRunResult | null;
+  pluginLatency: PluginLatencyResult | null;
+  ipam: { note: string; results: IpamResult[] } | null;
+  errors: string[];
+  durationSeconds: number;
+}
+
+function table(header: string[], rows: string[][]): string {
+  return [`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+export function renderMarkdown(r: BenchResult): string {
+  const e = r.environment;
+  const out: string[] = [];
+  out.push(`# Membrane benchmark${e.smoke ? ' (SMOKE: tiny N, numbers not meaningful)' : ''}`, '');
+  out.push(table(['Environment', ''], [
+    ['date', e.date], ['smoke', String(e.smoke)], ['kernel', e.kernel], ['uname', e.uname],
+    ['docker', `server ${e.docker.server}, client ${e.docker.client}`], ['node', e.node],
+    ['CPUs', `${e.cpus} × ${e.cpuModel}`], ['memory', `${e.memoryGiB} GiB`], ['iptables', e.iptables],
+    ['membrane', e.membraneCommit], ['image', `${e.image} (${e.imageId.slice(0, 19)})`],
+    ['daemon log level', e.daemonLogLevel], ['duration', `${r.durationSeconds} s`],
+  ]), '');
+
+  const d = r.dockerRun;
+  out.push('## 1. `docker run --rm IMAGE true` wall time', '');
+  if (d) {
+    out.push(`Interleaved rounds, order rotated each round; ${d.roundsCompleted}/${d.rounds} rounds after ${d.warmupRounds} discarded warm-up round(s). ` +
+      `Bridge variant: ${d.bridgeVariant}.`, '');
+    const row = (label: string, v: VariantResult, none: number): string[] =>
+      [label, String(v.n), fmt(v.median), fmt(v.p90), fmt(v.min), fmt(v.max), fmt(v.iqr), fmt(v.median - none), String(v.failures)];
+    out.push(table(['Network', 'n', 'median ms', 'p90 ms', 'min ms', 'max ms', 'IQR ms', 'Δ median vs none ms', 'failed'], [
+      row('Membrane (`-d membrane --ipam-driver membrane --ipv6`)', d.variants.membrane, d.variants.none.median),
+      row('Docker bridge', d.variants.bridge, d.variants.none.median),
+      row('`--network none` (floor)', d.variants.none, d.variants.none.median),
+    ]), '');
+    out.push(`**Ratio membrane/bridge (medians): ${fmt(d.ratios.membraneOverBridge, 3)}**; median of per-round ratios ${fmt(d.ratios.pairedMembraneOverBridge, 3)}; ` +
+      `membrane/none ${fmt(d.ratios.membraneOverNone, 3)}; bridge/none ${fmt(d.ratios.bridgeOverNone, 3)}; ` +
+      `membrane − bridge ${fmt(d.deltasMs.membraneMinusBridge)} ms.`, '');
+    for (const [k, v] of Object.entries(d.variants)) if (v.errors.length) out.push(`- ${k} errors: ${v.errors.join(' / ')}`);
+  } else {
+    out.push('(section failed, see errors)', '');
+  }
+
+  const p = r.pluginLatency;
+  out.push('## 2. Plugin call latency', '');
+  if (p) {
+    out.push('Server = handler time inside the plugin as it reports in /v1/status (p50/p99 over the last ≤1024 calls), for the calls dockerd made ' +
+      'during section 1. Client = round trip of raw POSTs on /run/docker/plugins/membrane.sock (keep-alive), ' +
+      `${p.clientSide.cyclesCompleted}/${p.clientSide.cycles} replayed cycles (${p.clientSide.failures} failed). ` +
+      'IpamDriver.* rows mix v4 and v6 requests.', '');
+    const methods = [...KEY_CALLS, 'NetworkDriver.Leave', 'IpamDriver.ReleaseAddress', 'NetworkDriver.GetCapabilities'];
+    out.push(table(['Call', 'server p50 ms', 'server p99 ms', 'server calls (errors)', 'client p50 ms', 'client p99 ms', 'client n'],
+      [...methods.map((m) => {
+        const s = p.serverSide.afterDockerRuns[m];
+        const c = p.clientSide.calls[m];
+        return [m + (m.endsWith('GetCapabilities') ? ' (no-op probe)' : ''), fmt(s?.p50Ms, 3), fmt(s?.p99Ms, 3),
+          s ? `${s.count} (${s.errors})` : '—', fmt(c?.p50Ms, 3), fmt(c?.p99Ms, 3), c ? String(c.n) : '—'];
+      }), ['whole cycle (8 calls, client)', '', '', '', fmt(p.clientSide.cycleTotal.p50Ms, 3), fmt(p.clientSide.cycleTotal.p99Ms, 3), String(p.clientSide.cycleTotal.n)]]), '');
+    const sr = p.serverSide.afterReplay;
+    out.push(`Server-side after the replay (window dominated by it): ${KEY_CALLS.map((m) => `${m.split('.')[1]} p50 ${fmt(sr[m]?.p50Ms, 3)} / p99 ${fmt(sr[m]?.p99Ms, 3)} ms`).join('; ')}.`, '');
+    out.push(`Leak check: daemon networks/endpoints/pools before replay ${p.leakCheck.before.networks}/${p.leakCheck.before.endpoints}/${p.leakCheck.before.pools}, ` +
+      `after ${p.leakCheck.after.networks}/${p.leakCheck.after.endpoints}/${p.leakCheck.after.pools}; ` +
+      `${p.leakCheck.clean ? 'clean' : `NOT clean: ${p.leakCheck.teardownErrors.join(' / ')}`}.`, '');
+    if (p.clientSide.errors.length) out.push(`- replay errors: ${p.clientSide.errors.join(' / ')}`, '');
+  } else {
+    out.push('(section failed, see errors)', '');
+  }
+
+  out.push('## 3. IPAM allocations per second (in-process AddressAllocator)', '');
+  if (r.ipam) {
+    out.push(r.ipam.note, '');
+    out.push(table(['Pool', 'fullness', 'allocated', 'intervals', 'allocs/s (median)', 'µs per alloc+release', 'reps × pairs', 'explicit fill allocs/s'],
+      r.ipam.results.map((x) => [x.name, `${fmt(x.fullness * 100, 2)} %`, String(x.allocated), String(x.intervals),
+        Math.round(x.allocsPerSec).toLocaleString('en-US'), fmt(x.usPerPair, 2), `${x.repetitions} × ${Math.min(...x.pairsPerRepetition)}`,
+        Math.round(x.fillAllocsPerSec).toLocaleString('en-US')])), '');
+  } else {
+    out.push('(section failed, see errors)', '');
+  }
+  if (r.errors.length) out.push('## Errors', '', ...r.errors.map((x) => `- ${x}`), '');
+  return out.join('\n');
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+async function removeOwnResources(label: string): Promise<string[]> {
+  const problems: string[] = [];
+  const containers = (await run('docker', ['ps', '-aq', '--filter', `label=${label}`], { allowFail: true })).stdout.split('\n').filter(Boolean);
+  if (containers.length) {
+    const r = await run('docker', ['rm', '-f', ...containers], { allowFail: true });
+    if (r.code !== 0) problems.push(`docker rm: ${r.stderr.trim()}`);
+  }
+  const networks = (await run('docker', ['network', 'ls', '-q', '--filter', `label=${label}`], { allowFail: true })).stdout.split('\n').filter(Boolean);
+  for (const network of networks) {
+    const r = await run('docker', ['network', 'rm', network], { allowFail: true });
+    if (r.code !== 0) problems.push(`docker network rm ${network}: ${r.stderr.trim()}`);
+  }
+  return problems;
+}
+
+export async function runBench(options: BenchOptions): Promise<BenchResult> {
+  const started = Date.now();
+  const runId = `${process.pid.toString(36)}${randomBytes(3).toString('hex')}`;
+  const benchLabel = `membrane.bench=${runId}`;
+  const labels = [TEST_LABEL, benchLabel];
+  fs.mkdirSync(options.outDir, { recursive: true });
+  const result: BenchResult = {
+    schema: 'membrane-bench/1',
+    environment: await environment(options, runId),
+    settings: { ...options },
+    dockerRun: null, pluginLatency: null, ipam: null, errors: [], durationSeconds: 0,
+  };
+
+  const image = await run('docker', ['image', 'inspect', IMAGE], { allowFail: true });
+  if (image.code !== 0) {
+    await run('bash', [path.join(ROOT, 'integration', 'image', 'build.sh')], { timeoutMs: 300_000 });
+    result.environment.imageId = await text('docker', ['image', 'inspect', '-f', '{{.Id}}', IMAGE]);
+  }
+
+  const daemon = await startDaemonWhenFree(options);
+  const killOnExit = () => daemon.child?.kill('SIGTERM');
+  process.once('exit', killOnExit);
+  try {
+    const status = await apiGet<DaemonStatus>('/v1/status', API_SOCKET);
+    if (status.pid !== daemon.child?.pid) throw new Error('the API socket does not belong to the daemon this run started');
+    try {
+      result.dockerRun = await benchDockerRun(options, { membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
+    } catch (err) {
+      result.errors.push(`docker run section: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    const afterRuns = await apiGet<DaemonStatus>('/v1/status');
+    checkAborted();
+    try {
+      result.pluginLatency = await benchPluginLatency(options, afterRuns);
+    } catch (err) {
+      result.errors.push(`plugin latency section: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  } catch (err) {
+    result.errors.push(err instanceof Error ? err.message : String(err));
+  } finally {
+    // Docker networks of the membrane driver must go while the daemon still answers.
+    const problems = await removeOwnResources(benchLabel);
+    result.errors.push(...problems.map((p) => `cleanup: ${p}`));
+    if (!daemon.running()) result.errors.push(`the daemon died during the run: ${daemon.tail(5)}`);
+    await daemon.stop();
+    daemon.dispose(options.outDir);
+    process.removeListener('exit', killOnExit);
+  }
+
+  if (!aborted) {
+    try {
+      result.ipam = {
+        note: 'In-process AddressAllocator, no daemon, no I/O: there is no alternative implementation to compare with ' +
+          '(Docker\'s default IPAM lives inside dockerd), so these are absolute numbers, not ratios. The pool is filled to ' +
+          'the level with explicit allocations at seeded random offsets (fragmented, like a pool after churn), then ' +
+          'allocate()+release() pairs are timed (each pair takes the next free address after the cursor: a hole at 99 %). ' +
+          'allocs/s = pairs per second. A /64 cannot be filled, so IPv6 levels are of a --ip-range /112 inside the /64; ' +
+          'the last row scatters 65,000 addresses over a whole /64 (one interval each: the largest tree).',
+        results: runIpamBench({ repetitions: options.ipamRepetitions, pairs: options.ipamPairs, maxMsPerRepetition: 3000 }),
+      };
+    } catch (err) {
+      result.errors.push(`ipam section: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  } else {
+    result.errors.push('interrupted');
+  }
+  result.durationSeconds = Math.round((Date.now() - started) / 1000);
+  return result;
+}
+
+export function writeResult(result: BenchResult, outDir: string): string {
+  const markdown = renderMarkdown(result);
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'bench.json'), `${JSON.stringify(result, null, 2)}\n`);
+  fs.writeFileSync(path.join(outDir, 'bench.md'), `${markdown}\n`);
+  return markdown;
+}
+
+async function main(): Promise<number> {
+  const options = parseArgs(process.argv.slice(2));
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    aborted = true;
+    if (++signals > 1) process.exit(130);
+    console.error(`bench: ${sig}, cleaning up (send again to exit at once)`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const result = await runBench(options);
+  const markdown = writeResult(result, options.outDir);
+  console.log(markdown);
+  console.log(`\nwrote ${path.join(options.outDir, 'bench.json')} and bench.md`);
+  return result.errors.length ? 1 : 0;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
+  main().then((code) => { process.exitCode = code; }, (err) => {
+    console.error(`bench: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 2;
+  });
+}
