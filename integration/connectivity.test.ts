@@ -4,25 +4,13 @@
 
 import test from 'ava';
 import {
-  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
+  addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
   execMayFail, kernelLeftovers, run, runContainer, uniqueName,
+  useMembrane,
+  ping,
 } from './harness.js';
 
-const membrane = new MembraneProcess();
-
-test.before(async () => {
-  await cleanupDocker();
-  await membrane.start();
-});
-
-test.after.always(async () => {
-  await cleanupDocker();
-  await membrane.stop();
-});
-
-async function ping(container: string, family: 4 | 6, target: string): Promise<void> {
-  await eventually(() => exec(container, 'ping', `-${family}`, '-c', '1', '-W', '2', target), 15_000);
-}
+useMembrane(test);
 
 async function fetchPage(container: string, target: string): Promise<string> {
   const url = target.includes(':') && !target.startsWith('[') ? `http://[${target}]:8080/` : `http://${target}:8080/`;

@@ -212,3 +212,25 @@ export async function kernelLeftovers(): Promise<{ links: string[]; routes: stri
   ].filter((l) => l.includes('proto 201'));
   return { links, routes, rules };
 }
+
+/** Pings `target` from inside a container until it answers (ND, ARP and DAD take a moment). */
+export async function ping(container: string, family: 4 | 6, target: string): Promise<void> {
+  await eventually(() => exec(container, 'ping', `-${family}`, '-c', '1', '-W', '2', target), 15_000);
+}
+
+/**
+ * The usual fixture: a fresh daemon for the test file, and every test container and network
+ * removed before and after, whatever happened in between.
+ */
+export function useMembrane(test: { before: (fn: () => Promise<void>) => void; after: { always: (fn: () => Promise<void>) => void } }): MembraneProcess {
+  const membrane = new MembraneProcess();
+  test.before(async () => {
+    await cleanupDocker();
+    await membrane.start();
+  });
+  test.after.always(async () => {
+    await cleanupDocker();
+    await membrane.stop();
+  });
+  return membrane;
+}

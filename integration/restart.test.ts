@@ -5,8 +5,9 @@ import test from 'ava';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import {
-  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
+  MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually,
   kernelLeftovers, run, runContainer, sleep, uniqueName,
+  ping,
 } from './harness.js';
 
 // One state directory for the whole file: every restart below must find what the last one left.
@@ -26,10 +27,6 @@ test.after.always(async () => {
   await cleanupDocker();
   await membrane.stop();
 });
-
-async function ping(container: string, family: 4 | 6, target: string): Promise<void> {
-  await eventually(() => exec(container, 'ping', `-${family}`, '-c', '1', '-W', '2', target), 15_000);
-}
 
 test.serial('plugin restart with containers running keeps them connected; later containers get unique addresses', async (t) => {
   const net = uniqueName('mbt-rs');

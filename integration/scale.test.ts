@@ -3,21 +3,11 @@
 
 import test from 'ava';
 import {
-  MembraneProcess, addressesOf, cleanupDocker, createNetwork, dockerMayFail, eventually, exec, runContainer, uniqueName,
+  addressesOf, createNetwork, dockerMayFail, eventually, exec, runContainer, uniqueName, useMembrane,
 } from './harness.js';
 
-const membrane = new MembraneProcess();
 const COUNT = 50;
-
-test.before(async () => {
-  await cleanupDocker();
-  await membrane.start();
-});
-
-test.after.always(async () => {
-  await cleanupDocker();
-  await membrane.stop();
-});
+useMembrane(test);
 
 async function inBatches<T, R>(items: T[], size: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = [];

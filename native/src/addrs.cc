@@ -78,32 +78,22 @@ Napi::Value AddrList(const Napi::CallbackInfo& info) {
   }
   Message m(RTM_GETADDR, 0);
   m.Header<ifaddrmsg>()->ifa_family = static_cast<uint8_t>(af);
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t n = 0;
-  Outcome r = NL(info).Dump(
-      m,
-      [&]() {
-        out = Napi::Array::New(env);
-        n = 0;
-      },
-      [&](const nlmsghdr* h) {
-        if (h->nlmsg_type != RTM_NEWADDR || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(ifaddrmsg)) return;
-        const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(h));
-        if (ifa->ifa_family != af || (index != 0 && ifa->ifa_index != index)) return;
-        const nlattr* tb[IFA_MAX + 1];
-        ParseAttrs(h, sizeof(ifaddrmsg), tb, IFA_MAX);
-        // IFA_LOCAL is the interface's own address when it differs from IFA_ADDRESS (the peer).
-        const nlattr* a = tb[IFA_LOCAL] ? tb[IFA_LOCAL] : tb[IFA_ADDRESS];
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("index", Napi::Number::New(env, ifa->ifa_index));
-        o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
-        o.Set("address", Napi::String::New(env, FormatAddr(af, a)));
-        o.Set("prefixLen", Napi::Number::New(env, ifa->ifa_prefixlen));
-        o.Set("flags", Napi::Number::New(env, AttrU32(tb[IFA_FLAGS], ifa->ifa_flags)));
-        out.Set(n++, o);
-      });
-  if (r.error) return ThrowErrno(env, r, std::string("RTM_GETADDR dump ") + (af == AF_INET ? "inet" : "inet6"));
-  return out;
+  return DumpArray(env, NL(info), m, std::string("RTM_GETADDR dump ") + (af == AF_INET ? "inet" : "inet6"), [&](const nlmsghdr* h) -> Napi::Value {
+    if (h->nlmsg_type != RTM_NEWADDR || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(ifaddrmsg)) return Napi::Value();
+    const auto* ifa = static_cast<const ifaddrmsg*>(mnl_nlmsg_get_payload(h));
+    if (ifa->ifa_family != af || (index != 0 && ifa->ifa_index != index)) return Napi::Value();
+    const nlattr* tb[IFA_MAX + 1];
+    ParseAttrs(h, sizeof(ifaddrmsg), tb, IFA_MAX);
+    // IFA_LOCAL is the interface's own address when it differs from IFA_ADDRESS (the peer).
+    const nlattr* a = tb[IFA_LOCAL] ? tb[IFA_LOCAL] : tb[IFA_ADDRESS];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("index", Napi::Number::New(env, ifa->ifa_index));
+    o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
+    o.Set("address", Napi::String::New(env, FormatAddr(af, a)));
+    o.Set("prefixLen", Napi::Number::New(env, ifa->ifa_prefixlen));
+    o.Set("flags", Napi::Number::New(env, AttrU32(tb[IFA_FLAGS], ifa->ifa_flags)));
+    return o;
+  });
 }
 
 }  // namespace membrane

@@ -194,19 +194,10 @@ Napi::Value LinkList(const Napi::CallbackInfo& info) {
   Message m(RTM_GETLINK, 0);
   m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
   m.PutU32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t n = 0;
-  Outcome r = NL(info).Dump(
-      m,
-      [&]() {
-        out = Napi::Array::New(env);
-        n = 0;
-      },
-      [&](const nlmsghdr* h) {
-        if (IsLinkMessage(h)) out.Set(n++, LinkInfoFrom(env, h));
-      });
-  if (r.error) return ThrowErrno(env, r, "RTM_GETLINK dump");
-  return out;
+  return DumpArray(env, NL(info), m, "RTM_GETLINK dump", [&](const nlmsghdr* h) -> Napi::Value {
+    if (!IsLinkMessage(h)) return Napi::Value();
+    return LinkInfoFrom(env, h);
+  });
 }
 
 Napi::Value LinkSetUp(const Napi::CallbackInfo& info) {

@@ -386,4 +386,21 @@ std::string FormatAddr(int af, const nlattr* attr) {
   return buf;
 }
 
+Napi::Value DumpArray(Napi::Env env, Netlink& nl, Message& msg, const std::string& op, const ConvertFn& convert) {
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  Outcome r = nl.Dump(
+      msg,
+      [&]() {
+        out = Napi::Array::New(env);
+        n = 0;
+      },
+      [&](const nlmsghdr* h) {
+        Napi::Value value = convert(h);
+        if (!value.IsEmpty()) out.Set(n++, value);
+      });
+  if (r.error) return ThrowErrno(env, r, op);
+  return out;
+}
+
 }  // namespace membrane

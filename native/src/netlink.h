@@ -122,6 +122,12 @@ bool ParseAddr(Napi::Env env, int af, const std::string& text, const std::string
 std::string FormatAddr(int af, const nlattr* attr);  // '' when absent or the wrong size
 size_t AddrLen(int af);
 
+// Runs a dump and returns a JS array of what `convert` makes of each message (an empty
+// Napi::Value skips it). A restarted dump starts the array again. On failure, throws and
+// returns undefined.
+using ConvertFn = std::function<Napi::Value(const nlmsghdr*)>;
+Napi::Value DumpArray(Napi::Env env, Netlink& nl, Message& msg, const std::string& op, const ConvertFn& convert);
+
 // Helpers shared by the per-object files.
 inline Netlink& NL(const Napi::CallbackInfo& info) { return *static_cast<Netlink*>(info.Data()); }
 

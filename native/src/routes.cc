@@ -225,41 +225,31 @@ Napi::Value RouteList(const Napi::CallbackInfo& info) {
   }
   Message m(RTM_GETROUTE, 0);
   m.Header<rtmsg>()->rtm_family = static_cast<uint8_t>(af);
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t n = 0;
-  Outcome r = NL(info).Dump(
-      m,
-      [&]() {
-        out = Napi::Array::New(env);
-        n = 0;
-      },
-      [&](const nlmsghdr* h) {
-        if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(rtmsg)) return;
-        const auto* rtm = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(h));
-        // Cached/cloned entries (PMTU exceptions and the like) are not routes anyone added.
-        if (rtm->rtm_family != af || (rtm->rtm_flags & RTM_F_CLONED)) return;
-        const nlattr* tb[RTA_MAX + 1];
-        ParseAttrs(h, sizeof(rtmsg), tb, RTA_MAX);
-        const uint32_t t = AttrU32(tb[RTA_TABLE], rtm->rtm_table);
-        if (table != 0 && t != table) return;
-        std::string dst = FormatAddr(af, tb[RTA_DST]);
-        if (dst.empty()) dst = af == AF_INET ? "0.0.0.0" : "::";
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
-        o.Set("dst", Napi::String::New(env, dst));
-        o.Set("dstLen", Napi::Number::New(env, rtm->rtm_dst_len));
-        o.Set("table", Napi::Number::New(env, t));
-        o.Set("type", Napi::String::New(env, Describe(kRouteTypes, kListedRouteTypes, rtm->rtm_type, "type_")));
-        o.Set("oif", Napi::Number::New(env, AttrU32(tb[RTA_OIF])));
-        o.Set("gateway", Napi::String::New(env, FormatAddr(af, tb[RTA_GATEWAY])));
-        o.Set("prefsrc", Napi::String::New(env, FormatAddr(af, tb[RTA_PREFSRC])));
-        o.Set("scope", Napi::String::New(env, Describe(kScopes, kListedScopes, rtm->rtm_scope, "scope_")));
-        o.Set("protocol", Napi::Number::New(env, rtm->rtm_protocol));
-        o.Set("priority", Napi::Number::New(env, AttrU32(tb[RTA_PRIORITY])));
-        out.Set(n++, o);
-      });
-  if (r.error) return ThrowErrno(env, r, std::string("RTM_GETROUTE dump ") + (af == AF_INET ? "inet" : "inet6"));
-  return out;
+  return DumpArray(env, NL(info), m, std::string("RTM_GETROUTE dump ") + (af == AF_INET ? "inet" : "inet6"), [&](const nlmsghdr* h) -> Napi::Value {
+    if (h->nlmsg_type != RTM_NEWROUTE || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(rtmsg)) return Napi::Value();
+    const auto* rtm = static_cast<const rtmsg*>(mnl_nlmsg_get_payload(h));
+    // Cached/cloned entries (PMTU exceptions and the like) are not routes anyone added.
+    if (rtm->rtm_family != af || (rtm->rtm_flags & RTM_F_CLONED)) return Napi::Value();
+    const nlattr* tb[RTA_MAX + 1];
+    ParseAttrs(h, sizeof(rtmsg), tb, RTA_MAX);
+    const uint32_t t = AttrU32(tb[RTA_TABLE], rtm->rtm_table);
+    if (table != 0 && t != table) return Napi::Value();
+    std::string dst = FormatAddr(af, tb[RTA_DST]);
+    if (dst.empty()) dst = af == AF_INET ? "0.0.0.0" : "::";
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
+    o.Set("dst", Napi::String::New(env, dst));
+    o.Set("dstLen", Napi::Number::New(env, rtm->rtm_dst_len));
+    o.Set("table", Napi::Number::New(env, t));
+    o.Set("type", Napi::String::New(env, Describe(kRouteTypes, kListedRouteTypes, rtm->rtm_type, "type_")));
+    o.Set("oif", Napi::Number::New(env, AttrU32(tb[RTA_OIF])));
+    o.Set("gateway", Napi::String::New(env, FormatAddr(af, tb[RTA_GATEWAY])));
+    o.Set("prefsrc", Napi::String::New(env, FormatAddr(af, tb[RTA_PREFSRC])));
+    o.Set("scope", Napi::String::New(env, Describe(kScopes, kListedScopes, rtm->rtm_scope, "scope_")));
+    o.Set("protocol", Napi::Number::New(env, rtm->rtm_protocol));
+    o.Set("priority", Napi::Number::New(env, AttrU32(tb[RTA_PRIORITY])));
+    return o;
+  });
 }
 
 Napi::Value RuleAdd(const Napi::CallbackInfo& info) {
@@ -289,35 +279,25 @@ Napi::Value RuleList(const Napi::CallbackInfo& info) {
   if (!ArgFamily(env, info[0], "ruleList: family", &af)) return env.Undefined();
   Message m(RTM_GETRULE, 0);
   m.Header<fib_rule_hdr>()->family = static_cast<uint8_t>(af);
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t n = 0;
-  Outcome r = NL(info).Dump(
-      m,
-      [&]() {
-        out = Napi::Array::New(env);
-        n = 0;
-      },
-      [&](const nlmsghdr* h) {
-        if (h->nlmsg_type != RTM_NEWRULE || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(fib_rule_hdr)) return;
-        const auto* frh = static_cast<const fib_rule_hdr*>(mnl_nlmsg_get_payload(h));
-        if (frh->family != af) return;
-        const nlattr* tb[FRA_MAX + 1];
-        ParseAttrs(h, sizeof(fib_rule_hdr), tb, FRA_MAX);
-        const char* action = NameOf(kRuleActions, frh->action);
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
-        o.Set("priority", Napi::Number::New(env, AttrU32(tb[FRA_PRIORITY])));
-        o.Set("src", Napi::String::New(env, FormatAddr(af, tb[FRA_SRC])));
-        o.Set("srcLen", Napi::Number::New(env, frh->src_len));
-        o.Set("dst", Napi::String::New(env, FormatAddr(af, tb[FRA_DST])));
-        o.Set("dstLen", Napi::Number::New(env, frh->dst_len));
-        o.Set("table", Napi::Number::New(env, AttrU32(tb[FRA_TABLE], frh->table)));
-        o.Set("action", Napi::String::New(env, action ? action : "action_" + std::to_string(frh->action)));
-        o.Set("protocol", Napi::Number::New(env, AttrU8(tb[FRA_PROTOCOL])));
-        out.Set(n++, o);
-      });
-  if (r.error) return ThrowErrno(env, r, std::string("RTM_GETRULE dump ") + (af == AF_INET ? "inet" : "inet6"));
-  return out;
+  return DumpArray(env, NL(info), m, std::string("RTM_GETRULE dump ") + (af == AF_INET ? "inet" : "inet6"), [&](const nlmsghdr* h) -> Napi::Value {
+    if (h->nlmsg_type != RTM_NEWRULE || h->nlmsg_len < MNL_NLMSG_HDRLEN + sizeof(fib_rule_hdr)) return Napi::Value();
+    const auto* frh = static_cast<const fib_rule_hdr*>(mnl_nlmsg_get_payload(h));
+    if (frh->family != af) return Napi::Value();
+    const nlattr* tb[FRA_MAX + 1];
+    ParseAttrs(h, sizeof(fib_rule_hdr), tb, FRA_MAX);
+    const char* action = NameOf(kRuleActions, frh->action);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("family", Napi::Number::New(env, af == AF_INET ? 4 : 6));
+    o.Set("priority", Napi::Number::New(env, AttrU32(tb[FRA_PRIORITY])));
+    o.Set("src", Napi::String::New(env, FormatAddr(af, tb[FRA_SRC])));
+    o.Set("srcLen", Napi::Number::New(env, frh->src_len));
+    o.Set("dst", Napi::String::New(env, FormatAddr(af, tb[FRA_DST])));
+    o.Set("dstLen", Napi::Number::New(env, frh->dst_len));
+    o.Set("table", Napi::Number::New(env, AttrU32(tb[FRA_TABLE], frh->table)));
+    o.Set("action", Napi::String::New(env, action ? action : "action_" + std::to_string(frh->action)));
+    o.Set("protocol", Napi::Number::New(env, AttrU8(tb[FRA_PROTOCOL])));
+    return o;
+  });
 }
 
 }  // namespace membrane
