@@ -633,6 +633,8 @@ export interface BenchResult {
   ipam: { note: string; results: IpamResult[] } | null;
   errors: string[];
   durationSeconds: number;
+  /** Wall time per phase (setup includes waiting for another daemon to go away). */
+  phaseSeconds: Record<string, number>;
 }
 
 function table(header: string[], rows: string[][]): string {
@@ -648,7 +650,8 @@ export function renderMarkdown(r: BenchResult): string {
     ['docker', `server ${e.docker.server}, client ${e.docker.client}`], ['node', e.node],
     ['CPUs', `${e.cpus} × ${e.cpuModel}`], ['memory', `${e.memoryGiB} GiB`], ['iptables', e.iptables],
     ['membrane', e.membraneCommit], ['image', `${e.image} (${e.imageId.slice(0, 19)})`],
-    ['daemon log level', e.daemonLogLevel], ['duration', `${r.durationSeconds} s`],
+    ['daemon log level', e.daemonLogLevel],
+    ['duration', `${r.durationSeconds} s (${Object.entries(r.phaseSeconds).map(([k, v]) => `${k} ${v}`).join(', ')})`],
   ]), '');
 
   const d = r.dockerRun;
@@ -737,7 +740,12 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     schema: 'membrane-bench/1',
     environment: await environment(options, runId),
     settings: { ...options },
-    dockerRun: null, pluginLatency: null, ipam: null, errors: [], durationSeconds: 0,
+    dockerRun: null, pluginLatency: null, ipam: null, errors: [], durationSeconds: 0, phaseSeconds: {},
+  };
+  let phaseStart = Date.now();
+  const phase = (name: string) => {
+    result.phaseSeconds[name] = round((Date.now() - phaseStart) / 1000, 1);
+    phaseStart = Date.now();
   };
 
   const image = await run('docker', ['image', 'inspect', IMAGE], { allowFail: true });
@@ -752,11 +760,13 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   try {
     const status = await apiGet<DaemonStatus>('/v1/status', API_SOCKET);
     if (status.pid !== daemon.child?.pid) throw new Error('the API socket does not belong to the daemon this run started');
+    phase('setup');
     try {
       result.dockerRun = await benchDockerRun(options, { membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
     } catch (err) {
       result.errors.push(`docker run section: ${err instanceof Error ? err.message : String(err)}`);
     }
+    phase('dockerRun');
     const afterRuns = await apiGet<DaemonStatus>('/v1/status');
     checkAborted();
     try {
@@ -764,6 +774,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     } catch (err) {
       result.errors.push(`plugin latency section: ${err instanceof Error ? err.message : String(err)}`);
     }
+    phase('pluginLatency');
   } catch (err) {
     result.errors.push(err instanceof Error ? err.message : String(err));
   } finally {
@@ -774,6 +785,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     await daemon.stop();
     daemon.dispose(options.outDir);
     process.removeListener('exit', killOnExit);
+    phase('cleanup');
   }
 
   if (!aborted) {
@@ -790,6 +802,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     } catch (err) {
       result.errors.push(`ipam section: ${err instanceof Error ? err.message : String(err)}`);
     }
+    phase('ipam');
   } else {
     result.errors.push('interrupted');
   }
