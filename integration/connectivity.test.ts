@@ -3,11 +3,12 @@
 // options, multi-network containers, and clean removal.
 
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import {
   addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
   execMayFail, kernelLeftovers, run, runContainer, uniqueName,
   useMembrane,
-  ping,
+  ping, CLI,
 } from './harness.js';
 
 useMembrane(test);
@@ -161,3 +162,63 @@ test('docker network rm leaves no veth, route, rule or state behind', async (t) 
   const ipam = await apiGet<{ pools: unknown[] }>('/v1/ipam');
   t.deepEqual(ipam.pools, []);
 });
+
+test('-o com.docker.network.driver.mtu sets the MTU on both ends of the veth', async (t) => {
+  const net = uniqueName('mbt-mtu');
+  await createNetwork(net, '--ipv6', '-o', 'com.docker.network.driver.mtu=1400');
+  const c = uniqueName('mbt-c');
+  await runContainer(c, net);
+  t.regex(await exec(c, 'ip', 'link', 'show', 'eth0'), /mtu 1400/);
+  const containerMac = (await exec(c, 'cat', '/sys/class/net/eth0/address')).trim();
+  const endpoint = (await apiGet<{ hostIfName: string; mac: string }[]>('/v1/endpoints')).find((e) => e.mac === containerMac);
+  t.truthy(endpoint, 'the endpoint Membrane created carries the container\'s MAC');
+  t.regex((await run('ip', ['-o', 'link', 'show', endpoint!.hostIfName])).stdout, /mtu 1400/, 'host side');
+  const bad = await dockerMayFail('network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--label', 'membrane.test=1',
+    '-o', 'com.docker.network.driver.mtu=big', uniqueName('mbt-badmtu'));
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /is not a valid MTU; give an integer/);
+});
+
+test('membrane CLI: status, network list, endpoint list, ipam show, as tables and as JSON', async (t) => {
+  const net = uniqueName('mbt-cli');
+  await createNetwork(net, '--ipv6');
+  const c = uniqueName('mbt-c');
+  await runContainer(c, net);
+  const addr = await addressesOf(c, net);
+  const netId = (await docker('network', 'inspect', '-f', '{{.Id}}', net));
+  const cli = async (...args: string[]) => (await run(process.execPath, [CLI, ...args])).stdout;
+  const status = await cli('status');
+  t.regex(status, /^version\s+\S+/m);
+  t.regex(status, /NetworkDriver\.CreateEndpoint\s+\d+\s+0\s+[\d.]+\s+[\d.]+/, 'per-call counts and p50/p99');
+  t.regex(await cli('network', 'list'), new RegExp(`^${netId.slice(0, 12)}\\s`, 'm'));
+  const endpoints = await cli('endpoint', 'list');
+  t.regex(endpoints, /^ENDPOINT ID\s+NETWORK\s+HOST IF\s+IPV4\s+IPV6\s+MAC\s+JOINED$/m);
+  t.true(endpoints.includes(addr.ipv4!) && endpoints.includes(addr.ipv6!));
+  const json = JSON.parse(await cli('-o', 'json', 'endpoint', 'list')) as { ipv4: string; networkId: string }[];
+  t.true(json.some((e) => e.ipv4 === addr.ipv4 && e.networkId === netId));
+  const ipam = JSON.parse(await cli('-o', 'json', 'ipam', 'show')) as { pools: { networkId: string; allocated: number }[] };
+  t.true(ipam.pools.filter((p) => p.networkId === netId).every((p) => p.allocated >= 2), 'gateway and container allocated');
+  t.regex(await cli('ipam', 'show'), /^node ULA prefix: fd/m);
+  // A command against a daemon that is not there says what to do.
+  const down = await run(process.execPath, [CLI, '--api', '/run/membrane/nothing.sock', 'status'], { allowFail: true });
+  t.not(down.code, 0);
+  t.regex(down.stderr, /cannot reach the Membrane daemon .* is it running\?/);
+});
+
+// Named probe: Docker 28 (API 1.48) added --ipv4=false; older engines always request an IPv4 pool.
+const dockerApi = execFileSync('docker', ['version', '-f', '{{.Server.APIVersion}}']).toString().trim();
+const hasIPv6OnlyNetworks = Number(dockerApi.split('.')[1]) >= 48;
+(hasIPv6OnlyNetworks ? test : test.skip)(
+  `IPv6-only network (--ipv4=false)${hasIPv6OnlyNetworks ? '' : ` [skip: Docker API ${dockerApi} < 1.48; --ipv4=false needs Docker 28+]`}`,
+  async (t) => {
+    const net = uniqueName('mbt-v6only');
+    await createNetwork(net, '--ipv6', '--ipv4=false');
+    const a = uniqueName('mbt-a');
+    const b = uniqueName('mbt-b');
+    await runContainer(a, net);
+    await runContainer(b, net);
+    const addrB = await addressesOf(b, net);
+    t.falsy(addrB.ipv4);
+    await ping(a, 6, addrB.ipv6!);
+    t.notRegex(await exec(a, 'ip', '-4', 'addr', 'show', 'dev', 'eth0'), /inet /);
+  });

@@ -22,7 +22,7 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-smoke-'));
   try {
     const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-      execFile(process.execPath, [RUN_JS, '--smoke', '--out', out, '--wait-max-seconds', '600'],
+      execFile(process.execPath, [RUN_JS, '--smoke', '--out', out, '--wait-max-seconds', '30'],
         { timeout: 14 * 60_000, maxBuffer: 16 << 20, killSignal: 'SIGINT' },
         (err, so, se) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout: so, stderr: se }));
     });

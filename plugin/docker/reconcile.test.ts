@@ -1,0 +1,86 @@
+// Reconciliation with Docker's view: what Docker no longer has and that predates this start is
+// released; what Docker has, or what arrived after the start, is kept.
+
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createCore } from '../daemon.js';
+import { DEFAULT_CONFIG } from '../config.js';
+import { silentLogger } from '../log.js';
+import { Netfilter } from '../netfilter/iptables.js';
+import { FakeNetlink } from '../kernel/fake-netlink.js';
+import { reconcileWithDockerView, type DockerView } from './reconcile.js';
+
+function hex(n: number): string {
+  return n.toString(16).padStart(2, '0').repeat(32);
+}
+
+async function setup(t: { teardown: (fn: () => void) => void }) {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-reconcile-'));
+  const procSys = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-procsys-'));
+  t.teardown(() => {
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    fs.rmSync(procSys, { recursive: true, force: true });
+  });
+  const nl = new FakeNetlink();
+  const core = createCore({ ...DEFAULT_CONFIG, stateDir, ulaPrefix: 'fd11:2233:4455::/48' }, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys });
+  const call = (method: string, body: unknown) => core.routes[method]!(body as Record<string, unknown>) as Promise<Record<string, string>>;
+  /** A network with a v4 pool and gateway, as Docker creates it. */
+  const network = async (id: string) => {
+    const pool = await call('IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '', SubPool: '', Options: {}, V6: false });
+    const gw = await call('IpamDriver.RequestAddress', { PoolID: pool.PoolID, Address: '', Options: { RequestAddressType: 'com.docker.network.gateway' } });
+    await call('NetworkDriver.CreateNetwork', { NetworkID: id, Options: { 'com.docker.network.generic': {} }, IPv4Data: [{ Pool: pool.Pool, Gateway: gw.Address }], IPv6Data: [] });
+    return pool.PoolID!;
+  };
+  const endpoint = async (networkId: string, poolId: string, id: string) => {
+    const { Address } = await call('IpamDriver.RequestAddress', { PoolID: poolId, Address: '', Options: null });
+    await call('NetworkDriver.CreateEndpoint', { NetworkID: networkId, EndpointID: id, Interface: { Address, AddressIPv6: '', MacAddress: '' }, Options: {} });
+    await call('NetworkDriver.Join', { NetworkID: networkId, EndpointID: id, SandboxKey: '/var/run/docker/netns/x', Options: {} });
+    return Address!.split('/')[0]!;
+  };
+  return { core, call, network, endpoint, nl };
+}
+
+test('releases endpoints, networks, pools and addresses Docker no longer has; keeps the rest', async (t) => {
+  const { core, call, network, endpoint, nl } = await setup(t);
+  const kept = hex(1);
+  const gone = hex(2);
+  const keptPool = await network(kept);
+  const gonePool = await network(gone);
+  const live = await endpoint(kept, keptPool, hex(11));
+  await endpoint(kept, keptPool, hex(12)); // Docker forgot this container
+  await endpoint(gone, gonePool, hex(21));
+  // An address Docker asked for and then abandoned (its CreateEndpoint never came).
+  const abandoned = (await call('IpamDriver.RequestAddress', { PoolID: keptPool, Address: '', Options: null })).Address!.split('/')[0]!;
+  // A pool whose network create never happened.
+  const orphanPool = (await call('IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '', SubPool: '', Options: {}, V6: false })).PoolID!;
+
+  const since = Date.now() + 1;
+  const gateway = core.networks.get(kept).ipv4[0]!.gateway!;
+  const view: DockerView = { networks: new Map([[kept, { endpoints: new Set([hex(11)]), addresses: new Set([live, gateway]) }]]) };
+  const report = await reconcileWithDockerView(view, since, core.ctx, core.networks, core.endpoints);
+
+  t.deepEqual(report.endpointsReleased.sort(), [hex(12), hex(21)]);
+  t.deepEqual(report.networksReleased, [gone]);
+  t.true(report.poolsReleased.includes(orphanPool));
+  t.true(report.poolsReleased.includes(gonePool));
+  t.deepEqual(report.addressesReleased, [abandoned]);
+  t.deepEqual(core.endpoints.list().map((e) => e.id), [hex(11)]);
+  t.deepEqual(core.networks.list().map((n) => n.id), [kept]);
+  t.true(core.ipam.allocator(keptPool).isAllocated(live), 'the live container keeps its address');
+  t.true(core.ipam.allocator(keptPool).isAllocated(gateway), 'the gateway stays');
+  t.false(core.ipam.allocator(keptPool).isAllocated(abandoned));
+  t.deepEqual(nl.userLinks().map((l) => l.name).filter((n) => n.startsWith('mbr')), [`mbr${hex(11).slice(0, 12)}`]);
+});
+
+test('nothing that arrived after the start is touched, even if Docker does not show it yet', async (t) => {
+  const { core, network, endpoint } = await setup(t);
+  const since = Date.now() - 60_000;
+  const id = hex(3);
+  const pool = await network(id);
+  await endpoint(id, pool, hex(31));
+  const report = await reconcileWithDockerView({ networks: new Map() }, since, core.ctx, core.networks, core.endpoints);
+  t.deepEqual(report, { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] });
+  t.is(core.endpoints.list().length, 1);
+});
