@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
-import { native, type Family, type NativeAddon } from './kernel/native.js';
+import { native, type Family, type NetlinkAddon } from './kernel/native.js';
 import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
@@ -35,7 +35,7 @@ export function packageVersion(): string {
 }
 
 /** Prefixes routed on the host that automatic pools must avoid (not defaults, not Membrane's own). */
-function hostPrefixes(nl: NativeAddon, family: Family): Prefix[] {
+function hostPrefixes(nl: NetlinkAddon, family: Family): Prefix[] {
   const out: Prefix[] = [];
   for (const route of nl.routeList(family, 254)) {
     if (route.protocol === MEMBRANE_RTPROT || route.dstLen === 0) continue;
@@ -77,7 +77,7 @@ export interface MembraneCore {
 }
 
 export interface CoreDependencies {
-  nl: NativeAddon;
+  nl: NetlinkAddon;
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;

@@ -1,4 +1,4 @@
-// An in-memory stand-in for the native addon (NativeAddon), for unit tests: links (veth pairs),
+// An in-memory stand-in for the native addon (its rtnetlink half, NetlinkAddon), for unit tests: links (veth pairs),
 // addresses, routes and rules of one network namespace, with the kernel's answers where Membrane
 // depends on them: errors carry errno/code/op like the addon's, EEXIST on duplicate creates,
 // ENODEV for unknown links, ESRCH for a route delete that matches nothing, ENOENT for a rule
@@ -10,7 +10,7 @@
 
 import { randomBytes } from 'node:crypto';
 import type {
-  AddrInfo, AddrOptions, Family, LinkInfo, NativeAddon, RouteInfo, RouteSpec, RuleInfo, RuleSpec, VethOptions,
+  AddrInfo, AddrOptions, Family, LinkInfo, NetlinkAddon, RouteInfo, RouteSpec, RuleInfo, RuleSpec, VethOptions,
 } from './native.js';
 import { formatAddress, parseAddress } from '../ipam/prefix.js';
 
@@ -82,7 +82,7 @@ function routeMatchesKey(a: RouteInfo, b: { family: Family; table: number; type:
     a.dstLen === b.dstLen && a.oif === b.oif;
 }
 
-export class FakeNetlink implements NativeAddon {
+export class FakeNetlink implements NetlinkAddon {
   private readonly links = new Map<number, FakeLink>();
   private addrs: AddrInfo[] = [];
   private routes: RouteInfo[] = [];

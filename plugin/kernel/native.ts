@@ -128,7 +128,74 @@ export interface RuleInfo {
   protocol: number;
 }
 
-export interface NativeAddon {
+// ---- bpf (libbpf) -------------------------------------------------------------------------
+
+export interface BpfMapInfo {
+  /** BPF_MAP_TYPE_* number (1 hash, 2 array, 5 percpu hash, 6 percpu array, 9 LRU hash, 11 LPM trie, 27 ringbuf, ...). */
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  /** Kernel map name (at most 15 characters). */
+  name: string;
+  id: number;
+}
+
+export interface BpfObjectMap {
+  name: string;
+  /** fd of the live map (valid after objectLoad). */
+  fd: number;
+  info: BpfMapInfo;
+}
+
+export interface BpfObjectProgram {
+  /** C function name. */
+  name: string;
+  /** ELF section name (e.g. 'tc'). */
+  section: string;
+  fd: number;
+}
+
+export interface BpfObjectOptions {
+  /**
+   * Map name -> pin path. libbpf reuses a compatible map already pinned there (BPF_OBJ_GET) and
+   * pins newly created ones. The caller removes or migrates incompatible pins first.
+   */
+  pinPaths?: Record<string, string>;
+  /** Map name -> max_entries override (bpf_map__set_max_entries) before load. */
+  maxEntries?: Record<string, number>;
+  /** Bytes for the .rodata section (load-time constants), replacing its initial value; must match its size. */
+  rodata?: Buffer;
+}
+
+export interface BpfObject {
+  /** Closes every fd libbpf holds for the object (bpf_object__close); pinned maps and pinned links live on. */
+  close(): void;
+  maps: BpfObjectMap[];
+  programs: BpfObjectProgram[];
+}
+
+export interface ProgTestRunResult {
+  /** The program's return value (TC_ACT_OK = 0, TC_ACT_SHOT = 2, TC_ACT_REDIRECT = 7, ...). */
+  retval: number;
+  /** The packet after the program ran. */
+  data: Buffer;
+  /** Average ns per run as the kernel measured it. */
+  durationNs: number;
+  /** The __sk_buff after the run, when ctxIn was given (same size). */
+  ctx?: Buffer;
+}
+
+export type TcDirection = 'ingress' | 'egress';
+
+export interface RingbufConsumer {
+  /** Stops polling and frees the ring buffer manager. */
+  close(): void;
+}
+
+/** rtnetlink: links, addresses, routes, rules. */
+export interface NetlinkAddon {
   /** Creates a veth pair in the current network namespace and returns the ifindex of `name`. */
   linkCreateVeth(name: string, peerName: string, options: VethOptions): number;
   /** Deletes a link by ifindex (deleting one end of a veth deletes both). */
@@ -154,6 +221,43 @@ export interface NativeAddon {
   ruleDel(rule: RuleSpec): void;
   ruleList(family: Family): RuleInfo[];
 }
+
+/** bpf(2) through libbpf: objects, maps, programs, links, ring buffers. */
+export interface BpfAddon {
+  // bpf: objects, maps, programs, links. Every call throws the same errno-carrying errors;
+  // a failed load also carries `verifierLog` (string) with libbpf's and the verifier's output.
+  bpfObjectLoad(path: string, options: BpfObjectOptions): BpfObject;
+  /** BPF_OBJ_GET on a pinned map or link; returns an fd the caller owns (close with bpfClose). */
+  bpfObjGet(path: string): number;
+  bpfObjPin(fd: number, path: string): void;
+  bpfClose(fd: number): void;
+  bpfMapInfo(fd: number): BpfMapInfo;
+  /** Value, or null when the key is absent (ENOENT). For per-CPU maps, all CPUs' values concatenated. */
+  bpfMapLookup(fd: number, key: Buffer): Buffer | null;
+  /** flags: 0 BPF_ANY, 1 BPF_NOEXIST, 2 BPF_EXIST. */
+  bpfMapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): void;
+  /** false when the key was absent. */
+  bpfMapDelete(fd: number, key: Buffer): boolean;
+  /** The key after `key` (first key when null), or null at the end. */
+  bpfMapNextKey(fd: number, key: Buffer | null): Buffer | null;
+  /** Number of possible CPUs (libbpf_num_possible_cpus), the stride of per-CPU values. */
+  bpfNumPossibleCpus(): number;
+  /** BPF_PROG_TEST_RUN on a tc program with a packet (and optionally a struct __sk_buff ctx). */
+  bpfProgTestRun(progFd: number, data: Buffer, options: { repeat?: number; ctxIn?: Buffer; dataSizeOut?: number }): ProgTestRunResult;
+  /** BPF_LINK_CREATE with BPF_TCX_INGRESS/EGRESS (kernel >= 6.6); returns the link fd. */
+  tcxAttach(ifindex: number, progFd: number, direction: TcDirection): number;
+  /** BPF_LINK_UPDATE: atomically swaps the link's program. */
+  bpfLinkUpdate(linkFd: number, progFd: number): void;
+  /** bpf_tc_hook_create (clsact) + bpf_tc_attach at handle/priority (replacing what is there). */
+  tcAttach(ifindex: number, progFd: number, direction: TcDirection, handle: number, priority: number): void;
+  tcDetach(ifindex: number, direction: TcDirection, handle: number, priority: number): void;
+  /** Prog ids attached via tcx on an interface/direction (BPF_PROG_QUERY). */
+  tcxQuery(ifindex: number, direction: TcDirection): number[];
+  /** Consumes a BPF ringbuf map: `onRecord` gets a copy of each record, from the event loop (uv_poll on the epoll fd; no busy polling). */
+  ringbufConsume(mapFd: number, onRecord: (record: Buffer) => void): RingbufConsumer;
+}
+
+export type NativeAddon = NetlinkAddon & BpfAddon;
 
 /** Where the compiled addon lives; MEMBRANE_NATIVE overrides (tests, packaging). */
 function addonCandidates(): string[] {

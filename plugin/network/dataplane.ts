@@ -4,7 +4,7 @@
 // veths, routes and rules removed, missing ones restored.
 
 import fs from 'node:fs';
-import type { Family, NativeAddon, RouteSpec, RuleSpec } from '../kernel/native.js';
+import type { Family, NetlinkAddon, RouteSpec, RuleSpec } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import {
@@ -32,7 +32,7 @@ export interface SyncReport {
 }
 
 export class Dataplane {
-  constructor(private readonly nl: NativeAddon, private readonly log: Logger, private readonly rulePriority: number,
+  constructor(private readonly nl: NetlinkAddon, private readonly log: Logger, private readonly rulePriority: number,
     private readonly procSys = '/proc/sys') {}
 
   /** Forwarding on for both families: the host routes every container packet. */
