@@ -1,4 +1,5 @@
 // Module entry: registers the functions of NativeAddon (plugin/kernel/native.ts).
+#include "bpf_util.h"
 #include "netlink.h"
 
 namespace membrane {
@@ -19,6 +20,23 @@ Napi::Value RouteList(const Napi::CallbackInfo& info);
 Napi::Value RuleAdd(const Napi::CallbackInfo& info);
 Napi::Value RuleDel(const Napi::CallbackInfo& info);
 Napi::Value RuleList(const Napi::CallbackInfo& info);
+Napi::Value BpfObjectLoad(const Napi::CallbackInfo& info);
+Napi::Value BpfObjGet(const Napi::CallbackInfo& info);
+Napi::Value BpfObjPin(const Napi::CallbackInfo& info);
+Napi::Value BpfClose(const Napi::CallbackInfo& info);
+Napi::Value BpfMapInfo(const Napi::CallbackInfo& info);
+Napi::Value BpfMapLookup(const Napi::CallbackInfo& info);
+Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info);
+Napi::Value BpfMapDelete(const Napi::CallbackInfo& info);
+Napi::Value BpfMapNextKey(const Napi::CallbackInfo& info);
+Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info);
+Napi::Value BpfProgTestRun(const Napi::CallbackInfo& info);
+Napi::Value TcxAttach(const Napi::CallbackInfo& info);
+Napi::Value BpfLinkUpdate(const Napi::CallbackInfo& info);
+Napi::Value TcAttach(const Napi::CallbackInfo& info);
+Napi::Value TcDetach(const Napi::CallbackInfo& info);
+Napi::Value TcxQuery(const Napi::CallbackInfo& info);
+Napi::Value RingbufConsume(const Napi::CallbackInfo& info);
 
 namespace {
 
@@ -27,6 +45,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // must not interleave requests on a shared socket.
   auto* nl = new Netlink();
   env.AddCleanupHook([nl]() { delete nl; });
+  // Nothing here touches bpf(2): on a kernel without it the addon still loads, and the bpf
+  // functions fail with their errno when called.
+  InstallLibbpfPrint();
 
   struct Entry {
     const char* name;
@@ -39,8 +60,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"addrList", AddrList},             {"routeAdd", RouteAdd},         {"routeDel", RouteDel},
       {"routeList", RouteList},           {"ruleAdd", RuleAdd},           {"ruleDel", RuleDel},
       {"ruleList", RuleList},
+      // bpf (bpf.cc, tc.cc, ringbuf.cc)
+      {"bpfObjectLoad", BpfObjectLoad},   {"bpfObjGet", BpfObjGet},       {"bpfObjPin", BpfObjPin},
+      {"bpfClose", BpfClose},             {"bpfMapInfo", BpfMapInfo},     {"bpfMapLookup", BpfMapLookup},
+      {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey},
+      {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
+      {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
+      {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},
   };
   for (const Entry& e : entries) {
+    // Every function gets the environment's netlink socket; the bpf ones ignore it.
     Napi::Function fn = Napi::Function::New(env, e.fn, e.name, nl);
     if (env.IsExceptionPending()) return exports;
     exports.Set(e.name, fn);

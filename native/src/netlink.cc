@@ -258,7 +258,7 @@ const char* ErrnoName(int err) {
 
 }  // namespace
 
-Napi::Value ThrowErrno(Napi::Env env, const Outcome& outcome, const std::string& op) {
+Napi::Error ErrnoError(Napi::Env env, const Outcome& outcome, const std::string& op) {
   const int err = outcome.error;
   std::string message = op + ": " + std::strerror(err);
   if (!outcome.ext_msg.empty()) message += "; kernel: " + outcome.ext_msg;
@@ -268,7 +268,11 @@ Napi::Value ThrowErrno(Napi::Env env, const Outcome& outcome, const std::string&
   obj.Set("errno", Napi::Number::New(env, err));
   obj.Set("code", Napi::String::New(env, name ? std::string(name) : "ERRNO_" + std::to_string(err)));
   obj.Set("op", Napi::String::New(env, op));
-  error.ThrowAsJavaScriptException();
+  return error;
+}
+
+Napi::Value ThrowErrno(Napi::Env env, const Outcome& outcome, const std::string& op) {
+  ErrnoError(env, outcome, op).ThrowAsJavaScriptException();
   return env.Undefined();
 }
 

@@ -95,6 +95,8 @@ std::string AttrStr(const nlattr* attr);
 // Errors. Each Throw* leaves a pending JavaScript exception and returns undefined so callers
 // can `return Throw...(...)`.
 Napi::Value ThrowErrno(Napi::Env env, const Outcome& outcome, const std::string& op);
+// The Error ThrowErrno throws, for callers that attach more properties before throwing it.
+Napi::Error ErrnoError(Napi::Env env, const Outcome& outcome, const std::string& op);
 Napi::Value ThrowType(Napi::Env env, const std::string& message);
 
 // Argument type checks. Each returns false after throwing a TypeError that names `what`.

@@ -283,5 +283,5 @@ export function native(): NativeAddon {
     }
   }
   throw new Error(`membrane native addon not found (looked in: ${tried.join(', ')}); ` +
-    'build it with `npm run build:native` (needs libmnl-dev, g++, python3)');
+    'build it with `npm run build:native` (needs libmnl-dev, libbpf-dev, libelf-dev, zlib1g-dev, g++, python3)');
 }

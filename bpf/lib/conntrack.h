@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Connection tracking in mb_conntrack: one entry per flow, keyed by its original direction.
+ * A packet either matches its own tuple (original direction), the reversed tuple (a reply), or
+ * creates a new entry. TCP state follows the flags seen; the daemon garbage-collects entries
+ * whose expiry has passed (LRU eviction handles a full table).
+ */
+#ifndef MEMBRANE_CONNTRACK_H
+#define MEMBRANE_CONNTRACK_H
+
+#include "packet.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define CT_TIMEOUT_TCP_NEW (60 * NSEC_PER_SEC)
+#define CT_TIMEOUT_TCP_ESTABLISHED (21600 * NSEC_PER_SEC)
+#define CT_TIMEOUT_TCP_CLOSING (10 * NSEC_PER_SEC)
+#define CT_TIMEOUT_OTHER (60 * NSEC_PER_SEC)
+
+enum ct_result {
+	CT_RESULT_NEW = 0,
+	CT_RESULT_ESTABLISHED = 1, /* original direction of a known flow */
+	CT_RESULT_REPLY = 2,       /* reply direction of a known flow */
+	CT_RESULT_UNTRACKED = 3,   /* ICMP errors and other packets that belong to no flow of their own */
+};
+
+ALWAYS_INLINE bool ct_trackable(const struct pkt *p)
+{
+	if (p->proto == IPPROTO_ICMP)
+		return p->l4_valid && (p->icmp_type == 8 || p->icmp_type == 0); /* echo request/reply */
+	if (p->proto == IPPROTO_ICMPV6)
+		return p->l4_valid && (p->icmp_type == 128 || p->icmp_type == 129);
+	return true;
+}
+
+ALWAYS_INLINE __u64 ct_timeout(const struct pkt *p, __u8 state)
+{
+	if (p->proto != IPPROTO_TCP)
+		return CT_TIMEOUT_OTHER;
+	if (state == CT_CLOSING)
+		return CT_TIMEOUT_TCP_CLOSING;
+	return state == CT_ESTABLISHED ? CT_TIMEOUT_TCP_ESTABLISHED : CT_TIMEOUT_TCP_NEW;
+}
+
+ALWAYS_INLINE __u8 ct_next_state(const struct pkt *p, __u8 state, bool reply)
+{
+	if (p->proto != IPPROTO_TCP)
+		return reply ? CT_ESTABLISHED : state;
+	if (p->tcp_flags & (TCP_FIN | TCP_RST))
+		return CT_CLOSING;
+	if (state == CT_NEW && reply && (p->tcp_flags & TCP_ACK))
+		return CT_ESTABLISHED;
+	return state;
+}
+
+ALWAYS_INLINE void ct_fill_key(const struct pkt *p, struct ct_key *key, bool reverse)
+{
+	key->family = p->family;
+	key->proto = p->proto;
+	if (reverse) {
+		key->saddr = p->daddr;
+		key->daddr = p->saddr;
+		key->sport = p->dport;
+		key->dport = p->sport;
+	} else {
+		key->saddr = p->saddr;
+		key->daddr = p->daddr;
+		key->sport = p->sport;
+		key->dport = p->dport;
+	}
+}
+
+ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
+{
+	if (!ct_trackable(p))
+		return CT_RESULT_UNTRACKED;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key key = {};
+	ct_fill_key(p, &key, false);
+	struct ct_entry *e = bpf_map_lookup_elem(&mb_conntrack, &key);
+	if (e) {
+		__sync_fetch_and_add(&e->packets_orig, 1);
+		__sync_fetch_and_add(&e->bytes_orig, len);
+		e->tcp_flags_orig |= p->tcp_flags;
+		e->state = ct_next_state(p, e->state, false);
+		e->expires_ns = now + ct_timeout(p, e->state);
+		return CT_RESULT_ESTABLISHED;
+	}
+	ct_fill_key(p, &key, true);
+	e = bpf_map_lookup_elem(&mb_conntrack, &key);
+	if (e) {
+		__sync_fetch_and_add(&e->packets_reply, 1);
+		__sync_fetch_and_add(&e->bytes_reply, len);
+		e->tcp_flags_reply |= p->tcp_flags;
+		e->state = ct_next_state(p, e->state, true);
+		e->expires_ns = now + ct_timeout(p, e->state);
+		return CT_RESULT_REPLY;
+	}
+	struct ct_entry fresh = {
+		.created_ns = now,
+		.packets_orig = 1,
+		.bytes_orig = len,
+		.endpoint_id = endpoint_id,
+		.tcp_flags_orig = p->tcp_flags,
+		/* TCP picked up mid-stream (no SYN), e.g. after the table was lost: already established. */
+		.state = (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN)) ? CT_ESTABLISHED : CT_NEW,
+	};
+	fresh.expires_ns = now + ct_timeout(p, fresh.state);
+	ct_fill_key(p, &key, false);
+	bpf_map_update_elem(&mb_conntrack, &key, &fresh, BPF_NOEXIST);
+	return CT_RESULT_NEW;
+}
+
+#endif

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Counting every verdict in mb_metrics and reporting drops (and sampled traces) in mb_events. */
+#ifndef MEMBRANE_EVENTS_H
+#define MEMBRANE_EVENTS_H
+
+#include "packet.h"
+
+ALWAYS_INLINE void count(__u32 reason, __u32 direction, __u32 len)
+{
+	__u32 key = reason * 2 + direction;
+	struct metric *m = bpf_map_lookup_elem(&mb_metrics, &key);
+	/* Per-CPU slot: no other CPU writes it, and preemption cannot split a tc program run. */
+	if (m) {
+		m->packets++;
+		m->bytes += len;
+	}
+}
+
+ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
+			const struct pkt *p)
+{
+	struct event *e = bpf_ringbuf_reserve(&mb_events, sizeof(*e), 0);
+	if (!e)
+		return; /* ring full: the metrics still count it */
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->reason = reason;
+	e->direction = direction;
+	e->ifindex = skb->ifindex;
+	e->endpoint_id = endpoint_id;
+	e->len = skb->len;
+	e->ts_ns = bpf_ktime_get_ns();
+	if (p) {
+		e->family = p->family;
+		e->proto = p->proto;
+		e->saddr = p->saddr;
+		e->daddr = p->daddr;
+		e->sport = p->sport;
+		e->dport = p->dport;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Counts and reports a drop, and returns the verdict. */
+ALWAYS_INLINE int drop(struct __sk_buff *skb, __u32 reason, __u32 direction, __u32 endpoint_id, const struct pkt *p)
+{
+	count(reason, direction, skb->len);
+	emit(EVENT_DROP, reason, direction, skb, endpoint_id, p);
+	return TC_ACT_SHOT;
+}
+
+/* Counts a forwarding verdict and emits a trace event for 1 in config.trace_sample packets. */
+ALWAYS_INLINE void forwarded(struct __sk_buff *skb, __u32 reason, __u32 direction, __u32 endpoint_id, const struct pkt *p)
+{
+	count(reason, direction, skb->len);
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&mb_config, &zero);
+	if (cfg && cfg->trace_sample && bpf_get_prandom_u32() % cfg->trace_sample == 0)
+		emit(EVENT_TRACE, reason, direction, skb, endpoint_id, p);
+}
+
+#endif

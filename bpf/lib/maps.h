@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every map of Membrane's BPF object. All are pinned by the daemon under
+ * /sys/fs/bpf/membrane/<map name> and outlive it. The struct layouts are an ABI shared with
+ * plugin/datapath/codec.ts (a test compares sizes with this object's BTF): change a struct only
+ * by appending fields, and migrate pinned maps when a size changes.
+ *
+ * Byte order: addresses and ports are in network byte order (as in the packet); every other
+ * integer is in host byte order.
+ */
+#ifndef MEMBRANE_MAPS_H
+#define MEMBRANE_MAPS_H
+
+#include "common.h"
+
+/* An IPv4 or IPv6 address: IPv4 in the first 4 bytes, the rest zero. Network byte order. */
+union addr {
+	__be32 ip4;
+	__u8 ip6[16];
+};
+
+struct endpoint_key {
+	union addr addr; /* the endpoint's address, network order */
+	__u8 family;     /* FAMILY_IPV4 or FAMILY_IPV6 */
+	__u8 pad[3];
+}; /* 20 bytes */
+
+struct endpoint_info {
+	__u32 ifindex;     /* host-side veth; packets for the endpoint are redirected to its peer */
+	__u32 endpoint_id; /* Membrane's numeric endpoint id (appears in events and metrics) */
+	__u32 identity;    /* security identity (0 until identities exist) */
+	__u32 network_id;  /* numeric network id: direct delivery only within one network */
+	__u32 flags;       /* ENDPOINT_F_* */
+	__u8 mac[6];       /* the container's MAC */
+	__u8 host_mac[6];  /* the host-side veth's MAC: the gateway's MAC as the container sees it */
+	union addr ip4;    /* the endpoint's IPv4, network order (valid with ENDPOINT_F_IPV4) */
+	union addr ip6;    /* its IPv6 (valid with ENDPOINT_F_IPV6) */
+	union addr gw4;    /* its network's IPv4 gateway */
+	union addr gw6;    /* its network's IPv6 gateway */
+}; /* 96 bytes */
+
+/*
+ * mb_endpoints: local endpoints by address. Key struct endpoint_key, value struct endpoint_info.
+ * Written by the daemon when an endpoint is created, deleted with it. Read on every packet to
+ * decide whether the destination is a local container.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+} mb_endpoints SEC(".maps");
+
+/*
+ * mb_endpoints_by_if: the same endpoints keyed by host-side veth ifindex (u32, host order), so
+ * a program knows whose interface it runs on without per-endpoint compilation.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+} mb_endpoints_by_if SEC(".maps");
+
+/*
+ * Connection tracking key: the flow in its original direction (the direction of its first
+ * packet). Addresses and ports in network order. ICMP echo: sport = dport = echo identifier.
+ */
+struct ct_key {
+	union addr saddr;
+	union addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 */
+	__u8 family; /* FAMILY_IPV4 or FAMILY_IPV6 */
+	__u8 pad[2];
+}; /* 40 bytes */
+
+/* TCP states tracked (ct_entry.state). */
+enum ct_state {
+	CT_NEW = 0,         /* first packet seen (TCP: SYN sent) */
+	CT_ESTABLISHED = 1, /* both directions seen (TCP: handshake completed) */
+	CT_CLOSING = 2,     /* FIN or RST seen */
+};
+
+struct ct_entry {
+	__u64 expires_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) after which the entry is dead */
+	__u64 created_ns;
+	__u64 packets_orig; /* packets in the original direction */
+	__u64 bytes_orig;
+	__u64 packets_reply;
+	__u64 bytes_reply;
+	__u32 endpoint_id;  /* endpoint that saw the first packet */
+	__u8 state;         /* enum ct_state */
+	__u8 tcp_flags_orig;  /* OR of TCP flags seen in the original direction */
+	__u8 tcp_flags_reply; /* ... and in the reply direction */
+	__u8 pad;
+}; /* 56 bytes */
+
+/*
+ * mb_conntrack: every flow through a Membrane endpoint, IPv4 and IPv6. LRU so a full table
+ * evicts the oldest flows instead of refusing new ones; the daemon also removes expired
+ * entries. Key struct ct_key, value struct ct_entry. Pinned: survives daemon restarts and
+ * program replacement. max_entries comes from the daemon's persisted configuration.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} mb_conntrack SEC(".maps");
+
+struct metric {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/*
+ * mb_metrics: per-CPU counters. Key u32 = reason * 2 + direction (enum reason, enum direction),
+ * value struct metric. The daemon sums the CPUs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_COUNT * 2);
+	__type(key, __u32);
+	__type(value, struct metric);
+} mb_metrics SEC(".maps");
+
+/* Event types in struct event.type. */
+#define EVENT_DROP 1
+#define EVENT_TRACE 2
+
+struct event {
+	__u8 type;      /* EVENT_DROP or EVENT_TRACE */
+	__u8 reason;    /* enum reason */
+	__u8 direction; /* enum direction */
+	__u8 family;    /* FAMILY_IPV4, FAMILY_IPV6, or 0 for non-IP (ARP) */
+	__u32 ifindex;
+	__u32 endpoint_id;
+	__u8 proto;
+	__u8 pad[3];
+	union addr saddr;
+	union addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 len; /* packet length */
+	__u64 ts_ns;
+}; /* 64 bytes */
+
+/*
+ * mb_events: drop notifications and sampled trace events for `membrane monitor`. Ring buffer of
+ * struct event records.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} mb_events SEC(".maps");
+
+struct config {
+	__u32 trace_sample; /* emit a trace event for 1 in N forwarded packets; 0 = none */
+	__u32 flags;        /* reserved */
+};
+
+/* mb_config: daemon-wide settings. Array of one struct config at key 0 (u32). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} mb_config SEC(".maps");
+
+#endif

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Membrane's datapath: one object, compiled once at build time, configured only through maps
+ * (lib/maps.h). Two programs run on every endpoint's host-side veth:
+ *
+ *   from_container  tc ingress: everything the container sends. Answers ARP/NDP, drops spoofed
+ *                   sources, tracks connections, and delivers traffic for another local
+ *                   endpoint of the same network straight into that container
+ *                   (bpf_redirect_peer), bypassing the host stack. The rest goes to the stack.
+ *   to_container    tc egress: everything the host stack sends to the container. Tracks
+ *                   connections and counts.
+ */
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/packet.h"
+#include "lib/events.h"
+#include "lib/neigh.h"
+#include "lib/conntrack.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * Rewrites the packet for a local endpoint (MACs, TTL/hop limit: this is a routed hop) and
+ * redirects it into that endpoint's container. A packet whose TTL would expire goes to the host
+ * stack instead, which sends the ICMP time-exceeded.
+ */
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_info *dst)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (p->family == FAMILY_IPV4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		if (ip->ttl <= 1)
+			return -1;
+		/* TTL shares a 16-bit checksum word with the protocol byte. */
+		__be16 old_word = *(__be16 *)&ip->ttl;
+		ip->ttl--;
+		__be16 new_word = *(__be16 *)&ip->ttl;
+		if (bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, check), old_word,
+					new_word, sizeof(__u16)))
+			return -1;
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		if (ip6->hop_limit <= 1)
+			return -1;
+		ip6->hop_limit--;
+	}
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) || bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0))
+		return -1;
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	const struct endpoint_info *ep = bpf_map_lookup_elem(&mb_endpoints_by_if, &ifindex);
+	if (!ep)
+		return drop(skb, DROP_UNKNOWN_ENDPOINT, DIR_FROM_CONTAINER, 0, 0);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+	if (!mac_equal(eth->h_source, ep->mac))
+		return drop(skb, DROP_SPOOFED_MAC, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+
+	struct pkt p = {};
+	int reason;
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_ARP):
+		reason = arp_respond(skb, ep);
+		if (reason != REASON_ARP_REPLY)
+			return drop(skb, reason, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+		count(reason, DIR_FROM_CONTAINER, skb->len);
+		return bpf_redirect(skb->ifindex, 0);
+	case bpf_htons(ETH_P_IP):
+		reason = parse_ipv4(data, data_end, &p);
+		if (reason)
+			return drop(skb, reason, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+		if (!(ep->flags & ENDPOINT_F_IPV4) || p.saddr.ip4 != ep->ip4.ip4)
+			return drop(skb, DROP_SPOOFED_IP, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+		break;
+	case bpf_htons(ETH_P_IPV6):
+		reason = parse_ipv6(data, data_end, &p);
+		if (reason)
+			return drop(skb, reason, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+		if (is_neighbour_solicitation(&p)) {
+			reason = ndp_respond(skb, ep);
+			if (reason != REASON_NDP_REPLY)
+				return drop(skb, reason, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+			count(reason, DIR_FROM_CONTAINER, skb->len);
+			return bpf_redirect(skb->ifindex, 0);
+		}
+		/* Link-local traffic (router solicitations, MLD) is for the host on this link only. */
+		if (ip6_is_link_local(p.saddr.ip6)) {
+			forwarded(skb, REASON_FORWARD_STACK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+			return TC_ACT_OK;
+		}
+		if (!(ep->flags & ENDPOINT_F_IPV6) || !ip6_equal(p.saddr.ip6, ep->ip6.ip6))
+			return drop(skb, DROP_SPOOFED_IP, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+		break;
+	default:
+		return drop(skb, DROP_UNSUPPORTED_L3, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
+	}
+
+	ct_process(&p, skb->len, ep->endpoint_id);
+
+	struct endpoint_key dst_key = { .addr = p.daddr, .family = p.family };
+	const struct endpoint_info *dst = bpf_map_lookup_elem(&mb_endpoints, &dst_key);
+	if (dst) {
+		/* The routing rules isolate networks for traffic through the stack; this is the same rule. */
+		if (dst->network_id != ep->network_id)
+			return drop(skb, DROP_CROSS_NETWORK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+		int verdict = deliver_local(skb, &p, dst);
+		if (verdict >= 0) {
+			forwarded(skb, REASON_REDIRECT_PEER, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+			return verdict;
+		}
+	}
+	forwarded(skb, REASON_FORWARD_STACK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	const struct endpoint_info *ep = bpf_map_lookup_elem(&mb_endpoints_by_if, &ifindex);
+	__u32 endpoint_id = ep ? ep->endpoint_id : 0;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	struct pkt p = {};
+	int parsed = -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		parsed = parse_ipv4(data, data_end, &p);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		parsed = parse_ipv6(data, data_end, &p);
+	if (parsed == 0)
+		ct_process(&p, skb->len, endpoint_id);
+	forwarded(skb, REASON_TO_CONTAINER, DIR_TO_CONTAINER, endpoint_id, parsed == 0 ? &p : 0);
+	return TC_ACT_OK;
+}

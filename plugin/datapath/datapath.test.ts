@@ -1,0 +1,236 @@
+// Packet fixtures through BPF_PROG_TEST_RUN on the real kernel: Membrane's compiled object, fresh
+// (unpinned) maps per test, real veths for the ifindexes the programs look up.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
+import { native, type BpfObject } from '../kernel/native.js';
+import {
+  SIZES, decodeCtEntry, decodePerCpuMetric, decodeEvent, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
+  encodeIfindexKey, metricKey, type EndpointInfo,
+} from './codec.js';
+import {
+  ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpRequest, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
+  ipv6, neighbourSolicitation, tcp, udp,
+} from './packets.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const OBJECT = path.resolve(here, '..', '..', '..', 'bpf', 'build', 'membrane.bpf.o');
+const TC_ACT_OK = 0;
+const TC_ACT_SHOT = 2;
+const TC_ACT_REDIRECT = 7;
+
+const A = { mac: '02:00:00:00:00:0a', hostMac: '02:00:00:00:01:0a', ipv4: '10.20.0.10', ipv6: 'fd00:20::10', gateway4: '10.20.0.1', gateway6: 'fd00:20::1' };
+const B = { mac: '02:00:00:00:00:0b', hostMac: '02:00:00:00:01:0b', ipv4: '10.20.0.11', ipv6: 'fd00:20::11', gateway4: '10.20.0.1', gateway6: 'fd00:20::1' };
+const OTHER_NET = { mac: '02:00:00:00:00:0c', hostMac: '02:00:00:00:01:0c', ipv4: '10.30.0.12', ipv6: 'fd00:30::12', gateway4: '10.30.0.1', gateway6: 'fd00:30::1' };
+
+interface Fixture {
+  obj: BpfObject;
+  map(name: string): number;
+  prog(name: string): number;
+  /** ifindexes of three real host-side veths standing in for endpoints A, B and OTHER_NET. */
+  ifindex: { a: number; b: number; other: number; unknown: number };
+  run(prog: 'from_container' | 'to_container', ifindex: number, packet: Buffer): { retval: number; data: Buffer };
+  metric(reason: number, direction: 0 | 1): bigint;
+  ct(key: Parameters<typeof encodeCtKey>[0]): ReturnType<typeof decodeCtEntry> | null;
+}
+
+/** __sk_buff with only ifindex set (offset 40); the kernel resolves it to the device. */
+function skbCtx(ifindex: number): Buffer {
+  const ctx = Buffer.alloc(44);
+  ctx.writeUInt32LE(ifindex, 40);
+  return ctx;
+}
+
+function setup(t: ExecutionContext): Fixture {
+  const nl = native();
+  const obj = nl.bpfObjectLoad(OBJECT, {});
+  t.teardown(() => obj.close());
+  const names: string[] = [];
+  const ifindexOf = () => {
+    const name = `mbt${randomBytes(5).toString('hex')}`;
+    names.push(name);
+    return nl.linkCreateVeth(name, `${name}p`, {});
+  };
+  t.teardown(() => {
+    for (const name of names) {
+      const link = nl.linkGetByName(name);
+      if (link) nl.linkDelete(link.index);
+    }
+  });
+  const ifindex = { a: ifindexOf(), b: ifindexOf(), other: ifindexOf(), unknown: ifindexOf() };
+  const map = (name: string) => {
+    const found = obj.maps.find((m) => m.name === name);
+    if (!found) throw new Error(`map ${name} not in object (${obj.maps.map((m) => m.name).join(', ')})`);
+    return found.fd;
+  };
+  const prog = (name: string) => obj.programs.find((p) => p.name === name)!.fd;
+  const endpoint = (e: typeof A, index: number, id: number, networkId: number) => {
+    const info: EndpointInfo = { ...e, ifindex: index, endpointId: id, identity: 0, networkId };
+    const value = encodeEndpointInfo(info);
+    nl.bpfMapUpdate(map('mb_endpoints_by_if'), encodeIfindexKey(index), value, 0);
+    nl.bpfMapUpdate(map('mb_endpoints'), encodeEndpointKey(e.ipv4), value, 0);
+    nl.bpfMapUpdate(map('mb_endpoints'), encodeEndpointKey(e.ipv6), value, 0);
+  };
+  endpoint(A, ifindex.a, 1, 1);
+  endpoint(B, ifindex.b, 2, 1);
+  endpoint(OTHER_NET, ifindex.other, 3, 2);
+  return {
+    obj, map, prog, ifindex,
+    run(name, index, packet) {
+      const r = nl.bpfProgTestRun(prog(name), packet, { ctxIn: skbCtx(index) });
+      return { retval: r.retval, data: r.data };
+    },
+    metric(reason, direction) {
+      const value = nl.bpfMapLookup(map('mb_metrics'), metricKey(reason, direction));
+      return value ? decodePerCpuMetric(value).packets : 0n;
+    },
+    ct(key) {
+      const value = nl.bpfMapLookup(map('mb_conntrack'), encodeCtKey(key));
+      return value ? decodeCtEntry(value) : null;
+    },
+  };
+}
+
+const fromA = (payload: Buffer, type: number) => ethernet(A.hostMac, A.mac, type, payload);
+
+test('ARP request for the gateway is answered with the host-side MAC and sent back out', (t) => {
+  const f = setup(t);
+  const r = f.run('from_container', f.ifindex.a, arpRequest(A.mac, A.ipv4, A.gateway4));
+  t.is(r.retval, TC_ACT_REDIRECT);
+  const d = r.data;
+  t.is(d.subarray(0, 6).toString('hex'), A.mac.replaceAll(':', ''), 'to the container');
+  t.is(d.subarray(6, 12).toString('hex'), A.hostMac.replaceAll(':', ''), 'from the host side');
+  t.is(d.readUInt16BE(20), 2, 'ARP reply');
+  t.is(d.subarray(22, 28).toString('hex'), A.hostMac.replaceAll(':', ''), 'sender MAC = host side');
+  t.deepEqual([...d.subarray(28, 32)], [10, 20, 0, 1], 'sender IP = gateway');
+  t.deepEqual([...d.subarray(38, 42)], [10, 20, 0, 10], 'target IP = container');
+  t.is(f.metric(2, 0), 1n, 'arp-reply counted');
+});
+
+test('ARP probes and requests for the container\'s own address are not answered', (t) => {
+  const f = setup(t);
+  t.is(f.run('from_container', f.ifindex.a, arpRequest(A.mac, '0.0.0.0', A.ipv4)).retval, TC_ACT_SHOT);
+  t.is(f.run('from_container', f.ifindex.a, arpRequest(A.mac, A.ipv4, A.ipv4)).retval, TC_ACT_SHOT);
+  t.is(f.metric(70, 0), 2n, 'arp-not-answered counted');
+});
+
+test('NDP solicitation for the gateway gets a valid advertisement (R, S, O) from the host side', (t) => {
+  const f = setup(t);
+  const r = f.run('from_container', f.ifindex.a, neighbourSolicitation(A.mac, A.ipv6, A.gateway6));
+  t.is(r.retval, TC_ACT_REDIRECT);
+  const d = r.data;
+  t.is(d.subarray(0, 6).toString('hex'), A.mac.replaceAll(':', ''));
+  t.is(d[14 + 40], 136, 'neighbour advertisement');
+  t.is(d[14 + 40 + 4], 0xe0, 'router, solicited, override');
+  t.is(d[14 + 40 + 24], 2, 'target link-layer option');
+  t.is(d.subarray(14 + 40 + 26, 14 + 40 + 32).toString('hex'), A.hostMac.replaceAll(':', ''));
+  t.true(icmpv6ChecksumOk(d), 'ICMPv6 checksum is valid');
+  t.is(f.metric(3, 0), 1n);
+  // Duplicate address detection (source ::) must see silence.
+  t.is(f.run('from_container', f.ifindex.a, neighbourSolicitation(A.mac, '::', A.ipv6)).retval, TC_ACT_SHOT);
+});
+
+test('spoofed source MAC or IP is dropped, counted, and reported as an event', async (t) => {
+  const f = setup(t);
+  const nl = native();
+  const events: Buffer[] = [];
+  const consumer = nl.ringbufConsume(f.map('mb_events'), (record) => events.push(record));
+  t.teardown(() => consumer.close());
+  const spoofedIp = fromA(ipv4('10.20.0.99', B.ipv4, udp(1000, 53)), ETH_P_IP);
+  t.is(f.run('from_container', f.ifindex.a, spoofedIp).retval, TC_ACT_SHOT);
+  const spoofedMac = ethernet(A.hostMac, '02:00:00:00:00:99', ETH_P_IP, ipv4(A.ipv4, B.ipv4, udp(1000, 53)));
+  t.is(f.run('from_container', f.ifindex.a, spoofedMac).retval, TC_ACT_SHOT);
+  const spoofed6 = fromA(ipv6('fd00:20::99', B.ipv6, udp(1000, 53)), ETH_P_IPV6);
+  t.is(f.run('from_container', f.ifindex.a, spoofed6).retval, TC_ACT_SHOT);
+  t.is(f.metric(66, 0), 2n, 'spoofed-ip');
+  t.is(f.metric(65, 0), 1n, 'spoofed-mac');
+  const deadline = Date.now() + 2000;
+  while (events.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.is(events.length, 3);
+  t.is(events[0]!.length, SIZES.event);
+  const first = decodeEvent(events[0]!);
+  t.like(first, { type: 'drop', reason: 'spoofed-ip', direction: 'from-container', endpointId: 1, saddr: '10.20.0.99', daddr: B.ipv4, proto: 'udp', sport: 1000, dport: 53 });
+});
+
+test('traffic to a local endpoint of the same network is redirected to it: MACs rewritten, TTL decremented', (t) => {
+  const f = setup(t);
+  const r = f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(40000, 80, TCP_SYN)), ETH_P_IP));
+  t.is(r.retval, TC_ACT_REDIRECT);
+  t.is(r.data.subarray(0, 6).toString('hex'), B.mac.replaceAll(':', ''), 'to B');
+  t.is(r.data.subarray(6, 12).toString('hex'), B.hostMac.replaceAll(':', ''), 'from B\'s gateway');
+  t.is(r.data[14 + 8], 63, 'TTL decremented');
+  t.true(ipv4ChecksumOk(r.data), 'IPv4 header checksum still valid');
+  const r6 = f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, B.ipv6, udp(5000, 53)), ETH_P_IPV6));
+  t.is(r6.retval, TC_ACT_REDIRECT);
+  t.is(r6.data[14 + 7], 63, 'hop limit decremented');
+  t.is(f.metric(1, 0), 2n, 'redirect-peer counted');
+});
+
+test('other networks are refused, the rest goes to the host stack unchanged', (t) => {
+  const f = setup(t);
+  t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, OTHER_NET.ipv4, tcp(40000, 80, TCP_SYN)), ETH_P_IP)).retval, TC_ACT_SHOT);
+  t.is(f.metric(69, 0), 1n, 'cross-network');
+  const out = fromA(ipv4(A.ipv4, '198.51.100.7', tcp(40000, 443, TCP_SYN)), ETH_P_IP);
+  const r = f.run('from_container', f.ifindex.a, out);
+  t.is(r.retval, TC_ACT_OK);
+  t.deepEqual(r.data, out, 'unchanged for the stack');
+  // A packet whose TTL would expire goes to the stack (which answers time-exceeded).
+  t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, udp(1, 2), 1), ETH_P_IP)).retval, TC_ACT_OK);
+  // An interface without an endpoint entry sends nothing.
+  t.is(f.run('from_container', f.ifindex.unknown, out).retval, TC_ACT_SHOT);
+});
+
+test('conntrack: TCP over IPv4 is created, refreshed, established by the reply and closed by FIN', (t) => {
+  const f = setup(t);
+  const key = { family: 4, proto: 6, saddr: A.ipv4, daddr: '198.51.100.7', sport: 40000, dport: 443 };
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', tcp(40000, 443, TCP_SYN)), ETH_P_IP));
+  const created = f.ct(key);
+  t.truthy(created);
+  t.like(created!, { state: 'new', packetsOrig: 1n, packetsReply: 0n, endpointId: 1 });
+  // The reply comes from the host stack towards the container.
+  f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, tcp(443, 40000, TCP_SYN | TCP_ACK))));
+  const established = f.ct(key)!;
+  t.like(established, { state: 'established', packetsReply: 1n });
+  t.true(established.expiresNs - established.createdNs > 3600n * 1_000_000_000n, 'established flows live for hours');
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', tcp(40000, 443, TCP_ACK)), ETH_P_IP));
+  const refreshed = f.ct(key)!;
+  t.is(refreshed.packetsOrig, 2n);
+  t.true(refreshed.expiresNs >= established.expiresNs, 'expiry refreshed');
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', tcp(40000, 443, TCP_FIN | TCP_ACK)), ETH_P_IP));
+  const closing = f.ct(key)!;
+  t.is(closing.state, 'closing');
+  t.true(closing.expiresNs - closing.createdNs < 3600n * 1_000_000_000n, 'closing flows expire soon');
+});
+
+test('conntrack: UDP and ICMP echo over IPv4 and IPv6, and TCP over IPv6', (t) => {
+  const f = setup(t);
+  f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, 'fd00:99::1', udp(5353, 53)), ETH_P_IPV6));
+  t.like(f.ct({ family: 6, proto: 17, saddr: A.ipv6, daddr: 'fd00:99::1', sport: 5353, dport: 53 })!, { packetsOrig: 1n });
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', udp(5353, 53)), ETH_P_IP));
+  t.truthy(f.ct({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 5353, dport: 53 }));
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', icmpEcho(false, false, 77)), ETH_P_IP));
+  f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, icmpEcho(false, true, 77))));
+  t.like(f.ct({ family: 4, proto: 1, saddr: A.ipv4, daddr: '198.51.100.7', sport: 77, dport: 77 })!, { packetsOrig: 1n, packetsReply: 1n, state: 'established' });
+  f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, 'fd00:99::1', icmpEcho(true, false, 78)), ETH_P_IPV6));
+  t.truthy(f.ct({ family: 6, proto: 58, saddr: A.ipv6, daddr: 'fd00:99::1', sport: 78, dport: 78 }));
+  f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, B.ipv6, tcp(41000, 8080, TCP_SYN)), ETH_P_IPV6));
+  t.like(f.ct({ family: 6, proto: 6, saddr: A.ipv6, daddr: B.ipv6, sport: 41000, dport: 8080 })!, { state: 'new' });
+  // B's answer goes through B's own program: the same entry sees it as the reply.
+  f.run('from_container', f.ifindex.b, ethernet(B.hostMac, B.mac, ETH_P_IPV6, ipv6(B.ipv6, A.ipv6, tcp(8080, 41000, TCP_SYN | TCP_ACK))));
+  t.like(f.ct({ family: 6, proto: 6, saddr: A.ipv6, daddr: B.ipv6, sport: 41000, dport: 8080 })!, { state: 'established', packetsReply: 1n });
+});
+
+test('codec sizes match the compiled object\'s BTF', (t) => {
+  const dump = execFileSync('bpftool', ['btf', 'dump', 'file', OBJECT]).toString();
+  for (const [name, size] of Object.entries(SIZES)) {
+    if (name === 'event') continue; // only used through the ring buffer: checked by record length above
+    const match = dump.match(new RegExp(`STRUCT '${name}' size=(\\d+)`));
+    t.truthy(match, `struct ${name} in BTF`);
+    t.is(Number(match![1]), size, `struct ${name}`);
+  }
+  t.true(fs.existsSync(OBJECT));
+});

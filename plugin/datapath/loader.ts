@@ -1,0 +1,224 @@
+// Loads Membrane's BPF object with its maps pinned under /sys/fs/bpf/membrane, so state
+// (conntrack above all) outlives the daemon, and attaches its programs to endpoints through
+// pinned tcx links, so they outlive it too.
+//
+// A pinned map whose geometry differs from what this build wants (a new max_entries from the
+// configuration, a grown value) is never simply replaced: its pin is moved aside, the new map
+// is created, every entry that fits is copied over, and only then is the old pin removed.
+// Programs are replaced atomically with BPF_LINK_UPDATE: no packet sees an interface without one.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { BpfAddon, BpfMapInfo, BpfObject, TcDirection } from '../kernel/native.js';
+import type { Logger } from '../log.js';
+import { NotSupportedError } from '../errors.js';
+import { SIZES } from './codec.js';
+
+export const PIN_DIR = '/sys/fs/bpf/membrane';
+
+const BPF_MAP_TYPE_HASH = 1;
+const BPF_MAP_TYPE_ARRAY = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+const BPF_MAP_TYPE_LRU_HASH = 9;
+const BPF_MAP_TYPE_RINGBUF = 27;
+
+export interface Geometry {
+  conntrackMax: number;
+  endpointsMax: number;
+}
+
+export const DEFAULT_GEOMETRY: Geometry = { conntrackMax: 262144, endpointsMax: 65536 };
+
+interface WantedMap {
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
+
+/** What each map must look like, from the persisted geometry. */
+export function wantedMaps(g: Geometry): Record<string, WantedMap> {
+  return {
+    mb_endpoints: { type: BPF_MAP_TYPE_HASH, keySize: SIZES.endpoint_key, valueSize: SIZES.endpoint_info, maxEntries: g.endpointsMax },
+    mb_endpoints_by_if: { type: BPF_MAP_TYPE_HASH, keySize: 4, valueSize: SIZES.endpoint_info, maxEntries: g.endpointsMax },
+    mb_conntrack: { type: BPF_MAP_TYPE_LRU_HASH, keySize: SIZES.ct_key, valueSize: SIZES.ct_entry, maxEntries: g.conntrackMax },
+    mb_metrics: { type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: SIZES.metric, maxEntries: 256 },
+    mb_events: { type: BPF_MAP_TYPE_RINGBUF, keySize: 0, valueSize: 0, maxEntries: 256 * 1024 },
+    mb_config: { type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: SIZES.config, maxEntries: 1 },
+  };
+}
+
+export function compatible(have: BpfMapInfo, want: WantedMap): boolean {
+  return have.type === want.type && have.keySize === want.keySize && have.valueSize === want.valueSize &&
+    have.maxEntries === want.maxEntries;
+}
+
+export interface MigrationReport {
+  map: string;
+  from: Pick<BpfMapInfo, 'keySize' | 'valueSize' | 'maxEntries'>;
+  to: WantedMap;
+  copied: number;
+  skipped: number;
+}
+
+export class Datapath {
+  obj: BpfObject | undefined;
+  migrations: MigrationReport[] = [];
+
+  constructor(private readonly bpf: BpfAddon, private readonly objectPath: string, private readonly log: Logger,
+    private readonly pinDir = PIN_DIR) {}
+
+  map(name: string): number {
+    const found = this.obj?.maps.find((m) => m.name === name);
+    if (!found) throw new Error(`BPF map ${name} is not loaded`);
+    return found.fd;
+  }
+
+  program(name: string): number {
+    const found = this.obj?.programs.find((p) => p.name === name);
+    if (!found) throw new Error(`BPF program ${name} is not loaded`);
+    return found.fd;
+  }
+
+  /** Loads the object, reusing compatible pinned maps and migrating incompatible ones. */
+  load(geometry: Geometry): void {
+    fs.mkdirSync(path.join(this.pinDir, 'links'), { recursive: true });
+    const wanted = wantedMaps(geometry);
+    const pinPaths: Record<string, string> = {};
+    const movedAside: { name: string; aside: string; info: BpfMapInfo }[] = [];
+    for (const [name, want] of Object.entries(wanted)) {
+      const pin = path.join(this.pinDir, name);
+      pinPaths[name] = pin;
+      if (!fs.existsSync(pin)) continue;
+      const fd = this.bpf.bpfObjGet(pin);
+      let info: BpfMapInfo;
+      try {
+        info = this.bpf.bpfMapInfo(fd);
+      } finally {
+        this.bpf.bpfClose(fd);
+      }
+      if (compatible(info, want)) continue;
+      const aside = `${pin}.migrating`;
+      fs.rmSync(aside, { force: true });
+      fs.renameSync(pin, aside);
+      movedAside.push({ name, aside, info });
+    }
+    try {
+      this.obj = this.bpf.bpfObjectLoad(this.objectPath, {
+        pinPaths,
+        maxEntries: { mb_conntrack: geometry.conntrackMax, mb_endpoints: geometry.endpointsMax, mb_endpoints_by_if: geometry.endpointsMax },
+      });
+    } catch (err) {
+      // Nothing was migrated: put the old maps back where the running programs expect them.
+      for (const { name, aside } of movedAside) {
+        fs.rmSync(pinPaths[name]!, { force: true });
+        fs.renameSync(aside, pinPaths[name]!);
+      }
+      throw err;
+    }
+    for (const { name, aside, info } of movedAside) {
+      this.migrations.push(this.migrate(name, aside, info, wanted[name]!));
+    }
+  }
+
+  /** Copies every entry of the map pinned at `aside` into the live map, then unpins the old one. */
+  private migrate(name: string, aside: string, info: BpfMapInfo, want: WantedMap): MigrationReport {
+    const report: MigrationReport = { map: name, from: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, to: want, copied: 0, skipped: 0 };
+    const copyable = info.type === want.type && info.type !== BPF_MAP_TYPE_RINGBUF && info.keySize === want.keySize &&
+      info.valueSize <= want.valueSize && info.type !== BPF_MAP_TYPE_PERCPU_ARRAY;
+    if (copyable) {
+      const oldFd = this.bpf.bpfObjGet(aside);
+      try {
+        const target = this.map(name);
+        let key: Buffer | null = null;
+        // Bounded by the old map's capacity: an iteration never yields more keys than that.
+        for (let i = 0; i < info.maxEntries; i++) {
+          key = this.bpf.bpfMapNextKey(oldFd, key);
+          if (!key) break;
+          const value = this.bpf.bpfMapLookup(oldFd, key);
+          if (!value) continue;
+          const grown = Buffer.alloc(want.valueSize);
+          value.copy(grown);
+          try {
+            this.bpf.bpfMapUpdate(target, key, grown, 0);
+            report.copied++;
+          } catch {
+            report.skipped++; // the new map is smaller and full
+          }
+        }
+      } finally {
+        this.bpf.bpfClose(oldFd);
+      }
+    }
+    fs.rmSync(aside, { force: true });
+    this.log.warn('migrated pinned BPF map to new geometry', { ...report });
+    return report;
+  }
+
+  private linkPin(ifname: string, direction: TcDirection): string {
+    return path.join(this.pinDir, 'links', `${ifname}-${direction}`);
+  }
+
+  /**
+   * Attaches from_container (ingress) and to_container (egress) to a host-side veth through
+   * tcx links pinned in bpffs. An existing pinned link gets the current program atomically.
+   */
+  attach(ifname: string, ifindex: number): void {
+    for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
+      const pin = this.linkPin(ifname, direction);
+      if (fs.existsSync(pin)) {
+        const linkFd = this.bpf.bpfObjGet(pin);
+        try {
+          this.bpf.bpfLinkUpdate(linkFd, this.program(prog));
+          continue;
+        } catch (err) {
+          // The veth it was attached to is gone (ifindex reused by a new one): make a new link.
+          fs.rmSync(pin, { force: true });
+          this.log.debug('stale tcx link pin replaced', { pin, error: (err as Error).message });
+        } finally {
+          this.bpf.bpfClose(linkFd);
+        }
+      }
+      let linkFd: number;
+      try {
+        linkFd = this.bpf.tcxAttach(ifindex, this.program(prog), direction);
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EINVAL' || (err as { code?: string }).code === 'EOPNOTSUPP') {
+          throw new NotSupportedError('tcx', `attaching BPF programs with tcx failed (${(err as Error).message}); ` +
+            'Membrane needs Linux 6.6 or newer for tcx links');
+        }
+        throw err;
+      }
+      try {
+        this.bpf.bpfObjPin(linkFd, pin);
+      } finally {
+        this.bpf.bpfClose(linkFd);
+      }
+    }
+  }
+
+  /** Removes the pinned links of a veth (deleting the veth already detached them). */
+  detach(ifname: string): void {
+    for (const direction of ['ingress', 'egress'] as const) fs.rmSync(this.linkPin(ifname, direction), { force: true });
+  }
+
+  /** Link pins whose veth no longer exists: left by endpoints deleted while the daemon was down. */
+  prunePins(liveIfnames: Set<string>): string[] {
+    const removed: string[] = [];
+    const dir = path.join(this.pinDir, 'links');
+    if (!fs.existsSync(dir)) return removed;
+    for (const entry of fs.readdirSync(dir)) {
+      const ifname = entry.replace(/-(ingress|egress)$/, '');
+      if (!liveIfnames.has(ifname)) {
+        fs.rmSync(path.join(dir, entry), { force: true });
+        removed.push(entry);
+      }
+    }
+    return removed;
+  }
+
+  close(): void {
+    this.obj?.close();
+    this.obj = undefined;
+  }
+}
