@@ -5,8 +5,8 @@
 # base locally with debootstrap (with iptables and libmnl0 already in it) and passes it here.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
-RUN if ! command -v iptables >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/libmnl.so.0 ]; then \
-      apt-get update && apt-get install -y --no-install-recommends iptables libmnl0 && rm -rf /var/lib/apt/lists/*; \
+RUN if ! command -v iptables >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/libmnl.so.0 ] || [ ! -e /usr/lib/x86_64-linux-gnu/libbpf.so.1 ]; then \
+      apt-get update && apt-get install -y --no-install-recommends iptables libmnl0 libbpf1 libelf1 && rm -rf /var/lib/apt/lists/*; \
     fi
 # Node 20 is not in bookworm; the staged binary is the one Membrane was built and tested with.
 COPY stage/node /usr/local/bin/node

@@ -21,6 +21,14 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /*
+ * Test builds only (integration/datapath.test.ts): -DMEMBRANE_BUILD_VARIANT=1 yields a different
+ * instruction stream, to prove a new build replaces the running programs without a lost packet.
+ */
+#ifndef MEMBRANE_BUILD_VARIANT
+#define MEMBRANE_BUILD_VARIANT 0
+#endif
+
+/*
  * Rewrites the packet for a local endpoint (MACs, TTL/hop limit: this is a routed hop) and
  * redirects it into that endpoint's container. A packet whose TTL would expire goes to the host
  * stack instead, which sends the ICMP time-exceeded.
@@ -75,6 +83,10 @@ int from_container(struct __sk_buff *skb)
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_ARP):
 		reason = arp_respond(skb, ep);
+		if (reason == REASON_FORWARD_STACK) {
+			count(reason, DIR_FROM_CONTAINER, skb->len);
+			return TC_ACT_OK;
+		}
 		if (reason != REASON_ARP_REPLY)
 			return drop(skb, reason, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
 		count(reason, DIR_FROM_CONTAINER, skb->len);
@@ -130,6 +142,8 @@ int from_container(struct __sk_buff *skb)
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
+	if (MEMBRANE_BUILD_VARIANT)
+		bpf_get_prandom_u32();
 	__u32 ifindex = skb->ifindex;
 	const struct endpoint_info *ep = bpf_map_lookup_elem(&mb_endpoints_by_if, &ifindex);
 	__u32 endpoint_id = ep ? ep->endpoint_id : 0;

@@ -6,7 +6,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import {
   addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
-  execMayFail, kernelLeftovers, run, runContainer, uniqueName,
+  execMayFail, kernelLeftovers, bpfLeftovers, run, runContainer, uniqueName,
   useMembrane,
   ping, CLI,
 } from './harness.js';
@@ -157,6 +157,7 @@ test('docker network rm leaves no veth, route, rule or state behind', async (t) 
   await docker('rm', '-f', a);
   await docker('network', 'rm', net);
   t.deepEqual(await kernelLeftovers(), { links: [], routes: [], rules: [] });
+  t.deepEqual(await bpfLeftovers(), { linkPins: [], endpointEntries: 0 });
   t.deepEqual(await apiGet('/v1/endpoints'), []);
   t.deepEqual(await apiGet('/v1/networks'), []);
   const ipam = await apiGet<{ pools: unknown[] }>('/v1/ipam');

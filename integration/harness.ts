@@ -199,6 +199,18 @@ export async function addressesOf(container: string, network: string): Promise<C
   return { ipv4: ipv4 || undefined, ipv6: ipv6 || undefined };
 }
 
+/** BPF state Membrane owns for endpoints: link pins and endpoint map entries. */
+export async function bpfLeftovers(): Promise<{ linkPins: string[]; endpointEntries: number }> {
+  const pins = fs.existsSync('/sys/fs/bpf/membrane/links') ? fs.readdirSync('/sys/fs/bpf/membrane/links') : [];
+  let endpointEntries = 0;
+  for (const map of ['mb_endpoints', 'mb_endpoints_by_if']) {
+    const pinned = `/sys/fs/bpf/membrane/${map}`;
+    if (!fs.existsSync(pinned)) continue;
+    endpointEntries += (JSON.parse((await run('bpftool', ['map', 'dump', 'pinned', pinned, '-j'])).stdout) as unknown[]).length;
+  }
+  return { linkPins: pins, endpointEntries };
+}
+
 /** Host links, routes and rules Membrane owns (alias membrane:, proto 201). */
 export async function kernelLeftovers(): Promise<{ links: string[]; routes: string[]; rules: string[] }> {
   const links = (await run('ip', ['-o', 'link', 'show'])).stdout.split('\n').filter((l) => /mbr[0-9a-f]{12}/.test(l));

@@ -25,6 +25,16 @@ export interface MembraneConfig {
   tableBase: number;
   /** Install iptables FORWARD accepts and IPv4 masquerade (off only when the host manages its own firewall). */
   manageNetfilter: boolean;
+  /**
+   * 'bpf': Membrane's BPF programs on every endpoint (ARP/NDP, anti-spoofing, conntrack, direct
+   * delivery between local containers). 'routing': host routing, iptables and the kernel's own
+   * neighbour handling only.
+   */
+  datapath: 'bpf' | 'routing';
+  /** Conntrack table size (entries) for the BPF datapath; changing it migrates the pinned map. */
+  conntrackMax: number;
+  /** Where Membrane pins its BPF maps and links (on a bpffs). */
+  bpfPinDir: string;
   /** Where the kernel's sysctls are; a managed plugin sees the host's under a bind mount. */
   procSys: string;
   logLevel: string;
@@ -41,6 +51,9 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   rulePriority: 9000,
   tableBase: 0x4d420000,
   manageNetfilter: true,
+  datapath: 'bpf',
+  conntrackMax: 262144,
+  bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
   logLevel: 'info',
 };
@@ -55,6 +68,9 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_DEFAULT_MTU: 'defaultMtu',
   MEMBRANE_MANAGE_NETFILTER: 'manageNetfilter',
   MEMBRANE_PROC_SYS: 'procSys',
+  MEMBRANE_DATAPATH: 'datapath',
+  MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
+  MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',
 };
 
@@ -106,6 +122,12 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   }
   if (config.defaultIPv4PoolLength < 8 || config.defaultIPv4PoolLength > 30) {
     throw new InvalidArgumentError(`defaultIPv4PoolLength must be between 8 and 30, got ${config.defaultIPv4PoolLength}`);
+  }
+  if (config.datapath !== 'bpf' && config.datapath !== 'routing') {
+    throw new InvalidArgumentError(`datapath must be "bpf" or "routing", got ${JSON.stringify(config.datapath)}`);
+  }
+  if (config.conntrackMax < 1024 || config.conntrackMax > 16_777_216) {
+    throw new InvalidArgumentError(`conntrackMax must be between 1024 and 16777216 entries, got ${config.conntrackMax}`);
   }
   if (config.defaultMtu < 1280 || config.defaultMtu > 65535) {
     throw new InvalidArgumentError(`defaultMtu must be between 1280 (IPv6 minimum) and 65535, got ${config.defaultMtu}`);

@@ -9,7 +9,9 @@ import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
-import { native, type Family, type NetlinkAddon } from './kernel/native.js';
+import { native, type BpfAddon, type Family, type NetlinkAddon } from './kernel/native.js';
+import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
+import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
@@ -24,7 +26,7 @@ import { networkRoutes, pluginActivation } from './docker/network-driver.js';
 import { ipamRoutes } from './docker/ipam-driver.js';
 import { reconcileWithDocker } from './docker/reconcile.js';
 import { createApiApp, type StatusSource } from './api/server.js';
-import { ConflictError, StateError } from './errors.js';
+import { ConflictError, NotSupportedError, StateError } from './errors.js';
 
 export function packageVersion(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
@@ -32,6 +34,23 @@ export function packageVersion(): string {
     if (fs.existsSync(candidate)) return (JSON.parse(fs.readFileSync(candidate, 'utf8')) as { version: string }).version;
   }
   return 'unknown';
+}
+
+/** The BPF object built by `npm run build:bpf`; MEMBRANE_BPF_OBJECT overrides. */
+export function bpfObjectPath(): string {
+  if (process.env.MEMBRANE_BPF_OBJECT) return process.env.MEMBRANE_BPF_OBJECT;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  return path.resolve(here, '..', '..', 'bpf', 'build', 'membrane.bpf.o');
+}
+
+/** Pins need a bpffs; say how to get one instead of failing on the first pin. */
+function assertBpffs(pinDir: string): void {
+  const mount = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')
+    .map((line) => line.split(' ')).filter((f) => f[2] === 'bpf').map((f) => f[1]!);
+  if (!mount.some((m) => pinDir === m || pinDir.startsWith(`${m}/`))) {
+    throw new NotSupportedError('bpffs', `${pinDir} is not on a BPF filesystem; mount one with ` +
+      '`mount -t bpf bpf /sys/fs/bpf` (or set datapath to "routing")');
+  }
 }
 
 /** Prefixes routed on the host that automatic pools must avoid (not defaults, not Membrane's own). */
@@ -72,12 +91,16 @@ export interface MembraneCore {
   stateFile: string;
   /** Every Docker plugin call Membrane answers, by path name ('NetworkDriver.Join', ...). */
   routes: Record<string, Handler>;
+  /** The BPF datapath's endpoint applier, when the datapath is 'bpf'. */
+  endpointMaps?: EndpointMaps;
   /** Makes the kernel match the state; returns what it changed. */
   reconcileKernel(): Promise<Record<string, unknown>>;
 }
 
 export interface CoreDependencies {
   nl: NetlinkAddon;
+  /** The bpf half of the addon; without it Membrane runs the 'routing' datapath (unit tests). */
+  bpf?: BpfAddon;
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;
@@ -127,6 +150,20 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   };
   const networks = new NetworkManager(ctx);
   endpoints = new EndpointManager(ctx, networks);
+
+  // Numeric ids for the BPF maps, for records written before they existed.
+  for (const record of [...Object.values(state.networks), ...Object.values(state.endpoints)]) {
+    if (record.number !== undefined) continue;
+    const isNetwork = 'table' in record;
+    record.number = (isNetwork ? state.nextNetworkNumber : state.nextEndpointNumber) ?? 1;
+    if (isNetwork) state.nextNetworkNumber = record.number + 1;
+    else state.nextEndpointNumber = record.number + 1;
+  }
+  let endpointMaps: EndpointMaps | undefined;
+  if (config.datapath === 'bpf' && deps.bpf) {
+    assertBpffs(config.bpfPinDir);
+    endpointMaps = new EndpointMaps(deps.bpf, new Datapath(deps.bpf, bpfObjectPath(), log, config.bpfPinDir));
+  }
   const routes: Record<string, Handler> = {
     'Plugin.Activate': () => pluginActivation,
     ...networkRoutes(networks, endpoints),
@@ -134,15 +171,29 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   };
 
   return {
-    ctx, networks, endpoints, ipam, store, stateFile, routes,
+    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps,
     async reconcileKernel() {
       dataplane.ensureForwarding();
+      let migrations: unknown[] = [];
+      if (endpointMaps) {
+        // Geometry is persisted: only an explicit configuration change resizes (and migrates) maps.
+        const geometry = { conntrackMax: config.conntrackMax, endpointsMax: DEFAULT_GEOMETRY.endpointsMax };
+        if (state.datapathGeometry && state.datapathGeometry.conntrackMax !== geometry.conntrackMax) {
+          log.warn('conntrackMax changed; migrating the conntrack map', { from: state.datapathGeometry.conntrackMax, to: geometry.conntrackMax });
+        }
+        state.datapathGeometry = geometry;
+        endpointMaps.datapath.close();
+        endpointMaps.datapath.load(geometry);
+        migrations = endpointMaps.datapath.migrations;
+        dataplane.bpfMaps = endpointMaps;
+      }
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
       for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
       const networkReport = dataplane.syncNetworks(networks.list());
       await store.commit();
       await networks.syncNetfilter();
-      return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), at: new Date().toISOString() };
+      return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), migrations,
+        datapath: endpointMaps ? 'bpf' : 'routing', at: new Date().toISOString() };
     },
   };
 }
@@ -170,7 +221,7 @@ export interface RunningDaemon {
 export async function startDaemon(config: MembraneConfig, log: Logger): Promise<RunningDaemon> {
   const startedAt = Date.now();
   const lock = await lockNamespace();
-  const core = createCore(config, { nl: native(), log });
+  const core = createCore(config, { nl: native(), bpf: native(), log });
   const { ctx, networks, endpoints, stateFile } = core;
   const lastKernelSync = await core.reconcileKernel();
   log.info('kernel reconciled', lastKernelSync);
@@ -185,6 +236,17 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   await listenUnix(apiServer, config.apiSocket, 0o600);
   log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
 
+  // Conntrack garbage collection: expired entries go, however full the table is.
+  const gc = core.endpointMaps ? setInterval(() => {
+    try {
+      const result = core.endpointMaps!.collectConntrack(config.conntrackMax);
+      if (result.deleted) log.debug('conntrack gc', result);
+    } catch (err) {
+      log.warn('conntrack gc failed', { error: (err as Error).message });
+    }
+  }, 30_000) : undefined;
+  gc?.unref();
+
   const abort = new AbortController();
   const driverName = path.basename(config.pluginSocket).replace(/\.sock$/, '');
   const dockerReconcile = reconcileWithDocker(new Docker(), driverName, startedAt, ctx, networks, endpoints, log, abort.signal)
@@ -194,6 +256,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     core,
     async stop() {
       abort.abort();
+      if (gc) clearInterval(gc);
       const close = (server: http.Server) => new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -10,11 +10,11 @@ trap 'rm -rf "$work"' EXIT
 
 base=${MEMBRANE_PLUGIN_BASE:-}
 if [ -z "$base" ]; then
-  base=membrane-plugin-base:bookworm
+  base=membrane-plugin-base:bookworm-2
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     # No registry here: make Debian's base ourselves (about 30 s from Debian's mirror).
     command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
-    debootstrap --variant=minbase --include=iptables,libmnl0 bookworm "$work/base" >/dev/null
+    debootstrap --variant=minbase --include=iptables,libmnl0,libbpf1,libelf1 bookworm "$work/base" >/dev/null
     rm -rf "$work/base/var/cache/apt/archives"/*.deb "$work/base/var/lib/apt/lists"/*
     tar -C "$work/base" -c . | docker import - "$base" >/dev/null
     rm -rf "$work/base"
@@ -22,11 +22,12 @@ if [ -z "$base" ]; then
 fi
 
 # Build context: the node binary and the built app with production dependencies only.
-mkdir -p "$work/ctx/stage/membrane/native/build/Release"
+mkdir -p "$work/ctx/stage/membrane/native/build/Release" "$work/ctx/stage/membrane/bpf/build"
 cp Dockerfile "$work/ctx/"
 cp "$(command -v node)" "$work/ctx/stage/node"
 cp -r dist package.json package-lock.json "$work/ctx/stage/membrane/"
 cp native/build/Release/membrane_native.node "$work/ctx/stage/membrane/native/build/Release/"
+cp bpf/build/membrane.bpf.o "$work/ctx/stage/membrane/bpf/build/"
 cp -r node_modules "$work/ctx/stage/membrane/"
 (cd "$work/ctx/stage/membrane" && npm prune --omit=dev --no-audit --no-fund --loglevel=error >/dev/null && rm -rf dist/integration)
 

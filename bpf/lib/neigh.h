@@ -23,7 +23,11 @@ struct arp_eth {
 	__be32 tpa;
 } __attribute__((packed));
 
-/* Returns REASON_ARP_REPLY after rewriting the request into its reply, or a drop reason. */
+/*
+ * Returns REASON_ARP_REPLY after rewriting a request into its reply, REASON_FORWARD_STACK for the
+ * container's own replies (to the host's requests: the host resolves containers itself), or a
+ * drop reason.
+ */
 ALWAYS_INLINE int arp_respond(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	void *data = (void *)(long)skb->data;
@@ -32,13 +36,16 @@ ALWAYS_INLINE int arp_respond(struct __sk_buff *skb, const struct endpoint_info 
 	struct arp_eth *arp = (void *)(eth + 1);
 	if ((void *)(arp + 1) > data_end)
 		return DROP_INVALID;
-	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 ||
-	    arp->plen != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 || arp->plen != 4)
 		return DROP_ARP;
-	if (!(ep->flags & ENDPOINT_F_IPV4) || arp->spa == 0 || arp->tpa == ep->ip4.ip4)
+	if (!(ep->flags & ENDPOINT_F_IPV4) || arp->spa == 0)
 		return DROP_ARP;
 	if (arp->spa != ep->ip4.ip4 || !mac_equal(arp->sha, ep->mac))
 		return DROP_SPOOFED_IP;
+	if (arp->op == bpf_htons(ARPOP_REPLY))
+		return REASON_FORWARD_STACK;
+	if (arp->op != bpf_htons(ARPOP_REQUEST) || arp->tpa == ep->ip4.ip4)
+		return DROP_ARP;
 	__be32 target = arp->tpa;
 	__builtin_memcpy(arp->tha, arp->sha, 6);
 	arp->tpa = arp->spa;

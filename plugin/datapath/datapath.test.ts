@@ -13,7 +13,7 @@ import {
   encodeIfindexKey, metricKey, type EndpointInfo,
 } from './codec.js';
 import {
-  ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpRequest, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
+  ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpReply, arpRequest, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
   ipv6, neighbourSolicitation, tcp, udp,
 } from './packets.js';
 
@@ -109,6 +109,13 @@ test('ARP request for the gateway is answered with the host-side MAC and sent ba
   t.deepEqual([...d.subarray(28, 32)], [10, 20, 0, 1], 'sender IP = gateway');
   t.deepEqual([...d.subarray(38, 42)], [10, 20, 0, 10], 'target IP = container');
   t.is(f.metric(2, 0), 1n, 'arp-reply counted');
+});
+
+test('the container\'s ARP replies to the host go to the stack; forged ones are dropped', (t) => {
+  const f = setup(t);
+  t.is(f.run('from_container', f.ifindex.a, arpReply(A.mac, A.ipv4, A.hostMac, A.gateway4)).retval, TC_ACT_OK);
+  t.is(f.run('from_container', f.ifindex.a, arpReply(A.mac, B.ipv4, A.hostMac, A.gateway4)).retval, TC_ACT_SHOT, 'claims B\'s address');
+  t.is(f.metric(66, 0), 1n, 'spoofed-ip');
 });
 
 test('ARP probes and requests for the container\'s own address are not answered', (t) => {

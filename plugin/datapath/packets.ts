@@ -46,16 +46,25 @@ export function ethernet(dst: string, src: string, type: number, payload: Buffer
 }
 
 export function arpRequest(senderMac: string, senderIp: string, targetIp: string): Buffer {
+  return arp(1, senderMac, senderIp, '00:00:00:00:00:00', targetIp, 'ff:ff:ff:ff:ff:ff');
+}
+
+export function arpReply(senderMac: string, senderIp: string, targetMac: string, targetIp: string): Buffer {
+  return arp(2, senderMac, senderIp, targetMac, targetIp, targetMac);
+}
+
+function arp(op: number, senderMac: string, senderIp: string, targetMac: string, targetIp: string, ethDst: string): Buffer {
   const a = Buffer.alloc(28);
   a.writeUInt16BE(1, 0); // Ethernet
   a.writeUInt16BE(ETH_P_IP, 2);
   a[4] = 6;
   a[5] = 4;
-  a.writeUInt16BE(1, 6); // request
+  a.writeUInt16BE(op, 6);
   mac(senderMac).copy(a, 8);
   addr4(senderIp).copy(a, 14);
+  mac(targetMac).copy(a, 18);
   addr4(targetIp).copy(a, 24);
-  return ethernet('ff:ff:ff:ff:ff:ff', senderMac, ETH_P_ARP, a);
+  return ethernet(ethDst, senderMac, ETH_P_ARP, a);
 }
 
 export interface L4 {

@@ -94,7 +94,9 @@ export class EndpointManager {
       id: request.endpointId, networkId: network.id, hostIfName: hostIfName(request.endpointId),
       containerIfName: containerIfName(request.endpointId), mac, macGenerated, ipv4, ipv6, mtu: network.mtu,
       joined: false, ports: request.ports.length ? request.ports : undefined, createdAt: Date.now(),
+      number: ctx.state.nextEndpointNumber ?? 1,
     };
+    ctx.state.nextEndpointNumber = endpoint.number! + 1;
     ctx.state.endpoints[endpoint.id] = endpoint;
     await ctx.store.commit();
     try {

@@ -12,6 +12,7 @@ import {
   routeKey, ruleKey, type PlannedRoute,
 } from './plan.js';
 import { asMembraneError } from '../errors.js';
+import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 
 const EEXIST = 17;
 const ENOENT = 2;
@@ -23,6 +24,8 @@ function errno(err: unknown): number | undefined {
 }
 
 export interface SyncReport {
+  bpfEntriesRemoved?: number;
+  bpfPinsRemoved?: string[];
   linksRemoved: string[];
   linksRestored: string[];
   routesAdded: number;
@@ -32,6 +35,9 @@ export interface SyncReport {
 }
 
 export class Dataplane {
+  /** The BPF datapath, when Membrane runs with datapath 'bpf'. */
+  bpfMaps: EndpointMaps | undefined;
+
   constructor(private readonly nl: NetlinkAddon, private readonly log: Logger, private readonly rulePriority: number,
     private readonly procSys = '/proc/sys') {}
 
@@ -85,10 +91,13 @@ export class Dataplane {
     for (const route of planEndpointRoutes(endpoint)) {
       this.nl.routeAdd(this.resolve(route), true);
     }
+    endpoint.ifindex = link.index;
+    this.bpfMaps?.upsert(endpoint, network, link);
   }
 
   /** Deletes the endpoint's veth (its routes and addresses go with it). Idempotent. */
   deleteEndpoint(endpoint: EndpointRecord): void {
+    this.bpfMaps?.remove(endpoint);
     const link = this.nl.linkGetByName(endpoint.hostIfName);
     if (link && link.alias === linkAlias(endpoint.id)) {
       try {
@@ -221,6 +230,12 @@ export class Dataplane {
           report.routesRemoved++;
         }
       }
+    }
+    if (this.bpfMaps) {
+      const vanished = new Set(report.vanished.map((e) => e.id));
+      const pruned = this.bpfMaps.prune(endpoints.filter((e) => !vanished.has(e.id)));
+      report.bpfEntriesRemoved = pruned.entries;
+      report.bpfPinsRemoved = pruned.pins;
     }
     return report;
   }

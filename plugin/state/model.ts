@@ -47,6 +47,8 @@ export interface NetworkRecord {
   mtu: number;
   /** Routing table holding this network's isolation routes. */
   table: number;
+  /** Small numeric id the BPF datapath uses (endpoint_info.network_id). */
+  number?: number;
   /** The -o options Docker passed (com.docker.network.generic). */
   options: Record<string, string>;
   createdAt: number;
@@ -77,6 +79,10 @@ export interface EndpointRecord {
   mtu: number;
   joined: boolean;
   sandboxKey?: string;
+  /** Small numeric id the BPF datapath uses (endpoint_info.endpoint_id, events, conntrack). */
+  number?: number;
+  /** ifindex of the host-side veth when it was last plumbed. */
+  ifindex?: number;
   /** Ports the container publishes (from Docker's portmap option). */
   ports?: PortMapping[];
   /** True between ProgramExternalConnectivity and RevokeExternalConnectivity: ports are live. */
@@ -94,6 +100,11 @@ export interface MembraneState {
   nextIPv4Subnet: number;
   /** Serial number of the next pool id; only grows. */
   nextPoolSerial: number;
+  /** Next numeric endpoint and network ids for the BPF datapath; only grow. */
+  nextEndpointNumber?: number;
+  nextNetworkNumber?: number;
+  /** BPF map geometry in use (persisted so a restart never recreates maps by accident). */
+  datapathGeometry?: { conntrackMax: number; endpointsMax: number };
   pools: Record<string, PoolRecord>;
   networks: Record<string, NetworkRecord>;
   endpoints: Record<string, EndpointRecord>;

@@ -1,0 +1,85 @@
+// Applies endpoints to the BPF datapath: their entries in mb_endpoints / mb_endpoints_by_if,
+// and the programs on their host-side veths. Also conntrack garbage collection.
+
+import type { BpfAddon, LinkInfo } from '../kernel/native.js';
+import type { EndpointRecord, NetworkRecord } from '../state/model.js';
+import {
+  SIZES, decodeCtEntry, decodeEndpointInfo, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey,
+} from './codec.js';
+import type { Datapath } from './loader.js';
+import { gatewayFor } from '../network/plan.js';
+
+export class EndpointMaps {
+  constructor(private readonly bpf: BpfAddon, readonly datapath: Datapath) {}
+
+  /** Writes the endpoint's entries, then attaches the programs: the container never runs unpoliced. */
+  upsert(endpoint: EndpointRecord, network: NetworkRecord, hostLink: LinkInfo): void {
+    const value = encodeEndpointInfo({
+      ifindex: hostLink.index, endpointId: endpoint.number ?? 0, identity: 0, networkId: network.number ?? 0,
+      mac: endpoint.mac, hostMac: hostLink.mac, ipv4: endpoint.ipv4, ipv6: endpoint.ipv6,
+      gateway4: endpoint.ipv4 ? gatewayFor(network, 4, endpoint.ipv4) ?? '0.0.0.0' : undefined,
+      gateway6: endpoint.ipv6 ? gatewayFor(network, 6, endpoint.ipv6) ?? '::' : undefined,
+    });
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_endpoints_by_if'), encodeIfindexKey(hostLink.index), value, 0);
+    for (const address of [endpoint.ipv4, endpoint.ipv6]) {
+      if (address) this.bpf.bpfMapUpdate(this.datapath.map('mb_endpoints'), encodeEndpointKey(address), value, 0);
+    }
+    this.datapath.attach(hostLink.name, hostLink.index);
+  }
+
+  remove(endpoint: EndpointRecord): void {
+    for (const address of [endpoint.ipv4, endpoint.ipv6]) {
+      if (address) this.bpf.bpfMapDelete(this.datapath.map('mb_endpoints'), encodeEndpointKey(address));
+    }
+    if (endpoint.ifindex) {
+      const key = encodeIfindexKey(endpoint.ifindex);
+      const current = this.bpf.bpfMapLookup(this.datapath.map('mb_endpoints_by_if'), key);
+      // The ifindex may already belong to a newer veth: only remove our own entry.
+      if (current && decodeEndpointInfo(current).endpointId === endpoint.number) {
+        this.bpf.bpfMapDelete(this.datapath.map('mb_endpoints_by_if'), key);
+      }
+    }
+    this.datapath.detach(endpoint.hostIfName);
+  }
+
+  /** Deletes map entries and link pins that belong to no endpoint in `endpoints`. */
+  prune(endpoints: EndpointRecord[]): { entries: number; pins: string[] } {
+    const liveNumbers = new Set(endpoints.map((e) => e.number ?? 0));
+    let entries = 0;
+    for (const [name, capacity] of [['mb_endpoints', SIZES.endpoint_key], ['mb_endpoints_by_if', 4]] as const) {
+      const fd = this.datapath.map(name);
+      const stale: Buffer[] = [];
+      let key: Buffer | null = null;
+      for (let i = 0; i < 1_000_000; i++) {
+        key = this.bpf.bpfMapNextKey(fd, key);
+        if (!key) break;
+        const value = this.bpf.bpfMapLookup(fd, key);
+        if (value && !liveNumbers.has(decodeEndpointInfo(value).endpointId)) stale.push(Buffer.from(key.subarray(0, capacity)));
+      }
+      for (const k of stale) if (this.bpf.bpfMapDelete(fd, k)) entries++;
+    }
+    const pins = this.datapath.prunePins(new Set(endpoints.map((e) => e.hostIfName)));
+    return { entries, pins };
+  }
+
+  /**
+   * Removes conntrack entries whose expiry has passed. bpf_ktime_get_ns() is CLOCK_MONOTONIC,
+   * the same clock as process.hrtime. Bounded by the map's size.
+   */
+  collectConntrack(maxEntries: number, nowNs = process.hrtime.bigint()): { scanned: number; deleted: number } {
+    const fd = this.datapath.map('mb_conntrack');
+    const expired: Buffer[] = [];
+    let scanned = 0;
+    let key: Buffer | null = null;
+    for (let i = 0; i < maxEntries; i++) {
+      key = this.bpf.bpfMapNextKey(fd, key);
+      if (!key) break;
+      scanned++;
+      const value = this.bpf.bpfMapLookup(fd, key);
+      if (value && decodeCtEntry(value).expiresNs < nowNs) expired.push(key);
+    }
+    let deleted = 0;
+    for (const k of expired) if (this.bpf.bpfMapDelete(fd, k)) deleted++;
+    return { scanned, deleted };
+  }
+}
