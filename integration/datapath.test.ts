@@ -4,10 +4,11 @@
 
 import test from 'ava';
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  MembraneProcess, ROOT, addressesOf, cleanupDocker, createNetwork, docker, exec, ping, run, runContainer, sleep, uniqueName,
+  MembraneProcess, ROOT, CLI, addressesOf, cleanupDocker, createNetwork, docker, exec, ping, run, runContainer, sleep, uniqueName,
 } from './harness.js';
 import { native } from '../plugin/kernel/native.js';
 import { decodeCtEntry, decodeCtKey } from '../plugin/datapath/codec.js';
@@ -104,4 +105,48 @@ test.serial('a TCP stream survives kill -9 of Membrane and a new BPF build with 
   t.true(after[0]!.packets > before[0]!.packets, `its counters kept growing (${before[0]!.packets} -> ${after[0]!.packets})`);
   t.is(after[0]!.flags & 0x04, 0, 'no RST seen in either direction');
   t.log(`stream: 400 lines, conntrack packets ${before[0]!.packets} -> ${after[0]!.packets}, RST flag ${after[0]!.flags & 0x04}`);
+});
+
+test.serial('membrane monitor shows a spoofed packet\'s drop; bpf endpoint/ct/metrics and status show the datapath', async (t) => {
+  const net = uniqueName('mbt-mon');
+  await createNetwork(net, '--ipv6');
+  const peer = uniqueName('mbt-peer');
+  const rogue = uniqueName('mbt-rogue');
+  await runContainer(peer, net);
+  await runContainer(rogue, net, '--cap-add', 'NET_ADMIN');
+  const peerAddr = await addressesOf(peer, net);
+  const rogueAddr = await addressesOf(rogue, net);
+  await ping(rogue, 4, peerAddr.ipv4!);
+
+  const monitor = spawn(process.execPath, [CLI, '-o', 'json', 'monitor', '--type', 'drop'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { monitor.kill(); });
+  const firstDrop = new Promise<Record<string, unknown>>((resolve, reject) => {
+    let buffer = '';
+    monitor.stdout.on('data', (chunk) => {
+      buffer += chunk;
+      for (const line of buffer.split('\n').slice(0, -1)) {
+        const event = JSON.parse(line) as Record<string, unknown>;
+        if (event.saddr === '10.99.99.99') resolve(event);
+      }
+      buffer = buffer.slice(buffer.lastIndexOf('\n') + 1);
+    });
+    setTimeout(() => reject(new Error('no drop event within 15 s')), 15_000);
+  });
+  await sleep(500);
+  // The rogue container claims an address that is not its own.
+  await exec(rogue, 'ip', 'addr', 'add', '10.99.99.99/32', 'dev', 'eth0');
+  await run('docker', ['exec', rogue, 'ping', '-c', '2', '-W', '1', '-I', '10.99.99.99', peerAddr.ipv4!], { allowFail: true });
+  const event = await firstDrop;
+  t.like(event, { type: 'drop', reason: 'spoofed-ip', direction: 'from-container', daddr: peerAddr.ipv4, proto: 'icmp' });
+
+  const cli = async (...args: string[]) => JSON.parse((await run(process.execPath, [CLI, '-o', 'json', ...args])).stdout);
+  const endpoints = await cli('bpf', 'endpoint', 'list') as { ipv4: string; ipv6: string }[];
+  t.true(endpoints.some((e) => e.ipv4 === rogueAddr.ipv4 && e.ipv6 === rogueAddr.ipv6), 'endpoint map holds the container');
+  const flows = await cli('bpf', 'ct', 'list') as { proto: string; src: string; dst: string }[];
+  t.true(flows.some((f) => f.proto === 'icmp' && f.src === rogueAddr.ipv4 && f.dst === peerAddr.ipv4), 'the ping is tracked');
+  const metrics = await cli('bpf', 'metrics') as { reason: string; packets: string }[];
+  t.true(metrics.some((m) => m.reason === 'spoofed-ip' && Number(m.packets) >= 1));
+  t.true(metrics.some((m) => m.reason === 'redirect-peer' && Number(m.packets) >= 1));
+  const status = (await run(process.execPath, [CLI, 'status'])).stdout;
+  t.regex(status, /^datapath\s+bpf \(attach: tcx/m);
 });

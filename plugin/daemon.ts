@@ -12,6 +12,7 @@ import type { Logger } from './log.js';
 import { native, type BpfAddon, type Family, type NetlinkAddon } from './kernel/native.js';
 import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
+import { EventMonitor } from './datapath/inspect.js';
 import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
@@ -221,7 +222,8 @@ export interface RunningDaemon {
 export async function startDaemon(config: MembraneConfig, log: Logger): Promise<RunningDaemon> {
   const startedAt = Date.now();
   const lock = await lockNamespace();
-  const core = createCore(config, { nl: native(), bpf: native(), log });
+  const nl = native();
+  const core = createCore(config, { nl, bpf: nl, log });
   const { ctx, networks, endpoints, stateFile } = core;
   const lastKernelSync = await core.reconcileKernel();
   log.info('kernel reconciled', lastKernelSync);
@@ -230,21 +232,31 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   const pluginServer = http.createServer(createPluginApp(core.routes, log, stats));
   await listenUnix(pluginServer, config.pluginSocket, 0o660);
 
-  const status: StatusSource = { version: packageVersion(), startedAt, stateFile, pluginSocket: config.pluginSocket, stats, lastKernelSync };
+  const status: StatusSource = {
+    version: packageVersion(), startedAt, stateFile, pluginSocket: config.pluginSocket, stats, lastKernelSync,
+    datapath: core.endpointMaps ? {
+      bpf: nl, maps: core.endpointMaps, monitor: new EventMonitor(nl, core.endpointMaps.datapath), pinDir: config.bpfPinDir,
+      // What the datapath found and chose; the load above would have failed without them.
+      features: { attach: 'tcx (Linux >= 6.6)', redirect: 'bpf_redirect_peer', conntrack: 'LRU hash', events: 'ring buffer' },
+    } : undefined,
+  };
   const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status));
   fs.mkdirSync(path.dirname(config.apiSocket), { recursive: true, mode: 0o700 });
   await listenUnix(apiServer, config.apiSocket, 0o600);
   log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
 
-  // Conntrack garbage collection: expired entries go, however full the table is.
-  const gc = core.endpointMaps ? setInterval(() => {
+  // Conntrack garbage collection: expired entries go, however full the table is. Once now (the
+  // daemon may have been down for a while), then every 30 s.
+  const collect = () => {
     try {
       const result = core.endpointMaps!.collectConntrack(config.conntrackMax);
       if (result.deleted) log.debug('conntrack gc', result);
     } catch (err) {
       log.warn('conntrack gc failed', { error: (err as Error).message });
     }
-  }, 30_000) : undefined;
+  };
+  if (core.endpointMaps) collect();
+  const gc = core.endpointMaps ? setInterval(collect, 30_000) : undefined;
   gc?.unref();
 
   const abort = new AbortController();
@@ -257,6 +269,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     async stop() {
       abort.abort();
       if (gc) clearInterval(gc);
+      status.datapath?.monitor.close();
       const close = (server: http.Server) => new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

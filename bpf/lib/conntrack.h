@@ -76,7 +76,13 @@ ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key = {};
 	ct_fill_key(p, &key, false);
+	/*
+	 * An expired entry is no entry: its flow is over (the daemon has not collected it yet), and a
+	 * new flow that reuses the tuple, or whose reverse it is, must not be counted against it.
+	 */
 	struct ct_entry *e = bpf_map_lookup_elem(&mb_conntrack, &key);
+	if (e && e->expires_ns < now)
+		e = 0;
 	if (e) {
 		__sync_fetch_and_add(&e->packets_orig, 1);
 		__sync_fetch_and_add(&e->bytes_orig, len);
@@ -87,6 +93,8 @@ ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 	}
 	ct_fill_key(p, &key, true);
 	e = bpf_map_lookup_elem(&mb_conntrack, &key);
+	if (e && e->expires_ns < now)
+		e = 0;
 	if (e) {
 		__sync_fetch_and_add(&e->packets_reply, 1);
 		__sync_fetch_and_add(&e->bytes_reply, len);
@@ -106,7 +114,8 @@ ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 	};
 	fresh.expires_ns = now + ct_timeout(p, fresh.state);
 	ct_fill_key(p, &key, false);
-	bpf_map_update_elem(&mb_conntrack, &key, &fresh, BPF_NOEXIST);
+	/* BPF_ANY: replaces an expired entry for the same tuple. Two CPUs racing here both write a fresh entry. */
+	bpf_map_update_elem(&mb_conntrack, &key, &fresh, BPF_ANY);
 	return CT_RESULT_NEW;
 }
 

@@ -7,6 +7,17 @@ import type { CallStats } from '../docker/http.js';
 import type { Context, NetworkManager } from '../network/networks.js';
 import type { EndpointManager } from '../endpoints/endpoints.js';
 import { parsePrefix, prefixSize } from '../ipam/prefix.js';
+import type { BpfAddon } from '../kernel/native.js';
+import type { EndpointMaps } from '../datapath/endpoint-maps.js';
+import { EventMonitor, listBpfEndpoints, listConntrack, readMetrics } from '../datapath/inspect.js';
+
+export interface DatapathSource {
+  bpf: BpfAddon;
+  maps: EndpointMaps;
+  monitor: EventMonitor;
+  pinDir: string;
+  features: Record<string, string>;
+}
 
 export interface StatusSource {
   version: string;
@@ -16,6 +27,7 @@ export interface StatusSource {
   stats: Map<string, CallStats>;
   lastKernelSync?: unknown;
   lastDockerReconcile?: unknown;
+  datapath?: DatapathSource;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -38,8 +50,47 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       pluginSocket: status.pluginSocket, stateFile: status.stateFile, stateWrites: ctx.store.writes,
       ulaPrefix: ctx.state.ulaPrefix, networks: networks.list().length, endpoints: endpoints.list().length,
       pools: Object.keys(ctx.state.pools).length, dockerCalls: calls,
+      datapath: status.datapath ? { mode: 'bpf', features: status.datapath.features } : { mode: 'routing' },
       lastKernelSync: status.lastKernelSync ?? null, lastDockerReconcile: status.lastDockerReconcile ?? null,
     });
+  });
+  const bpfOnly = (res: Response): DatapathSource | undefined => {
+    if (!status.datapath) {
+      res.status(409).json({ code: 'MEMBRANE_NOT_SUPPORTED', message: 'the BPF datapath is off (datapath: "routing"); nothing to show' });
+    }
+    return status.datapath;
+  };
+  app.get('/v1/datapath', (_req, res) => {
+    const dp = status.datapath;
+    res.json(dp
+      ? { mode: 'bpf', pinDir: dp.pinDir, features: dp.features, geometry: ctx.state.datapathGeometry ?? null, migrations: dp.maps.datapath.migrations }
+      : { mode: 'routing' });
+  });
+  app.get('/v1/bpf/endpoints', (_req, res) => {
+    const dp = bpfOnly(res);
+    if (dp) res.json(listBpfEndpoints(dp.bpf, dp.maps.datapath));
+  });
+  app.get('/v1/bpf/ct', (req, res) => {
+    const dp = bpfOnly(res);
+    const limit = Math.min(Number(req.query.limit ?? 10000) || 10000, 1_000_000);
+    if (dp) res.json(listConntrack(dp.bpf, dp.maps.datapath, limit));
+  });
+  app.get('/v1/bpf/metrics', (_req, res) => {
+    const dp = bpfOnly(res);
+    if (dp) res.json(readMetrics(dp.bpf, dp.maps.datapath));
+  });
+  // A stream of datapath events, one JSON object per line, until the client goes away.
+  app.get('/v1/monitor', (req, res) => {
+    const dp = bpfOnly(res);
+    if (!dp) return;
+    const type = typeof req.query.type === 'string' ? req.query.type : '';
+    res.status(200).type('application/x-ndjson');
+    res.flushHeaders();
+    const unsubscribe = dp.monitor.subscribe((event) => {
+      if (type && event.type !== type) return;
+      res.write(`${JSON.stringify({ ...event, tsNs: event.tsNs.toString() })}\n`);
+    });
+    req.on('close', unsubscribe);
   });
   app.get('/v1/networks', (_req, res) => {
     res.json(networks.list().map((n) => ({

@@ -55,6 +55,34 @@ function apiGet(socket: string, path: string): Promise<unknown> {
   });
 }
 
+/** Follows an NDJSON stream from the API, one parsed object per line, until the process is interrupted. */
+function apiStream(socket: string, path: string, onRow: (row: Row) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: socket, path, method: 'GET' }, (res) => {
+      if (res.statusCode !== 200) {
+        let body = '';
+        res.on('data', (c) => { body += c; });
+        res.on('end', () => reject(new Error((() => { try { return (JSON.parse(body) as { message: string }).message; } catch { return body; } })())));
+        return;
+      }
+      let buffer = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buffer += chunk;
+        let newline: number;
+        while ((newline = buffer.indexOf('\n')) >= 0) {
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line) onRow(JSON.parse(line) as Row);
+        }
+      });
+      res.on('end', () => resolve());
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** Plain aligned columns; no borders so the output greps and cuts well. */
 export function table(rows: Row[], columns: [string, string][]): string {
   const cells = rows.map((row) => columns.map(([key]) => {
@@ -108,8 +136,11 @@ async function main(argv: string[]): Promise<void> {
     print(status, () => {
       const head = ['version', 'pid', 'uptimeSeconds', 'pluginSocket', 'stateFile', 'stateWrites', 'ulaPrefix', 'networks', 'endpoints', 'pools']
         .map((k) => `${k.padEnd(14)} ${String(status[k])}`).join('\n');
+      const datapath = status.datapath as { mode: string; features?: Record<string, string> };
+      const features = Object.entries(datapath.features ?? {}).map(([k, v]) => `${k}: ${v}`).join(', ');
+      const dpLine = `${'datapath'.padEnd(14)} ${datapath.mode}${features ? ` (${features})` : ''}`;
       const calls = Object.entries(status.dockerCalls).map(([method, s]) => ({ method, ...s }));
-      return `${head}\n\n${table(calls, [['method', 'DOCKER CALL'], ['count', 'COUNT'], ['errors', 'ERRORS'], ['p50Ms', 'P50 MS'], ['p99Ms', 'P99 MS']])}`;
+      return `${head}\n${dpLine}\n\n${table(calls, [['method', 'DOCKER CALL'], ['count', 'COUNT'], ['errors', 'ERRORS'], ['p50Ms', 'P50 MS'], ['p99Ms', 'P99 MS']])}`;
     });
   });
 
@@ -129,6 +160,42 @@ async function main(argv: string[]): Promise<void> {
     const rows = await apiGet(api(), '/v1/endpoints') as Row[];
     print(rows, () => table(rows.map((e) => ({ ...e, id: short(e.id), networkId: short(e.networkId), joined: e.joined ? 'yes' : 'no' })),
       [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['hostIfName', 'HOST IF'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'], ['mac', 'MAC'], ['joined', 'JOINED']]));
+  });
+
+  program.command('monitor').description('stream datapath events (drops with their reason, sampled traces) until interrupted')
+    .addOption(new Option('--type <type>', 'only this kind of event').choices(['drop', 'trace']))
+    .action(async (opts: { type?: string }) => {
+      await apiStream(api(), `/v1/monitor${opts.type ? `?type=${opts.type}` : ''}`, (event: Row) => {
+        if (output() === 'json') {
+          process.stdout.write(`${JSON.stringify(event)}\n`);
+          return;
+        }
+        const ports = (port: unknown) => (port ? `:${port}` : '');
+        const flow = event.family ? `${event.proto} ${event.saddr}${ports(event.sport)} -> ${event.daddr}${ports(event.dport)}` : 'arp/other';
+        process.stdout.write(`${String(event.type).toUpperCase().padEnd(5)} ${String(event.reason).padEnd(18)} ${String(event.direction).padEnd(14)} ` +
+          `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}\n`);
+      });
+    });
+
+  const bpf = program.command('bpf').description('the BPF datapath\'s maps, as the kernel holds them');
+  bpf.command('endpoint').description('endpoint map').command('list').alias('ls').description('mb_endpoints_by_if entries').action(async () => {
+    const rows = await apiGet(api(), '/v1/bpf/endpoints') as Row[];
+    print(rows, () => table(rows, [['endpointId', 'ID'], ['ifindex', 'IFINDEX'], ['networkId', 'NETWORK'], ['identity', 'IDENTITY'],
+      ['mac', 'MAC'], ['hostMac', 'HOST MAC'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6']]));
+  });
+  bpf.command('ct').description('connection tracking').command('list').alias('ls').description('mb_conntrack entries')
+    .option('--limit <n>', 'at most this many entries', '10000')
+    .action(async (opts: { limit: string }) => {
+      const rows = await apiGet(api(), `/v1/bpf/ct?limit=${encodeURIComponent(opts.limit)}`) as Row[];
+      print(rows, () => table(rows.map((r) => ({ ...r, src: `${r.src}:${r.sport}`, dst: `${r.dst}:${r.dport}`,
+        packets: `${r.packetsOriginal}/${r.packetsReply}` })),
+      [['proto', 'PROTO'], ['src', 'SOURCE'], ['dst', 'DESTINATION'], ['state', 'STATE'], ['expiresInSeconds', 'EXPIRES S'],
+        ['packets', 'PACKETS ORIG/REPLY'], ['endpointId', 'ENDPOINT']]));
+    });
+  bpf.command('metrics').description('packets and bytes by verdict reason and direction').action(async () => {
+    const rows = await apiGet(api(), '/v1/bpf/metrics') as Row[];
+    print(rows, () => table(rows.map((r) => ({ ...r, verdict: r.drop ? 'drop' : 'forward' })),
+      [['verdict', 'VERDICT'], ['reason', 'REASON'], ['direction', 'DIRECTION'], ['packets', 'PACKETS'], ['bytes', 'BYTES']]));
   });
 
   const ipam = program.command('ipam').description('address management');

@@ -172,6 +172,22 @@ export interface CtEntry {
   tcpFlagsReply: number;
 }
 
+export function encodeCtEntry(e: CtEntry): Buffer {
+  const b = Buffer.alloc(SIZES.ct_entry);
+  b.writeBigUInt64LE(e.expiresNs, 0);
+  b.writeBigUInt64LE(e.createdNs, 8);
+  b.writeBigUInt64LE(e.packetsOrig, 16);
+  b.writeBigUInt64LE(e.bytesOrig, 24);
+  b.writeBigUInt64LE(e.packetsReply, 32);
+  b.writeBigUInt64LE(e.bytesReply, 40);
+  b.writeUInt32LE(e.endpointId, 48);
+  const state = CT_STATES.indexOf(e.state as (typeof CT_STATES)[number]);
+  b[52] = state < 0 ? 0 : state;
+  b[53] = e.tcpFlagsOrig;
+  b[54] = e.tcpFlagsReply;
+  return b;
+}
+
 export function decodeCtEntry(b: Buffer): CtEntry {
   return {
     expiresNs: b.readBigUInt64LE(0), createdNs: b.readBigUInt64LE(8),

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { native, type BpfObject } from '../kernel/native.js';
 import {
-  SIZES, decodeCtEntry, decodePerCpuMetric, decodeEvent, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
+  SIZES, decodeCtEntry, decodePerCpuMetric, decodeEvent, encodeCtEntry, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
   encodeIfindexKey, metricKey, type EndpointInfo,
 } from './codec.js';
 import {
@@ -229,6 +229,25 @@ test('conntrack: UDP and ICMP echo over IPv4 and IPv6, and TCP over IPv6', (t) =
   // B's answer goes through B's own program: the same entry sees it as the reply.
   f.run('from_container', f.ifindex.b, ethernet(B.hostMac, B.mac, ETH_P_IPV6, ipv6(B.ipv6, A.ipv6, tcp(8080, 41000, TCP_SYN | TCP_ACK))));
   t.like(f.ct({ family: 6, proto: 6, saddr: A.ipv6, daddr: B.ipv6, sport: 41000, dport: 8080 })!, { state: 'established', packetsReply: 1n });
+});
+
+test('conntrack: an expired entry is no entry, in either direction', (t) => {
+  const f = setup(t);
+  const nl = native();
+  // A flow B -> A on port 9 that ended long ago (expired an hour ago), not yet collected.
+  const stale = { family: 4, proto: 17, saddr: '198.51.100.7', daddr: A.ipv4, sport: 5000, dport: 9 };
+  const now = process.hrtime.bigint();
+  nl.bpfMapUpdate(f.map('mb_conntrack'), encodeCtKey(stale), encodeCtEntry({
+    expiresNs: now - 3600n * 1_000_000_000n, createdNs: 0n, packetsOrig: 5n, bytesOrig: 500n, packetsReply: 0n, bytesReply: 0n,
+    endpointId: 9, state: 'established', tcpFlagsOrig: 0, tcpFlagsReply: 0,
+  }), 0);
+  // A's new flow is the stale one's reverse: it must get its own entry, not revive the old one.
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', udp(9, 5000)), ETH_P_IP));
+  t.like(f.ct({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 9, dport: 5000 })!, { packetsOrig: 1n, endpointId: 1 });
+  t.like(f.ct(stale)!, { packetsOrig: 5n, packetsReply: 0n }, 'the stale entry is untouched');
+  // The same tuple as an expired entry starts over instead of adding to it.
+  f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, udp(5000, 9))));
+  t.like(f.ct({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 9, dport: 5000 })!, { packetsReply: 1n });
 });
 
 test('codec sizes match the compiled object\'s BTF', (t) => {

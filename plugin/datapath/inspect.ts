@@ -1,0 +1,85 @@
+// Reading the datapath for people: map contents decoded, metrics summed over CPUs, and the
+// event ring buffer fanned out to every `membrane monitor` that is listening.
+
+import type { BpfAddon, RingbufConsumer } from '../kernel/native.js';
+import {
+  DIRECTIONS, FIRST_DROP_REASON, REASONS, REASON_COUNT, decodeCtEntry, decodeCtKey, decodeEndpointInfo, decodeEvent,
+  decodePerCpuMetric, metricKey, protocolName, type DatapathEvent,
+} from './codec.js';
+import type { Datapath } from './loader.js';
+
+function* entries(bpf: BpfAddon, fd: number, limit: number): Generator<[Buffer, Buffer]> {
+  let key: Buffer | null = null;
+  for (let i = 0; i < limit; i++) {
+    key = bpf.bpfMapNextKey(fd, key);
+    if (!key) return;
+    const value = bpf.bpfMapLookup(fd, key);
+    if (value) yield [key, value];
+  }
+}
+
+export function listBpfEndpoints(bpf: BpfAddon, dp: Datapath, limit = 65536) {
+  return [...entries(bpf, dp.map('mb_endpoints_by_if'), limit)].map(([, value]) => decodeEndpointInfo(value))
+    .sort((a, b) => a.endpointId - b.endpointId);
+}
+
+export function listConntrack(bpf: BpfAddon, dp: Datapath, limit: number, nowNs = process.hrtime.bigint()) {
+  return [...entries(bpf, dp.map('mb_conntrack'), limit)].map(([key, value]) => {
+    const k = decodeCtKey(key);
+    const e = decodeCtEntry(value);
+    return {
+      family: k.family, proto: protocolName(k.proto), src: k.saddr, sport: k.sport, dst: k.daddr, dport: k.dport,
+      state: e.state, expiresInSeconds: Number((e.expiresNs - nowNs) / 1_000_000_000n),
+      packetsOriginal: e.packetsOrig.toString(), bytesOriginal: e.bytesOrig.toString(),
+      packetsReply: e.packetsReply.toString(), bytesReply: e.bytesReply.toString(), endpointId: e.endpointId,
+    };
+  });
+}
+
+export function readMetrics(bpf: BpfAddon, dp: Datapath) {
+  const out: { reason: string; direction: string; drop: boolean; packets: string; bytes: string }[] = [];
+  const fd = dp.map('mb_metrics');
+  for (let reason = 0; reason < REASON_COUNT; reason++) {
+    for (const direction of [0, 1] as const) {
+      const value = bpf.bpfMapLookup(fd, metricKey(reason, direction));
+      if (!value) continue;
+      const { packets, bytes } = decodePerCpuMetric(value);
+      if (packets === 0n) continue;
+      out.push({ reason: REASONS[reason] ?? `reason_${reason}`, direction: DIRECTIONS[direction], drop: reason >= FIRST_DROP_REASON,
+        packets: packets.toString(), bytes: bytes.toString() });
+    }
+  }
+  return out;
+}
+
+export type EventListener = (event: DatapathEvent) => void;
+
+/**
+ * One ring-buffer consumer shared by every listener, running only while someone listens (the
+ * ring buffer simply fills and drops new events when nobody reads it).
+ */
+export class EventMonitor {
+  private consumer: RingbufConsumer | undefined;
+  private readonly listeners = new Set<EventListener>();
+
+  constructor(private readonly bpf: BpfAddon, private readonly dp: Datapath) {}
+
+  subscribe(listener: EventListener): () => void {
+    this.listeners.add(listener);
+    if (!this.consumer) {
+      this.consumer = this.bpf.ringbufConsume(this.dp.map('mb_events'), (record) => {
+        const event = decodeEvent(record);
+        for (const l of this.listeners) l(event);
+      });
+    }
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.close();
+    };
+  }
+
+  close(): void {
+    this.consumer?.close();
+    this.consumer = undefined;
+  }
+}
