@@ -150,3 +150,36 @@ test.serial('membrane monitor shows a spoofed packet\'s drop; bpf endpoint/ct/me
   const status = (await run(process.execPath, [CLI, 'status'])).stdout;
   t.regex(status, /^datapath\s+bpf \(attach: tcx/m);
 });
+
+test.serial('clsact fallback: the same containers keep working when Membrane moves their programs from tcx to clsact and back', async (t) => {
+  const net = uniqueName('mbt-clsact');
+  await createNetwork(net, '--ipv6');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net);
+  const addrB = await addressesOf(b, net);
+  await ping(a, 4, addrB.ipv4!);
+  for (const mode of ['clsact', 'auto'] as const) {
+    await membrane.stop();
+    membrane = new MembraneProcess(stateDir);
+    process.env.MEMBRANE_ATTACH_MODE = mode;
+    try {
+      await membrane.start();
+    } finally {
+      delete process.env.MEMBRANE_ATTACH_MODE;
+    }
+    const status = (await run(process.execPath, [CLI, 'status'])).stdout;
+    t.regex(status, mode === 'clsact' ? /attach: clsact \(configured\)/ : /attach: tcx links \(probe: yes\)/);
+    const pins = fs.readdirSync('/sys/fs/bpf/membrane/links');
+    t.is(pins.length > 0, mode !== 'clsact', `${mode}: tcx link pins ${mode === 'clsact' ? 'removed' : 'present'}`);
+    const filters = (await run('tc', ['filter', 'show', 'dev', (await run(process.execPath, [CLI, '-o', 'json', 'endpoint', 'list'])).stdout.match(/"hostIfName": "(mbr[0-9a-f]+)"/)![1]!, 'ingress'])).stdout;
+    t.is(filters.includes('from_container'), mode === 'clsact', `${mode}: clsact filter ${mode === 'clsact' ? 'present' : 'gone'}`);
+    await ping(a, 4, addrB.ipv4!);
+    await ping(a, 6, addrB.ipv6!);
+  }
+  // New containers get the programs too.
+  const c = uniqueName('mbt-c');
+  await runContainer(c, net);
+  await ping(c, 6, addrB.ipv6!);
+});

@@ -31,6 +31,12 @@ export interface MembraneConfig {
    * neighbour handling only.
    */
   datapath: 'bpf' | 'routing';
+  /**
+   * How programs are attached: 'auto' uses tcx links where the kernel has them (a named probe)
+   * and the clsact qdisc otherwise; 'tcx' or 'clsact' force one. tcx links are owned and
+   * pinned; clsact attaches ~30x faster here (see README).
+   */
+  attachMode: 'auto' | 'tcx' | 'clsact';
   /** Conntrack table size (entries) for the BPF datapath; changing it migrates the pinned map. */
   conntrackMax: number;
   /** Where Membrane pins its BPF maps and links (on a bpffs). */
@@ -52,6 +58,7 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   tableBase: 0x4d420000,
   manageNetfilter: true,
   datapath: 'bpf',
+  attachMode: 'auto',
   conntrackMax: 262144,
   bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
@@ -69,6 +76,7 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_MANAGE_NETFILTER: 'manageNetfilter',
   MEMBRANE_PROC_SYS: 'procSys',
   MEMBRANE_DATAPATH: 'datapath',
+  MEMBRANE_ATTACH_MODE: 'attachMode',
   MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
   MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',
@@ -125,6 +133,9 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   }
   if (config.datapath !== 'bpf' && config.datapath !== 'routing') {
     throw new InvalidArgumentError(`datapath must be "bpf" or "routing", got ${JSON.stringify(config.datapath)}`);
+  }
+  if (!['auto', 'tcx', 'clsact'].includes(config.attachMode)) {
+    throw new InvalidArgumentError(`attachMode must be "auto", "tcx" or "clsact", got ${JSON.stringify(config.attachMode)}`);
   }
   if (config.conntrackMax < 1024 || config.conntrackMax > 16_777_216) {
     throw new InvalidArgumentError(`conntrackMax must be between 1024 and 16777216 entries, got ${config.conntrackMax}`);

@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
-import { native, type BpfAddon, type Family, type NetlinkAddon } from './kernel/native.js';
+import { native, type Family, type NativeAddon, type NetlinkAddon } from './kernel/native.js';
+import { probeTcx } from './features.js';
 import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
@@ -94,14 +95,16 @@ export interface MembraneCore {
   routes: Record<string, Handler>;
   /** The BPF datapath's endpoint applier, when the datapath is 'bpf'. */
   endpointMaps?: EndpointMaps;
+  /** Kernel features the datapath probed and what it chose (filled by reconcileKernel). */
+  features: Record<string, string>;
   /** Makes the kernel match the state; returns what it changed. */
   reconcileKernel(): Promise<Record<string, unknown>>;
 }
 
 export interface CoreDependencies {
   nl: NetlinkAddon;
-  /** The bpf half of the addon; without it Membrane runs the 'routing' datapath (unit tests). */
-  bpf?: BpfAddon;
+  /** The whole addon for the BPF datapath (it also probes with veths); without it Membrane runs 'routing' (unit tests). */
+  bpf?: NativeAddon;
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;
@@ -161,10 +164,13 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     else state.nextEndpointNumber = record.number + 1;
   }
   let endpointMaps: EndpointMaps | undefined;
-  if (config.datapath === 'bpf' && deps.bpf) {
+  const bpfAddon = deps.bpf;
+  if (config.datapath === 'bpf' && bpfAddon) {
     assertBpffs(config.bpfPinDir);
-    endpointMaps = new EndpointMaps(deps.bpf, new Datapath(deps.bpf, bpfObjectPath(), log, config.bpfPinDir));
+    endpointMaps = new EndpointMaps(bpfAddon, new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir));
   }
+  /** What the datapath found and chose, for `membrane status`. */
+  const features: Record<string, string> = {};
   const routes: Record<string, Handler> = {
     'Plugin.Activate': () => pluginActivation,
     ...networkRoutes(networks, endpoints),
@@ -172,7 +178,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   };
 
   return {
-    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps,
+    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features,
     async reconcileKernel() {
       dataplane.ensureForwarding();
       let migrations: unknown[] = [];
@@ -186,6 +192,13 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         endpointMaps.datapath.close();
         endpointMaps.datapath.load(geometry);
         migrations = endpointMaps.datapath.migrations;
+        const tcx = config.attachMode === 'clsact' ? 'not probed' : probeTcx(bpfAddon!, endpointMaps.datapath.program('from_container'));
+        if (config.attachMode === 'tcx' && tcx === 'no') {
+          throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
+        }
+        endpointMaps.datapath.attachMode = config.attachMode === 'clsact' || tcx === 'no' ? 'clsact' : 'tcx';
+        features.attach = endpointMaps.datapath.attachMode === 'tcx' ? 'tcx links (probe: yes)'
+          : `clsact (${config.attachMode === 'clsact' ? 'configured' : 'tcx probe: no'})`;
         dataplane.bpfMaps = endpointMaps;
       }
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
@@ -237,7 +250,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     datapath: core.endpointMaps ? {
       bpf: nl, maps: core.endpointMaps, monitor: new EventMonitor(nl, core.endpointMaps.datapath), pinDir: config.bpfPinDir,
       // What the datapath found and chose; the load above would have failed without them.
-      features: { attach: 'tcx (Linux >= 6.6)', redirect: 'bpf_redirect_peer', conntrack: 'LRU hash', events: 'ring buffer' },
+      features: { ...core.features, redirect: 'bpf_redirect_peer', conntrack: 'LRU hash', events: 'ring buffer' },
     } : undefined,
   };
   const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status));

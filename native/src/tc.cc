@@ -181,7 +181,12 @@ Napi::Value TcAttach(const Napi::CallbackInfo& info) {
   }
   bpf_tc_hook hook = Hook(ifindex, ingress);
   // One clsact qdisc serves both directions; the second attach finds it there already.
-  int r = bpf_tc_hook_create(&hook);
+  int r;
+  {
+    // An existing qdisc (EEXIST) is the normal case; libbpf would print the kernel's complaint.
+    LogCapture quiet;
+    r = bpf_tc_hook_create(&hook);
+  }
   if (r < 0 && r != -EEXIST) return ThrowBpf(env, r, "tc qdisc add clsact " + std::to_string(ifindex));
   bpf_tc_opts opts = TcOpts(handle, priority);
   opts.prog_fd = prog_fd;

@@ -61,9 +61,17 @@ export interface MigrationReport {
   skipped: number;
 }
 
+/** tc handle and priority of Membrane's clsact filters (the clsact fallback). */
+const TC_HANDLE = 1;
+const TC_PRIORITY = 1;
+
+export type AttachMode = 'tcx' | 'clsact';
+
 export class Datapath {
   obj: BpfObject | undefined;
   migrations: MigrationReport[] = [];
+  /** How programs are attached: chosen by the caller (feature probe or configuration). */
+  attachMode: AttachMode = 'tcx';
 
   constructor(private readonly bpf: BpfAddon, private readonly objectPath: string, private readonly log: Logger,
     private readonly pinDir = PIN_DIR) {}
@@ -164,6 +172,15 @@ export class Datapath {
    * tcx links pinned in bpffs. An existing pinned link gets the current program atomically.
    */
   attach(ifname: string, ifindex: number): void {
+    if (this.attachMode === 'clsact') {
+      for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
+        // Replaces what is there atomically (a restart with a new build).
+        this.bpf.tcAttach(ifindex, this.program(prog), direction, TC_HANDLE, TC_PRIORITY);
+        // A tcx link from an earlier run in tcx mode would run the programs twice: its pin is its last reference.
+        fs.rmSync(this.linkPin(ifname, direction), { force: true });
+      }
+      return;
+    }
     for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
       const pin = this.linkPin(ifname, direction);
       if (fs.existsSync(pin)) {
@@ -193,6 +210,12 @@ export class Datapath {
         this.bpf.bpfObjPin(linkFd, pin);
       } finally {
         this.bpf.bpfClose(linkFd);
+      }
+      // A clsact filter from an earlier run in clsact mode would run the programs twice.
+      try {
+        this.bpf.tcDetach(ifindex, direction, TC_HANDLE, TC_PRIORITY);
+      } catch {
+        // none there: the usual case
       }
     }
   }
