@@ -183,3 +183,64 @@ test.serial('clsact fallback: the same containers keep working when Membrane mov
   await runContainer(c, net);
   await ping(c, 6, addrB.ipv6!);
 });
+
+test.serial('a new conntrackMax migrates the pinned conntrack map: entries copied, never wiped', async (t) => {
+  const net = uniqueName('mbt-migrate');
+  await createNetwork(net, '--ipv6');
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net);
+  const addrA = await addressesOf(a, net);
+  const addrB = await addressesOf(b, net);
+  await ping(a, 4, addrB.ipv4!);
+  const nl = native();
+  const info = () => {
+    const fd = nl.bpfObjGet('/sys/fs/bpf/membrane/mb_conntrack');
+    try {
+      return nl.bpfMapInfo(fd);
+    } finally {
+      nl.bpfClose(fd);
+    }
+  };
+  /** Keys of conntrack entries; with `liveForNs`, only those that stay live at least that long. */
+  const flowKeys = (liveForNs?: bigint) => {
+    const fd = nl.bpfObjGet('/sys/fs/bpf/membrane/mb_conntrack');
+    try {
+      const keys = new Set<string>();
+      let key: Buffer | null = null;
+      for (let i = 0; i < 1_000_000; i++) {
+        key = nl.bpfMapNextKey(fd, key);
+        if (!key) break;
+        const value = nl.bpfMapLookup(fd, key);
+        if (!value) continue;
+        if (liveForNs !== undefined && decodeCtEntry(value).expiresNs < process.hrtime.bigint() + liveForNs) continue;
+        keys.add(key.toString('hex'));
+      }
+      return keys;
+    } finally {
+      nl.bpfClose(fd);
+    }
+  };
+  // Entries that stay live for the whole test: the daemon collects only expired ones at start.
+  const before = flowKeys(40_000_000_000n);
+  const mine = [...before].map((k) => decodeCtKey(Buffer.from(k, 'hex'))).some((k) => k.saddr === addrA.ipv4 && k.daddr === addrB.ipv4);
+  t.true(mine, 'the ping is tracked');
+  const originalMax = info().maxEntries;
+  for (const max of [originalMax + 4096, originalMax]) {
+    await membrane.stop();
+    membrane = new MembraneProcess(stateDir);
+    process.env.MEMBRANE_CONNTRACK_MAX = String(max);
+    try {
+      await membrane.start();
+    } finally {
+      delete process.env.MEMBRANE_CONNTRACK_MAX;
+    }
+    t.is(info().maxEntries, max, `map resized to ${max}`);
+    const after = flowKeys();
+    const lost = [...before].filter((k) => !after.has(k));
+    t.deepEqual(lost, [], `every live entry was copied (${before.size} live before, ${after.size} after)`);
+    await ping(a, 4, addrB.ipv4!);
+    await ping(a, 6, addrB.ipv6!);
+  }
+});

@@ -37,6 +37,8 @@ export interface MembraneConfig {
    * pinned; clsact attaches ~30x faster here (see README).
    */
   attachMode: 'auto' | 'tcx' | 'clsact';
+  /** Emit a trace event for 1 in N forwarded packets (`membrane monitor --type trace`); 0 = none. */
+  traceSample: number;
   /** Conntrack table size (entries) for the BPF datapath; changing it migrates the pinned map. */
   conntrackMax: number;
   /** Where Membrane pins its BPF maps and links (on a bpffs). */
@@ -59,6 +61,7 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   manageNetfilter: true,
   datapath: 'bpf',
   attachMode: 'auto',
+  traceSample: 0,
   conntrackMax: 262144,
   bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
@@ -77,6 +80,7 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_PROC_SYS: 'procSys',
   MEMBRANE_DATAPATH: 'datapath',
   MEMBRANE_ATTACH_MODE: 'attachMode',
+  MEMBRANE_TRACE_SAMPLE: 'traceSample',
   MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
   MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',
@@ -136,6 +140,9 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   }
   if (!['auto', 'tcx', 'clsact'].includes(config.attachMode)) {
     throw new InvalidArgumentError(`attachMode must be "auto", "tcx" or "clsact", got ${JSON.stringify(config.attachMode)}`);
+  }
+  if (config.traceSample < 0) {
+    throw new InvalidArgumentError(`traceSample must be 0 (off) or a positive N (1 in N packets), got ${config.traceSample}`);
   }
   if (config.conntrackMax < 1024 || config.conntrackMax > 16_777_216) {
     throw new InvalidArgumentError(`conntrackMax must be between 1024 and 16777216 entries, got ${config.conntrackMax}`);

@@ -14,6 +14,7 @@ import { probeTcx } from './features.js';
 import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
+import { encodeConfig, encodeIfindexKey } from './datapath/codec.js';
 import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
@@ -197,6 +198,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
           throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
         }
         endpointMaps.datapath.attachMode = config.attachMode === 'clsact' || tcx === 'no' ? 'clsact' : 'tcx';
+        bpfAddon!.bpfMapUpdate(endpointMaps.datapath.map('mb_config'), encodeIfindexKey(0), encodeConfig({ traceSample: config.traceSample }), 0);
         features.attach = endpointMaps.datapath.attachMode === 'tcx' ? 'tcx links (probe: yes)'
           : `clsact (${config.attachMode === 'clsact' ? 'configured' : 'tcx probe: no'})`;
         dataplane.bpfMaps = endpointMaps;

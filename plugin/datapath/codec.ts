@@ -2,7 +2,6 @@
 // ports are network byte order, everything else host (little-endian) order, as maps.h says.
 // codec.test.ts checks every size against the compiled object's BTF.
 
-import { isIPv4 } from 'node:net';
 import { formatAddress, parseAddress } from '../ipam/prefix.js';
 
 export const FAMILY_IPV4 = 4;
@@ -247,8 +246,4 @@ export function encodeConfig(c: { traceSample: number }): Buffer {
   const b = Buffer.alloc(SIZES.config);
   b.writeUInt32LE(c.traceSample, 0);
   return b;
-}
-
-export function familyOf(address: string): number {
-  return isIPv4(address) ? FAMILY_IPV4 : FAMILY_IPV6;
 }

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { native, type BpfObject } from '../kernel/native.js';
 import {
   SIZES, decodeCtEntry, decodePerCpuMetric, decodeEvent, encodeCtEntry, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
-  encodeIfindexKey, metricKey, type EndpointInfo,
+  encodeConfig, encodeIfindexKey, metricKey, type EndpointInfo,
 } from './codec.js';
 import {
   ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpReply, arpRequest, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
@@ -248,6 +248,19 @@ test('conntrack: an expired entry is no entry, in either direction', (t) => {
   // The same tuple as an expired entry starts over instead of adding to it.
   f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, udp(5000, 9))));
   t.like(f.ct({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 9, dport: 5000 })!, { packetsReply: 1n });
+});
+
+test('with config.trace_sample = 1 every forwarded packet is reported as a trace event', async (t) => {
+  const f = setup(t);
+  const nl = native();
+  nl.bpfMapUpdate(f.map('mb_config'), encodeIfindexKey(0), encodeConfig({ traceSample: 1 }), 0);
+  const events: Buffer[] = [];
+  const consumer = nl.ringbufConsume(f.map('mb_events'), (record) => events.push(record));
+  t.teardown(() => consumer.close());
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(40000, 80, TCP_SYN)), ETH_P_IP));
+  const deadline = Date.now() + 2000;
+  while (events.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.like(decodeEvent(events[0]!), { type: 'trace', reason: 'redirect-peer', saddr: A.ipv4, daddr: B.ipv4, sport: 40000, dport: 80, proto: 'tcp' });
 });
 
 test('codec sizes match the compiled object\'s BTF', (t) => {

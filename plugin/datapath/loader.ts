@@ -106,7 +106,8 @@ export class Datapath {
         this.bpf.bpfClose(fd);
       }
       if (compatible(info, want)) continue;
-      const aside = `${pin}.migrating`;
+      // bpffs refuses names with a dot.
+      const aside = `${pin}_migrating`;
       fs.rmSync(aside, { force: true });
       fs.renameSync(pin, aside);
       movedAside.push({ name, aside, info });
