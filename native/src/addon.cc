@@ -29,6 +29,7 @@ Napi::Value BpfMapLookup(const Napi::CallbackInfo& info);
 Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info);
 Napi::Value BpfMapDelete(const Napi::CallbackInfo& info);
 Napi::Value BpfMapNextKey(const Napi::CallbackInfo& info);
+Napi::Value BpfMapLookupBatch(const Napi::CallbackInfo& info);
 Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info);
 Napi::Value BpfProgTestRun(const Napi::CallbackInfo& info);
 Napi::Value TcxAttach(const Napi::CallbackInfo& info);
@@ -63,7 +64,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       // bpf (bpf.cc, tc.cc, ringbuf.cc)
       {"bpfObjectLoad", BpfObjectLoad},   {"bpfObjGet", BpfObjGet},       {"bpfObjPin", BpfObjPin},
       {"bpfClose", BpfClose},             {"bpfMapInfo", BpfMapInfo},     {"bpfMapLookup", BpfMapLookup},
-      {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey},
+      {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey}, {"bpfMapLookupBatch", BpfMapLookupBatch},
       {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
       {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
       {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},

@@ -8,8 +8,9 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { native, type BpfObject } from '../kernel/native.js';
+import { mapEntries } from './iterate.js';
 import {
-  SIZES, decodeCtEntry, decodePerCpuMetric, decodeEvent, encodeCtEntry, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
+  SIZES, decodeCtEntry, decodeCtKey, decodePerCpuMetric, decodeEvent, encodeCtEntry, encodeCtKey, encodeEndpointInfo, encodeEndpointKey,
   encodeConfig, encodeIfindexKey, metricKey, type EndpointInfo,
 } from './codec.js';
 import {
@@ -261,6 +262,29 @@ test('with config.trace_sample = 1 every forwarded packet is reported as a trace
   const deadline = Date.now() + 2000;
   while (events.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.like(decodeEvent(events[0]!), { type: 'trace', reason: 'redirect-peer', saddr: A.ipv4, daddr: B.ipv4, sport: 40000, dport: 80, proto: 'tcp' });
+});
+
+test('batch lookup reads a whole conntrack table in a few syscalls, and agrees with key-by-key iteration', (t) => {
+  const f = setup(t);
+  const nl = native();
+  const fd = f.map('mb_conntrack');
+  for (let i = 0; i < 5000; i++) {
+    nl.bpfMapUpdate(fd, encodeCtKey({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 1024 + i, dport: 53 }), encodeCtEntry({
+      expiresNs: BigInt(i), createdNs: 0n, packetsOrig: BigInt(i), bytesOrig: 0n, packetsReply: 0n, bytesReply: 0n, endpointId: 1,
+      state: 'new', tcpFlagsOrig: 0, tcpFlagsReply: 0 }), 0);
+  }
+  const batch = nl.bpfMapLookupBatch(fd, 100_000);
+  t.is(batch.count, 5000);
+  t.is(batch.keys.length, 5000 * SIZES.ct_key);
+  t.is(batch.values.length, 5000 * SIZES.ct_entry);
+  const viaBatch = mapEntries(nl, fd, 100_000).map(([k, v]) => `${decodeCtKey(k).sport}:${decodeCtEntry(v).packetsOrig}`).sort();
+  const viaIteration: string[] = [];
+  let key: Buffer | null = null;
+  while ((key = nl.bpfMapNextKey(fd, key))) viaIteration.push(`${decodeCtKey(key).sport}:${decodeCtEntry(nl.bpfMapLookup(fd, key)!).packetsOrig}`);
+  t.deepEqual(viaBatch, viaIteration.sort());
+  t.true(viaBatch.every((e) => Number(e.split(':')[0]) - 1024 === Number(e.split(':')[1])), 'keys and values stay paired');
+  // A per-CPU array: values are all CPUs' slots, whichever way mapEntries reads them.
+  t.deepEqual(mapEntries(nl, f.map('mb_metrics'), 4).length, 4, 'per-CPU array through batch or fallback');
 });
 
 test('codec sizes match the compiled object\'s BTF', (t) => {

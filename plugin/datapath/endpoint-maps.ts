@@ -7,6 +7,7 @@ import {
   SIZES, decodeCtEntry, decodeEndpointInfo, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey,
 } from './codec.js';
 import type { Datapath } from './loader.js';
+import { mapEntries } from './iterate.js';
 import { gatewayFor } from '../network/plan.js';
 
 export class EndpointMaps {
@@ -48,14 +49,9 @@ export class EndpointMaps {
     let entries = 0;
     for (const [name, capacity] of [['mb_endpoints', SIZES.endpoint_key], ['mb_endpoints_by_if', 4]] as const) {
       const fd = this.datapath.map(name);
-      const stale: Buffer[] = [];
-      let key: Buffer | null = null;
-      for (let i = 0; i < 1_000_000; i++) {
-        key = this.bpf.bpfMapNextKey(fd, key);
-        if (!key) break;
-        const value = this.bpf.bpfMapLookup(fd, key);
-        if (value && !liveNumbers.has(decodeEndpointInfo(value).endpointId)) stale.push(Buffer.from(key.subarray(0, capacity)));
-      }
+      const stale = mapEntries(this.bpf, fd, 1_000_000)
+        .filter(([, value]) => !liveNumbers.has(decodeEndpointInfo(value).endpointId))
+        .map(([key]) => Buffer.from(key.subarray(0, capacity)));
       for (const k of stale) if (this.bpf.bpfMapDelete(fd, k)) entries++;
     }
     const pins = this.datapath.prunePins(new Set(endpoints.map((e) => e.hostIfName)));
@@ -68,16 +64,9 @@ export class EndpointMaps {
    */
   collectConntrack(maxEntries: number, nowNs = process.hrtime.bigint()): { scanned: number; deleted: number } {
     const fd = this.datapath.map('mb_conntrack');
-    const expired: Buffer[] = [];
-    let scanned = 0;
-    let key: Buffer | null = null;
-    for (let i = 0; i < maxEntries; i++) {
-      key = this.bpf.bpfMapNextKey(fd, key);
-      if (!key) break;
-      scanned++;
-      const value = this.bpf.bpfMapLookup(fd, key);
-      if (value && decodeCtEntry(value).expiresNs < nowNs) expired.push(key);
-    }
+    const all = mapEntries(this.bpf, fd, maxEntries);
+    const scanned = all.length;
+    const expired = all.filter(([, value]) => decodeCtEntry(value).expiresNs < nowNs).map(([key]) => key);
     let deleted = 0;
     for (const k of expired) if (this.bpf.bpfMapDelete(fd, k)) deleted++;
     return { scanned, deleted };

@@ -7,24 +7,16 @@ import {
   decodePerCpuMetric, metricKey, protocolName, type DatapathEvent,
 } from './codec.js';
 import type { Datapath } from './loader.js';
+import { mapEntries } from './iterate.js';
 
-function* entries(bpf: BpfAddon, fd: number, limit: number): Generator<[Buffer, Buffer]> {
-  let key: Buffer | null = null;
-  for (let i = 0; i < limit; i++) {
-    key = bpf.bpfMapNextKey(fd, key);
-    if (!key) return;
-    const value = bpf.bpfMapLookup(fd, key);
-    if (value) yield [key, value];
-  }
-}
 
 export function listBpfEndpoints(bpf: BpfAddon, dp: Datapath, limit = 65536) {
-  return [...entries(bpf, dp.map('mb_endpoints_by_if'), limit)].map(([, value]) => decodeEndpointInfo(value))
+  return mapEntries(bpf, dp.map('mb_endpoints_by_if'), limit).map(([, value]) => decodeEndpointInfo(value))
     .sort((a, b) => a.endpointId - b.endpointId);
 }
 
 export function listConntrack(bpf: BpfAddon, dp: Datapath, limit: number, nowNs = process.hrtime.bigint()) {
-  return [...entries(bpf, dp.map('mb_conntrack'), limit)].map(([key, value]) => {
+  return mapEntries(bpf, dp.map('mb_conntrack'), limit).map(([key, value]) => {
     const k = decodeCtKey(key);
     const e = decodeCtEntry(value);
     return {

@@ -240,6 +240,11 @@ export interface BpfAddon {
   bpfMapDelete(fd: number, key: Buffer): boolean;
   /** The key after `key` (first key when null), or null at the end. */
   bpfMapNextKey(fd: number, key: Buffer | null): Buffer | null;
+  /**
+   * BPF_MAP_LOOKUP_BATCH (kernel >= 5.6): up to `max` entries, keys and values concatenated at
+   * their sizes. Throws EINVAL for map types without batch support.
+   */
+  bpfMapLookupBatch(fd: number, max: number): { count: number; keys: Buffer; values: Buffer };
   /** Number of possible CPUs (libbpf_num_possible_cpus), the stride of per-CPU values. */
   bpfNumPossibleCpus(): number;
   /** BPF_PROG_TEST_RUN on a tc program with a packet (and optionally a struct __sk_buff ctx). */
