@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import {
   addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
   execMayFail, kernelLeftovers, bpfLeftovers, run, runContainer, uniqueName,
-  useMembrane,
+  useMembrane, twoOnOneNetwork,
   ping, CLI,
 } from './harness.js';
 
@@ -19,13 +19,7 @@ async function fetchPage(container: string, target: string): Promise<string> {
 }
 
 test('dual-stack network: containers reach each other over IPv4 and IPv6, by IP and by name', async (t) => {
-  const net = uniqueName('mbt-dual');
-  await createNetwork(net, '--ipv6');
-  const a = uniqueName('mbt-a');
-  const b = uniqueName('mbt-b');
-  await runContainer(a, net);
-  await runContainer(b, net);
-  const addrB = await addressesOf(b, net);
+  const { a, b, addrB } = await twoOnOneNetwork('dual', '--ipv6');
   t.truthy(addrB.ipv4, 'IPv4 address assigned');
   t.truthy(addrB.ipv6, 'IPv6 address assigned');
   t.regex(addrB.ipv6!, /^fd[0-9a-f]{2}:/, 'IPv6 comes from the node ULA');
@@ -75,13 +69,7 @@ test('two Membrane networks are isolated from each other', async (t) => {
 });
 
 test('--internal network: containers talk to each other but have no way out', async (t) => {
-  const net = uniqueName('mbt-int');
-  await createNetwork(net, '--ipv6', '--internal');
-  const a = uniqueName('mbt-a');
-  const b = uniqueName('mbt-b');
-  await runContainer(a, net);
-  await runContainer(b, net);
-  const addrB = await addressesOf(b, net);
+  const { a, addrB } = await twoOnOneNetwork('int', '--ipv6', '--internal');
   await ping(a, 4, addrB.ipv4!);
   await ping(a, 6, addrB.ipv6!);
   const routes = await exec(a, 'ip', 'route');

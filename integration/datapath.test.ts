@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  MembraneProcess, ROOT, CLI, addressesOf, cleanupDocker, createNetwork, docker, exec, ping, run, runContainer, sleep, uniqueName,
+  MembraneProcess, ROOT, CLI, addressesOf, restartDaemon, twoOnOneNetwork, cleanupDocker, createNetwork, docker, exec, ping, run, runContainer, sleep, uniqueName,
 } from './harness.js';
 import { native } from '../plugin/kernel/native.js';
 import { decodeCtEntry, decodeCtKey } from '../plugin/datapath/codec.js';
@@ -80,14 +80,7 @@ test.serial('a TCP stream survives kill -9 of Membrane and a new BPF build with 
   const newBuild = path.join(workDir, 'membrane-next.bpf.o');
   await run('clang', ['-O2', '-g', '-target', 'bpf', '-I/usr/include/x86_64-linux-gnu', '-DMEMBRANE_BUILD_VARIANT=1',
     '-c', path.join(ROOT, 'bpf', 'membrane.bpf.c'), '-o', newBuild]);
-  await membrane.stop();
-  membrane = new MembraneProcess(stateDir);
-  process.env.MEMBRANE_BPF_OBJECT = newBuild;
-  try {
-    await membrane.start();
-  } finally {
-    delete process.env.MEMBRANE_BPF_OBJECT;
-  }
+  membrane = await restartDaemon(membrane, { MEMBRANE_BPF_OBJECT: newBuild });
 
   // Wait for the client to finish (bounded).
   const deadline = Date.now() + 40_000;
@@ -152,23 +145,10 @@ test.serial('membrane monitor shows a spoofed packet\'s drop; bpf endpoint/ct/me
 });
 
 test.serial('clsact fallback: the same containers keep working when Membrane moves their programs from tcx to clsact and back', async (t) => {
-  const net = uniqueName('mbt-clsact');
-  await createNetwork(net, '--ipv6');
-  const a = uniqueName('mbt-a');
-  const b = uniqueName('mbt-b');
-  await runContainer(a, net);
-  await runContainer(b, net);
-  const addrB = await addressesOf(b, net);
+  const { net, a, addrB } = await twoOnOneNetwork('clsact', '--ipv6');
   await ping(a, 4, addrB.ipv4!);
   for (const mode of ['clsact', 'auto'] as const) {
-    await membrane.stop();
-    membrane = new MembraneProcess(stateDir);
-    process.env.MEMBRANE_ATTACH_MODE = mode;
-    try {
-      await membrane.start();
-    } finally {
-      delete process.env.MEMBRANE_ATTACH_MODE;
-    }
+    membrane = await restartDaemon(membrane, { MEMBRANE_ATTACH_MODE: mode });
     const status = (await run(process.execPath, [CLI, 'status'])).stdout;
     t.regex(status, mode === 'clsact' ? /attach: clsact \(configured\)/ : /attach: tcx links \(probe: yes\)/);
     const pins = fs.readdirSync('/sys/fs/bpf/membrane/links');
@@ -185,14 +165,7 @@ test.serial('clsact fallback: the same containers keep working when Membrane mov
 });
 
 test.serial('a new conntrackMax migrates the pinned conntrack map: entries copied, never wiped', async (t) => {
-  const net = uniqueName('mbt-migrate');
-  await createNetwork(net, '--ipv6');
-  const a = uniqueName('mbt-a');
-  const b = uniqueName('mbt-b');
-  await runContainer(a, net);
-  await runContainer(b, net);
-  const addrA = await addressesOf(a, net);
-  const addrB = await addressesOf(b, net);
+  const { a, addrA, addrB } = await twoOnOneNetwork('migrate', '--ipv6');
   await ping(a, 4, addrB.ipv4!);
   const nl = native();
   const info = () => {
@@ -228,14 +201,7 @@ test.serial('a new conntrackMax migrates the pinned conntrack map: entries copie
   t.true(mine, 'the ping is tracked');
   const originalMax = info().maxEntries;
   for (const max of [originalMax + 4096, originalMax]) {
-    await membrane.stop();
-    membrane = new MembraneProcess(stateDir);
-    process.env.MEMBRANE_CONNTRACK_MAX = String(max);
-    try {
-      await membrane.start();
-    } finally {
-      delete process.env.MEMBRANE_CONNTRACK_MAX;
-    }
+    membrane = await restartDaemon(membrane, { MEMBRANE_CONNTRACK_MAX: String(max) });
     t.is(info().maxEntries, max, `map resized to ${max}`);
     const after = flowKeys();
     const lost = [...before].filter((k) => !after.has(k));

@@ -246,3 +246,33 @@ export function useMembrane(test: { before: (fn: () => Promise<void>) => void; a
   });
   return membrane;
 }
+
+/** A Membrane network with two test containers on it (httpd on :8080), and their addresses. */
+export async function twoOnOneNetwork(prefix: string, ...networkArgs: string[]): Promise<{
+  net: string; a: string; b: string; addrA: ContainerAddresses; addrB: ContainerAddresses;
+}> {
+  const net = uniqueName(`mbt-${prefix}`);
+  await createNetwork(net, ...networkArgs);
+  const a = uniqueName('mbt-a');
+  const b = uniqueName('mbt-b');
+  await runContainer(a, net);
+  await runContainer(b, net);
+  return { net, a, b, addrA: await addressesOf(a, net), addrB: await addressesOf(b, net) };
+}
+
+/** Stops `daemon` and starts a new one on the same state, with extra environment for the new one. */
+export async function restartDaemon(daemon: MembraneProcess, env: Record<string, string> = {}): Promise<MembraneProcess> {
+  await daemon.stop();
+  const next = new MembraneProcess(daemon.stateDir);
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    await next.start();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+  return next;
+}

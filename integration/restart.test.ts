@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import {
   MembraneProcess, addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually,
   kernelLeftovers, run, runContainer, sleep, uniqueName,
-  ping,
+  ping, twoOnOneNetwork,
 } from './harness.js';
 
 // One state directory for the whole file: every restart below must find what the last one left.
@@ -29,13 +29,7 @@ test.after.always(async () => {
 });
 
 test.serial('plugin restart with containers running keeps them connected; later containers get unique addresses', async (t) => {
-  const net = uniqueName('mbt-rs');
-  await createNetwork(net, '--ipv6');
-  const a = uniqueName('mbt-a');
-  const b = uniqueName('mbt-b');
-  await runContainer(a, net);
-  await runContainer(b, net);
-  const addrB = await addressesOf(b, net);
+  const { net, a, b, addrB } = await twoOnOneNetwork('rs', '--ipv6');
   await ping(a, 4, addrB.ipv4!);
 
   await membrane.stop();
