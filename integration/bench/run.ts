@@ -2,7 +2,7 @@
 // ratios; it never passes or fails on timing.
 //
 //   node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N]
-//                                      [--wait-max-seconds S] [--log-level LEVEL]
+//                                      [--datapath-rounds N] [--wait-max-seconds S] [--log-level LEVEL]
 //
 //   1. `docker run --rm IMAGE true` wall time on a Membrane network vs Docker's bridge driver vs
 //      `--network none` (the floor), interleaved per round with a rotating order (recipe R8, R0).
@@ -10,13 +10,20 @@
 //      of raw POSTs to the plugin socket replaying an endpoint life cycle on a network made by
 //      hand (fake 64-hex ids), torn down completely afterwards.
 //   3. IPAM allocations per second in-process (AddressAllocator) at 10 % and 99 % fullness.
-//   4. An environment header.
+//   4. Datapath (datapath.ts): container-to-container TCP throughput (iperf3) and round-trip latency
+//      p50/p99 (sockperf ping-pong) on a Membrane network vs Docker's bridge vs a bare veth pair
+//      between two namespaces, interleaved rounds, plus the Membrane programs' run time per packet
+//      under live traffic (kernel.bpf_stats_enabled, restored afterwards).
+//   5. Per-packet cost of from_container with BPF_PROG_TEST_RUN (established TCP flow, redirect to a
+//      local endpoint and to the stack) against a no-op program.
+//   An environment header.
 //
 // Writes DIR/bench.json and DIR/bench.md (DIR defaults to integration/bench/results/<timestamp>)
 // and prints the markdown. Starts and stops its own Membrane daemon, but first waits (bounded) while
 // any other Membrane daemon or managed plugin runs on this machine: only one may run per network
 // namespace and it may belong to somebody else. Every container and network it creates carries the
-// labels membrane.test=1 and membrane.bench=<run id> and is removed in `finally`, also on SIGINT.
+// labels membrane.test=1 and membrane.bench=<run id> and is removed in `finally`, also on SIGINT;
+// so are the namespaces and veths of section 4 (by name).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -28,6 +35,10 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { API_SOCKET, CLI, IMAGE, ROOT, TEST_LABEL, apiGet, run, sleep } from '../harness.js';
+import {
+  BENCH_IMAGE, benchDatapathLive, benchProgramCost, datapathOptions, type DatapathLiveResult, type DatapathVariantKey, type ProgCostResult,
+  type VariantRatios,
+} from './datapath.js';
 import { runIpamBench, type IpamResult } from './ipam.js';
 import { fmt, median, ratio, round, summarize, type Summary } from './stats.js';
 
@@ -48,13 +59,15 @@ export interface BenchOptions {
   cycles: number;
   ipamRepetitions: number;
   ipamPairs: number;
+  /** Interleaved rounds of the datapath section (each: iperf3 and sockperf per variant). */
+  datapathRounds: number;
   waitMaxSeconds: number;
   logLevel: string;
 }
 
 function usage(): string {
   return 'usage: node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N] ' +
-    '[--wait-max-seconds S] [--log-level LEVEL]';
+    '[--datapath-rounds N] [--wait-max-seconds S] [--log-level LEVEL]';
 }
 
 export function parseArgs(argv: string[]): BenchOptions {
@@ -68,6 +81,7 @@ export function parseArgs(argv: string[]): BenchOptions {
     cycles: smoke ? 20 : 500,
     ipamRepetitions: smoke ? 2 : 7,
     ipamPairs: smoke ? 2_000 : 50_000,
+    datapathRounds: datapathOptions(smoke).rounds,
     waitMaxSeconds: 900,
     logLevel: 'info',
   };
@@ -83,6 +97,7 @@ export function parseArgs(argv: string[]): BenchOptions {
       case '--out': options.outDir = path.resolve(argv[++i] ?? ''); break;
       case '--rounds': options.rounds = positiveInt(arg, argv[++i]); break;
       case '--cycles': options.cycles = positiveInt(arg, argv[++i]); break;
+      case '--datapath-rounds': options.datapathRounds = positiveInt(arg, argv[++i]); break;
       case '--wait-max-seconds': options.waitMaxSeconds = Number(argv[++i]); break;
       case '--log-level': options.logLevel = argv[++i] ?? 'info'; break;
       case '-h': case '--help': console.log(usage()); process.exit(0); break;
@@ -116,6 +131,9 @@ export interface Environment {
   membraneCommit: string;
   image: string;
   imageId: string;
+  benchImage: string;
+  /** Sysctls that shape the bridge variant and the programs' cost. */
+  sysctls: Record<string, string>;
   daemonLogLevel: string;
   runId: string;
 }
@@ -145,6 +163,17 @@ async function environment(options: BenchOptions, runId: string): Promise<Enviro
     membraneCommit: `${commit}${dirty ? ' (working tree modified)' : ''}`,
     image: IMAGE,
     imageId: await text('docker', ['image', 'inspect', '-f', '{{.Id}}', IMAGE]),
+    benchImage: BENCH_IMAGE,
+    sysctls: Object.fromEntries(['net/bridge/bridge-nf-call-iptables', 'net/bridge/bridge-nf-call-ip6tables', 'kernel/bpf_stats_enabled',
+      'net/core/bpf_jit_enable'].map((k) => {
+      let v = 'absent';
+      try {
+        v = fs.readFileSync(`/proc/sys/${k}`, 'utf8').trim();
+      } catch {
+        // not in this kernel
+      }
+      return [k.replaceAll('/', '.'), v];
+    })),
     daemonLogLevel: options.logLevel,
     runId,
   };
@@ -336,10 +365,22 @@ async function createBridge(name: string, labels: string[]): Promise<string> {
   return `plain user-defined bridge (IPv4 only; --ipv6 --subnet fd00:b::/64 failed: ${v6.stderr.trim().slice(0, 200)})`;
 }
 
-async function benchDockerRun(options: BenchOptions, names: { membrane: string; bridge: string }, labels: string[]): Promise<DockerRunResult> {
+interface BenchNetworks {
+  membrane: string;
+  bridge: string;
+  bridgeVariant: string;
+}
+
+/** The two Docker networks sections 1 and 4 share (removed with the run's other resources). */
+async function createNetworks(names: { membrane: string; bridge: string }, labels: string[]): Promise<BenchNetworks> {
   const labelArgs = labels.flatMap((l) => ['--label', l]);
   await run('docker', ['network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--ipv6', ...labelArgs, names.membrane]);
   const bridgeVariant = await createBridge(names.bridge, labels);
+  return { ...names, bridgeVariant };
+}
+
+async function benchDockerRun(options: BenchOptions, names: BenchNetworks, labels: string[]): Promise<DockerRunResult> {
+  const bridgeVariant = names.bridgeVariant;
   const networks: Record<VariantKey, string> = { membrane: names.membrane, bridge: names.bridge, none: 'none' };
   const keys: VariantKey[] = ['membrane', 'bridge', 'none'];
   const samples: Record<VariantKey, number[]> = { membrane: [], bridge: [], none: [] };
@@ -631,6 +672,10 @@ export interface BenchResult {
   dockerRun: DockerRunResult | null;
   pluginLatency: PluginLatencyResult | null;
   ipam: { note: string; results: IpamResult[] } | null;
+  /** Section 4: throughput and latency, Membrane vs bridge vs bare veth, and live bpf_stats. */
+  datapath: DatapathLiveResult | null;
+  /** Section 5: BPF_PROG_TEST_RUN ns per packet. */
+  programCost: ProgCostResult | null;
   errors: string[];
   durationSeconds: number;
   /** Wall time per phase (setup includes waiting for another daemon to go away). */
@@ -709,8 +754,82 @@ export function renderMarkdown(r: BenchResult): string {
   } else {
     out.push('(section failed, see errors)', '');
   }
+  out.push(...renderDatapath(r.datapath), ...renderProgramCost(r.programCost, r.datapath));
   if (r.errors.length) out.push('## Errors', '', ...r.errors.map((x) => `- ${x}`), '');
   return out.join('\n');
+}
+
+const VARIANT_LABELS: Record<DatapathVariantKey, string> = {
+  membrane: 'Membrane (BPF datapath)',
+  bridge: 'Docker bridge',
+  veth: 'bare veth pair (floor)',
+};
+
+function ratioLine(what: string, x: VariantRatios): string {
+  return `**${what}: membrane/bridge ${fmt(x.membraneOverBridge, 3)}, membrane/bare veth ${fmt(x.membraneOverVeth, 3)}** ` +
+    `(bridge/bare veth ${fmt(x.bridgeOverVeth, 3)}; median of per-round ratios: membrane/bridge ${fmt(x.pairedMembraneOverBridge, 3)}, ` +
+    `membrane/bare veth ${fmt(x.pairedMembraneOverVeth, 3)})`;
+}
+
+function renderDatapath(d: DatapathLiveResult | null): string[] {
+  const out: string[] = ['## 4. Datapath: container-to-container throughput and latency', ''];
+  if (!d) return [...out, '(section failed, see errors)', ''];
+  const s = d.settings;
+  out.push(`${d.note}`, '');
+  out.push(`${d.roundsCompleted}/${d.rounds} interleaved rounds; iperf3 -t ${s.iperfSeconds} -O ${s.iperfOmitSeconds}; ` +
+    `sockperf -t ${s.sockperfSeconds}, first ${s.latencyMessages} round trips per run. Pinning: ${d.pinning}. ` +
+    `Load average at start: ${d.loadAverageAtStart.join(' / ')}. Image ${d.image} (${d.imageId.slice(0, 19)}).`, '');
+  out.push(`Bridge: ${d.bridgeVariant}. Bare veth: ${d.vethVariant}. Medians over runs; retransmits and CPU % as iperf3 reports them.`, '');
+  const keys: DatapathVariantKey[] = ['membrane', 'bridge', 'veth'];
+  out.push(table(['Variant', 'runs (tput / lat)', 'Gbit/s median', 'IQR', 'min', 'max', 'retransmits', 'CPU % snd / rcv', 'RTT p50 µs', 'RTT p99 µs', 'RTT mean µs', 'round trips per run', 'failed'],
+    keys.map((k) => {
+      const t = d.throughput[k];
+      const l = d.latency[k];
+      return [VARIANT_LABELS[k], `${t.n} / ${l.n}`, fmt(t.medianGbps, 2), fmt(t.iqrGbps, 2), fmt(t.minGbps, 2), fmt(t.maxGbps, 2),
+        fmt(t.medianRetransmits, 0), `${fmt(t.medianCpuSenderPercent, 0)} / ${fmt(t.medianCpuReceiverPercent, 0)}`, fmt(l.p50Us, 1), fmt(l.p99Us, 1), fmt(l.meanUs, 1),
+        l.messagesPerRound.length ? `${Math.min(...l.messagesPerRound)}–${Math.max(...l.messagesPerRound)}` : '—', `${t.failures} / ${l.failures}`];
+    })), '');
+  out.push(`- ${ratioLine('Throughput', d.ratios.throughput)}; above 1 = Membrane moves more.`);
+  out.push(`- ${ratioLine('Latency p50', d.ratios.latencyP50)}; below 1 = Membrane answers faster.`);
+  out.push(`- ${ratioLine('Latency p99', d.ratios.latencyP99)}.`, '');
+  for (const k of keys) {
+    for (const e of [...d.throughput[k].errors, ...d.latency[k].errors]) out.push(`- ${k} error: ${e}`);
+  }
+  return out;
+}
+
+function renderProgramCost(p: ProgCostResult | null, d: DatapathLiveResult | null): string[] {
+  const out: string[] = ['## 5. Per-packet cost of the Membrane programs', ''];
+  out.push('### 5a. BPF_PROG_TEST_RUN (micro)', '');
+  if (p) {
+    out.push(p.note, '');
+    const label: Record<string, string> = {
+      'redirect-local-endpoint': 'from_container, redirect to a local endpoint (TC_ACT_REDIRECT)',
+      'to-stack': 'from_container, to the host stack (TC_ACT_OK)',
+      'no-op': 'no-op tc program (harness floor)',
+    };
+    out.push(table(['Path (established TCP ACK, IPv4)', 'method', 'ns/packet (median)', 'min', 'max', '− no-op ns', 'runs × batches', 'unexpected verdicts'],
+      p.rows.map((r) => [label[r.path] ?? r.path, r.method, fmt(r.nsPerPacket, 1), fmt(r.minNsPerPacket, 1), fmt(r.maxNsPerPacket, 1),
+        r.path === 'no-op' ? '' : fmt(r.netOfNoopNs, 1), `${r.runsPerBatch.toLocaleString('en-US')} × ${r.batches}`, String(r.unexpectedRetvals)])), '');
+    out.push(`Conntrack afterwards: redirect flow ${p.conntrack.state[0]} with ${p.conntrack.redirectPacketsOrig} packets, ` +
+      `to-stack flow ${p.conntrack.state[1]} with ${p.conntrack.toStackPacketsOrig} packets (original direction).` +
+      (p.noopError ? ` No-op program unavailable: ${p.noopError}.` : ''), '');
+  } else {
+    out.push('(section failed, see errors)', '');
+  }
+  out.push('### 5b. Live traffic, kernel.bpf_stats_enabled=1 (in situ)', '');
+  const b = d?.bpfStats;
+  if (b && b.phases.length) {
+    out.push(b.note, '');
+    out.push(table(['Workload (Membrane pair)', 'program', 'runs', 'ns/run', 'runs/s (phase wall time)', 'workload result (stats on)'],
+      b.phases.flatMap((ph) => ph.programs.map((x) => [ph.workload, `${x.name} (id ${x.id})`, x.runCnt.toLocaleString('en-US'), fmt(x.nsPerRun, 1),
+        Math.round(x.runCnt / ph.seconds).toLocaleString('en-US'),
+        ph.gbps !== undefined ? `${fmt(ph.gbps, 2)} Gbit/s` : `p50 ${fmt(ph.p50Us, 1)} / p99 ${fmt(ph.p99Us, 1)} µs`]))), '');
+    out.push(`kernel.bpf_stats_enabled was ${b.sysctlBefore} before and ${b.sysctlRestored ? 'was restored' : 'could NOT be restored'}.`, '');
+  } else {
+    out.push(b ? `(no result: ${b.errors.join(' / ')})` : '(not run, see errors)', '');
+  }
+  return out;
 }
 
 // ---- main --------------------------------------------------------------------------------------
@@ -740,7 +859,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     schema: 'membrane-bench/1',
     environment: await environment(options, runId),
     settings: { ...options },
-    dockerRun: null, pluginLatency: null, ipam: null, errors: [], durationSeconds: 0, phaseSeconds: {},
+    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, errors: [], durationSeconds: 0, phaseSeconds: {},
   };
   let phaseStart = Date.now();
   const phase = (name: string) => {
@@ -760,9 +879,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   try {
     const status = await apiGet<DaemonStatus>('/v1/status', API_SOCKET);
     if (status.pid !== daemon.child?.pid) throw new Error('the API socket does not belong to the daemon this run started');
+    const networks = await createNetworks({ membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
     phase('setup');
     try {
-      result.dockerRun = await benchDockerRun(options, { membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
+      result.dockerRun = await benchDockerRun(options, networks, labels);
     } catch (err) {
       result.errors.push(`docker run section: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -775,6 +895,17 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       result.errors.push(`plugin latency section: ${err instanceof Error ? err.message : String(err)}`);
     }
     phase('pluginLatency');
+    checkAborted();
+    try {
+      result.datapath = await benchDatapathLive(datapathOptions(options.smoke, options.datapathRounds),
+        { runId, labels, networks, aborted: () => aborted });
+      result.errors.push(...result.datapath.errors.map((e) => `datapath section: ${e}`));
+      result.errors.push(...result.datapath.cleanup.problems.map((p) => `datapath cleanup: ${p}`));
+      if (result.datapath.bpfStats) result.errors.push(...result.datapath.bpfStats.errors.map((e) => `bpf_stats: ${e}`));
+    } catch (err) {
+      result.errors.push(`datapath section: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    phase('datapath');
   } catch (err) {
     result.errors.push(err instanceof Error ? err.message : String(err));
   } finally {
@@ -803,6 +934,13 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       result.errors.push(`ipam section: ${err instanceof Error ? err.message : String(err)}`);
     }
     phase('ipam');
+    try {
+      result.programCost = await benchProgramCost(datapathOptions(options.smoke, options.datapathRounds));
+      result.errors.push(...result.programCost.errors.map((e) => `program cost section: ${e}`));
+    } catch (err) {
+      result.errors.push(`program cost section: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    phase('programCost');
   } else {
     result.errors.push('interrupted');
   }

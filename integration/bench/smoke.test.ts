@@ -1,6 +1,7 @@
 // Runs the benchmark harness in --smoke mode (tiny N) into a temporary directory and checks only the
 // shape of its output: expected keys present, numbers finite. Timing is never asserted. run.js
-// starts and stops its own Membrane daemon and removes everything it created.
+// starts and stops its own Membrane daemon and removes everything it created (containers, networks,
+// the datapath section's namespaces and veths) and restores kernel.bpf_stats_enabled.
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -11,6 +12,9 @@ import { ROOT, run } from '../harness.js';
 
 const RUN_JS = path.join(ROOT, 'dist', 'integration', 'bench', 'run.js');
 const KEY_CALLS = ['NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'IpamDriver.RequestAddress', 'NetworkDriver.DeleteEndpoint'];
+const DATAPATH_VARIANTS = ['membrane', 'bridge', 'veth'];
+const RATIO_KEYS = ['membraneOverBridge', 'membraneOverVeth', 'bridgeOverVeth', 'pairedMembraneOverBridge', 'pairedMembraneOverVeth'];
+const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 
 function finite(value: unknown): boolean {
   return typeof value === 'number' && Number.isFinite(value);
@@ -20,6 +24,7 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
   // Waiting for somebody else's daemon (bounded at 10 min) plus the smoke run itself.
   t.timeout(15 * 60_000);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-smoke-'));
+  const statsBefore = fs.readFileSync(BPF_STATS, 'utf8').trim();
   try {
     const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       execFile(process.execPath, [RUN_JS, '--smoke', '--out', out, '--wait-max-seconds', '30'],
@@ -31,6 +36,7 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
     t.true(stdout.includes('# Membrane benchmark'), 'the markdown is printed');
     const markdown = fs.readFileSync(path.join(out, 'bench.md'), 'utf8');
     t.true(markdown.includes('## 1.') && markdown.includes('## 2.') && markdown.includes('## 3.'));
+    t.true(markdown.includes('## 4.') && markdown.includes('## 5.'), 'datapath sections in the markdown');
     const r = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8'));
 
     t.is(r.schema, 'membrane-bench/1');
@@ -68,11 +74,59 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
       t.true(finite(x.fullness) && finite(x.allocated) && finite(x.usPerPair), `ipam ${x.name} numbers`);
     }
 
+    // 4. Datapath: every variant measured at least once, every ratio a number (never judged).
+    const dp = r.datapath;
+    t.truthy(dp, 'datapath section ran');
+    t.true(dp.roundsCompleted >= 1);
+    for (const v of DATAPATH_VARIANTS) {
+      const tp = dp.throughput[v];
+      t.true(tp.n >= 1 && finite(tp.medianGbps) && tp.medianGbps > 0, `datapath.throughput.${v}: ${JSON.stringify(tp.errors)}`);
+      for (const k of ['iqrGbps', 'minGbps', 'maxGbps']) t.true(finite(tp[k]), `datapath.throughput.${v}.${k}`);
+      const l = dp.latency[v];
+      t.true(l.n >= 1, `datapath.latency.${v} has a run: ${JSON.stringify(l.errors)}`);
+      for (const k of ['p50Us', 'p99Us', 'meanUs']) t.true(finite(l[k]) && l[k] > 0, `datapath.latency.${v}.${k}`);
+      t.true(l.messagesPerRound.every((n: number) => n >= 1 && n <= dp.settings.latencyMessages), `datapath.latency.${v} round trips`);
+    }
+    for (const group of ['throughput', 'latencyP50', 'latencyP99']) {
+      for (const k of RATIO_KEYS) t.true(finite(dp.ratios[group][k]), `datapath.ratios.${group}.${k}`);
+    }
+    t.deepEqual(dp.cleanup.problems, []);
+    // Live bpf_stats: both programs found, from_container ran under both workloads (to_container may
+    // not: traffic redirected into the peer with bpf_redirect_peer never reaches the host side's
+    // egress); the sysctl is back where it was.
+    t.truthy(dp.bpfStats, 'bpf_stats phase ran');
+    t.true(dp.bpfStats.sysctlRestored);
+    t.is(fs.readFileSync(BPF_STATS, 'utf8').trim(), statsBefore, 'kernel.bpf_stats_enabled restored');
+    t.is(dp.bpfStats.phases.length, 2);
+    for (const phase of dp.bpfStats.phases) {
+      const names = phase.programs.map((x: { name: string }) => x.name).sort();
+      t.deepEqual([...new Set(names)], ['from_container', 'to_container'], `${phase.workload} programs`);
+      for (const x of phase.programs) {
+        t.true(finite(x.runCnt) && finite(x.runTimeNs), `${phase.workload} ${x.name} counters`);
+        if (x.name === 'from_container') t.true(x.runCnt > 0 && finite(x.nsPerRun) && x.nsPerRun > 0, `${phase.workload} from_container ns/run`);
+      }
+    }
+    // 5. Program cost: the established-flow paths and the no-op floor, every run with the expected verdict.
+    const pc = r.programCost;
+    t.truthy(pc, 'program cost section ran');
+    t.is(pc.noopError, null);
+    for (const [p, m] of [['redirect-local-endpoint', 'single'], ['to-stack', 'repeat'], ['to-stack', 'single'], ['no-op', 'repeat'], ['no-op', 'single']]) {
+      const row = pc.rows.find((x: { path: string; method: string }) => x.path === p && x.method === m);
+      t.truthy(row, `programCost ${p} ${m}`);
+      t.true(finite(row.nsPerPacket) && row.nsPerPacket > 0 && finite(row.netOfNoopNs), `programCost ${p} ${m} numbers`);
+      t.is(row.unexpectedRetvals, 0, `programCost ${p} ${m} verdicts`);
+    }
+    t.deepEqual(pc.conntrack.state, ['established', 'established']);
+    const namespaces = (await run('ip', ['netns', 'list'])).stdout;
+    t.false(namespaces.includes(`mbbench-${r.environment.runId}`), 'the veth variant\'s namespaces are gone');
+
     // Nothing of this run is left in Docker.
     const runLabel = `label=membrane.bench=${r.environment.runId}`;
     t.is((await run('docker', ['ps', '-aq', '--filter', runLabel])).stdout.trim(), '');
     t.is((await run('docker', ['network', 'ls', '-q', '--filter', runLabel])).stdout.trim(), '');
   } finally {
+    // Only if run.js was killed before it could restore it itself.
+    if (fs.readFileSync(BPF_STATS, 'utf8').trim() !== statsBefore) fs.writeFileSync(BPF_STATS, statsBefore);
     fs.rmSync(out, { recursive: true, force: true });
   }
 });
