@@ -2,6 +2,7 @@
 // probe itself could not decide (inconclusive results are not cached).
 
 import { randomBytes } from 'node:crypto';
+import os from 'node:os';
 import type { NativeAddon } from './kernel/native.js';
 
 export type ProbeResult = 'yes' | 'no';
@@ -33,4 +34,30 @@ export function probeTcx(nl: NativeAddon, tcProgFd: number): ProbeResult {
   }
   cache.set('tcx', result);
   return result;
+}
+
+/** True when the running kernel's release is at least major.minor. */
+export function kernelAtLeast(major: number, minor: number, release = os.release()): boolean {
+  const [maj, min] = release.split(/[.-]/).map(Number);
+  return maj! > major || (maj === major && min! >= minor);
+}
+
+/**
+ * For tests that need tcx: the named probe, run with a tc program from `objectPath`. A "no" on a
+ * kernel that must have tcx (6.6+) is a broken probe, not a reason to skip: it throws, so a probe
+ * can never hide a bug behind a skipped test.
+ */
+export function tcxForTests(nl: NativeAddon, objectPath: string): ProbeResult {
+  const obj = nl.bpfObjectLoad(objectPath, {});
+  try {
+    const prog = obj.programs.find((p) => p.section.startsWith('tc'));
+    if (!prog) throw new Error(`${objectPath} has no tc program to probe with`);
+    const result = probeTcx(nl, prog.fd);
+    if (result === 'no' && kernelAtLeast(6, 6)) {
+      throw new Error(`probe tcx says "no" on Linux ${os.release()} (>= 6.6, which has tcx): the probe is broken`);
+    }
+    return result;
+  } finally {
+    obj.close();
+  }
 }

@@ -30,6 +30,8 @@ Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info);
 Napi::Value BpfMapDelete(const Napi::CallbackInfo& info);
 Napi::Value BpfMapNextKey(const Napi::CallbackInfo& info);
 Napi::Value BpfMapLookupBatch(const Napi::CallbackInfo& info);
+Napi::Value BpfMapUpdateBatch(const Napi::CallbackInfo& info);
+Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info);
 Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info);
 Napi::Value BpfProgTestRun(const Napi::CallbackInfo& info);
 Napi::Value TcxAttach(const Napi::CallbackInfo& info);
@@ -65,6 +67,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"bpfObjectLoad", BpfObjectLoad},   {"bpfObjGet", BpfObjGet},       {"bpfObjPin", BpfObjPin},
       {"bpfClose", BpfClose},             {"bpfMapInfo", BpfMapInfo},     {"bpfMapLookup", BpfMapLookup},
       {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey}, {"bpfMapLookupBatch", BpfMapLookupBatch},
+      {"bpfMapUpdateBatch", BpfMapUpdateBatch}, {"bpfMapDeleteBatch", BpfMapDeleteBatch},
       {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
       {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
       {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},

@@ -526,6 +526,64 @@ Napi::Value BpfMapLookupBatch(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// BPF_MAP_UPDATE_BATCH: `count` entries, keys and values concatenated at their sizes. Returns
+// how many the kernel applied (all of them unless it failed part-way, which throws).
+Napi::Value BpfMapUpdateBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  Napi::Buffer<uint8_t> keys, values;
+  uint32_t flags;
+  if (!ArgFd(env, info[0], "bpfMapUpdateBatch: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapUpdateBatch: keys", &keys) ||
+      !ArgBuffer(env, info[2], "bpfMapUpdateBatch: values", &values) || !ArgU32(env, info[3], "bpfMapUpdateBatch: flags", &flags)) {
+    return env.Undefined();
+  }
+  const std::string op = "BPF_MAP_UPDATE_BATCH " + std::to_string(fd);
+  MapShape shape;
+  int err = GetMapShape(fd, &shape);
+  if (err) return ThrowBpf(env, err, op);
+  if (shape.key_size == 0 || keys.Length() % shape.key_size != 0 ||
+      values.Length() != keys.Length() / shape.key_size * shape.value_size) {
+    return ThrowType(env, "bpfMapUpdateBatch: keys must be a multiple of " + std::to_string(shape.key_size) +
+                              " bytes and values the same count of " + std::to_string(shape.value_size) + "-byte values");
+  }
+  uint32_t count = static_cast<uint32_t>(keys.Length() / shape.key_size);
+  if (count == 0) return Napi::Number::New(env, 0);
+  LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags);
+  int r = bpf_map_update_batch(fd, keys.Data(), values.Data(), &count, &opts);
+  if (r < 0) return ThrowBpf(env, errno ? errno : -r, op);
+  return Napi::Number::New(env, count);
+}
+
+// BPF_MAP_DELETE_BATCH: deletes `keys` (concatenated). Keys already gone are skipped, not errors.
+Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  Napi::Buffer<uint8_t> keys;
+  if (!ArgFd(env, info[0], "bpfMapDeleteBatch: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapDeleteBatch: keys", &keys)) {
+    return env.Undefined();
+  }
+  const std::string op = "BPF_MAP_DELETE_BATCH " + std::to_string(fd);
+  MapShape shape;
+  int err = GetMapShape(fd, &shape);
+  if (err) return ThrowBpf(env, err, op);
+  if (shape.key_size == 0 || keys.Length() % shape.key_size != 0) {
+    return ThrowType(env, "bpfMapDeleteBatch: keys must be a multiple of " + std::to_string(shape.key_size) + " bytes");
+  }
+  const uint32_t total = static_cast<uint32_t>(keys.Length() / shape.key_size);
+  uint32_t deleted = 0;
+  // The kernel stops at the first missing key (ENOENT): skip it and go on with the rest.
+  while (deleted < total) {
+    uint32_t count = total - deleted;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int r = bpf_map_delete_batch(fd, keys.Data() + static_cast<size_t>(deleted) * shape.key_size, &count, &opts);
+    int e = r < 0 ? (errno ? errno : -r) : 0;
+    if (e && e != ENOENT) return ThrowBpf(env, e, op);
+    deleted += count;
+    if (e == ENOENT) deleted++;  // the missing key
+  }
+  return Napi::Number::New(env, total);
+}
+
 Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int n = libbpf_num_possible_cpus();

@@ -209,7 +209,12 @@ Napi::Value TcDetach(const Napi::CallbackInfo& info) {
   // The qdisc stays: removing clsact would also drop filters that are not ours.
   bpf_tc_hook hook = Hook(ifindex, ingress);
   bpf_tc_opts opts = TcOpts(handle, priority);
-  int r = bpf_tc_detach(&hook, &opts);
+  int r;
+  {
+    // "Nothing to detach" is an answer the caller handles; libbpf would also print it.
+    LogCapture quiet;
+    r = bpf_tc_detach(&hook, &opts);
+  }
   if (r < 0) return ThrowBpf(env, r, "tc filter del " + TcWhere(ingress, ifindex, handle, priority));
   return env.Undefined();
 }

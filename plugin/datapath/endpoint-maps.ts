@@ -67,8 +67,7 @@ export class EndpointMaps {
     const all = mapEntries(this.bpf, fd, maxEntries);
     const scanned = all.length;
     const expired = all.filter(([, value]) => decodeCtEntry(value).expiresNs < nowNs).map(([key]) => key);
-    let deleted = 0;
-    for (const k of expired) if (this.bpf.bpfMapDelete(fd, k)) deleted++;
+    const deleted = expired.length ? this.bpf.bpfMapDeleteBatch(fd, Buffer.concat(expired)) : 0;
     return { scanned, deleted };
   }
 }

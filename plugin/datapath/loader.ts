@@ -13,6 +13,7 @@ import type { BpfAddon, BpfMapInfo, BpfObject, TcDirection } from '../kernel/nat
 import type { Logger } from '../log.js';
 import { NotSupportedError } from '../errors.js';
 import { SIZES } from './codec.js';
+import { mapEntries } from './iterate.js';
 
 export const PIN_DIR = '/sys/fs/bpf/membrane';
 
@@ -139,20 +140,20 @@ export class Datapath {
       const oldFd = this.bpf.bpfObjGet(aside);
       try {
         const target = this.map(name);
-        let key: Buffer | null = null;
-        // Bounded by the old map's capacity: an iteration never yields more keys than that.
-        for (let i = 0; i < info.maxEntries; i++) {
-          key = this.bpf.bpfMapNextKey(oldFd, key);
-          if (!key) break;
-          const value = this.bpf.bpfMapLookup(oldFd, key);
-          if (!value) continue;
+        const entries = mapEntries(this.bpf, oldFd, info.maxEntries);
+        // Values that grew are zero-padded: new fields start at zero.
+        const values = entries.map(([, value]) => {
           const grown = Buffer.alloc(want.valueSize);
           value.copy(grown);
+          return grown;
+        });
+        // In batches, so that a full target (a smaller table) still takes what fits.
+        for (let i = 0; i < entries.length; i += 4096) {
+          const keys = Buffer.concat(entries.slice(i, i + 4096).map(([key]) => key));
           try {
-            this.bpf.bpfMapUpdate(target, key, grown, 0);
-            report.copied++;
+            report.copied += this.bpf.bpfMapUpdateBatch(target, keys, Buffer.concat(values.slice(i, i + 4096)), 0);
           } catch {
-            report.skipped++; // the new map is smaller and full
+            report.skipped += Math.min(4096, entries.length - i);
           }
         }
       } finally {

@@ -84,3 +84,25 @@ test('nothing that arrived after the start is touched, even if Docker does not s
   t.deepEqual(report, { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] });
   t.is(core.endpoints.list().length, 1);
 });
+
+test('a veth a crash left without its alias is redone when the state wants it and removed when not', async (t) => {
+  const { core, call, network, nl } = await setup(t);
+  const id = hex(5);
+  const pool = await network(id);
+  const { Address } = await call('IpamDriver.RequestAddress', { PoolID: pool, Address: '', Options: null });
+  const endpointId = hex(51);
+  await call('NetworkDriver.CreateEndpoint', { NetworkID: id, EndpointID: endpointId, Interface: { Address, AddressIPv6: '', MacAddress: '' }, Options: {} });
+  const name = `mbr${endpointId.slice(0, 12)}`;
+  // kill -9 between creating the pair and naming its owner:
+  nl.linkSetAlias(nl.linkGetByName(name)!.index, '');
+  // ... and one whose endpoint record never made it (or was rolled back):
+  nl.linkCreateVeth('mbr0123456789ab', 'mbc0123456789ab', {});
+  const report = await core.reconcileKernel() as { linksRemoved: string[] };
+  t.deepEqual(report.linksRemoved, ['mbr0123456789ab']);
+  t.is(nl.linkGetByName('mbr0123456789ab'), null);
+  t.is(nl.linkGetByName(name)?.alias, `membrane:${endpointId}`, 'the wanted endpoint\'s link was redone with its alias');
+  // DeleteEndpoint removes an alias-less link of its own too.
+  nl.linkSetAlias(nl.linkGetByName(name)!.index, '');
+  await call('NetworkDriver.DeleteEndpoint', { NetworkID: id, EndpointID: endpointId });
+  t.is(nl.linkGetByName(name), null);
+});

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { native, type BpfObject, type BpfObjectOptions } from './native.js';
+import { tcxForTests } from '../features.js';
 
 const nl = native();
 
@@ -17,6 +18,10 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const fixtureDir = path.join(root, 'native', 'build', 'test');
 const FIXTURE = path.join(fixtureDir, 'fixture.bpf.o');
 const BROKEN = path.join(fixtureDir, 'broken.bpf.o');
+// Named probe, decided at load so skipped tests say why in their title.
+const TCX = tcxForTests(nl, path.join(root, 'bpf', 'build', 'membrane.bpf.o'));
+const tcxTest = TCX === 'yes' ? test : test.skip;
+const tcxSkip = TCX === 'yes' ? '' : ' [skip: kernel lacks tcx (probe tcx)]';
 const BPFFS = '/sys/fs/bpf';
 
 const TC_ACT_OK = 0;
@@ -247,7 +252,7 @@ test('a missing object file fails with ENOENT', (t) => {
   t.regex(err!.verifierLog!, /nonexistent/);
 });
 
-test('tcx: attach, query, swap the program through the link, detach by closing the link', (t) => {
+tcxTest(`tcx: attach, query, swap the program through the link, detach by closing the link${tcxSkip}`, (t) => {
   const { index } = makeVeth(t);
   const a = load(t);
   const b = load(t, { rodata: verdict(TC_ACT_SHOT) });
@@ -272,7 +277,7 @@ test('tcx: attach, query, swap the program through the link, detach by closing t
   t.deepEqual(nl.tcxQuery(index, 'ingress'), []);
 });
 
-test('tcx errors carry errno and op', (t) => {
+tcxTest(`tcx errors carry errno and op${tcxSkip}`, (t) => {
   const obj = load(t);
   const err = t.throws<KernelError>(() => nl.tcxAttach(0x7ffffff0, progFd(obj), 'egress'));
   t.is(err!.code, 'ENODEV');

@@ -245,6 +245,10 @@ export interface BpfAddon {
    * their sizes. Throws EINVAL for map types without batch support.
    */
   bpfMapLookupBatch(fd: number, max: number): { count: number; keys: Buffer; values: Buffer };
+  /** BPF_MAP_UPDATE_BATCH of concatenated keys and values; flags as bpfMapUpdate. Returns the count applied. */
+  bpfMapUpdateBatch(fd: number, keys: Buffer, values: Buffer, flags: number): number;
+  /** BPF_MAP_DELETE_BATCH of concatenated keys; missing keys are skipped. */
+  bpfMapDeleteBatch(fd: number, keys: Buffer): number;
   /** Number of possible CPUs (libbpf_num_possible_cpus), the stride of per-CPU values. */
   bpfNumPossibleCpus(): number;
   /** BPF_PROG_TEST_RUN on a tc program with a packet (and optionally a struct __sk_buff ctx). */

@@ -15,6 +15,8 @@ import { asMembraneError } from '../errors.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 
 const EEXIST = 17;
+/** Host-side veth names are Membrane's namespace: 'mbr' + 12 hex digits of the endpoint id. */
+const MEMBRANE_HOST_IF = /^mbr[0-9a-f]{12}$/;
 const ENOENT = 2;
 const ESRCH = 3;
 const ENODEV = 19;
@@ -63,6 +65,12 @@ export class Dataplane {
   /** Creates (or adopts) the endpoint's veth pair and plumbs its host side. */
   createEndpoint(endpoint: EndpointRecord, network: NetworkRecord): void {
     let link = this.nl.linkGetByName(endpoint.hostIfName);
+    if (link && link.alias === '') {
+      // Creating a veth and naming its owner (the alias) are two requests: a kill -9 between them
+      // leaves our name without the alias. Start that endpoint's link over.
+      this.nl.linkDelete(link.index);
+      link = null;
+    }
     if (link && link.alias !== linkAlias(endpoint.id)) {
       // A link with our name that we do not own: refuse rather than hijack it.
       throw asMembraneError(Object.assign(new Error(`interface ${endpoint.hostIfName} exists and is not Membrane's ` +
@@ -99,7 +107,7 @@ export class Dataplane {
   deleteEndpoint(endpoint: EndpointRecord): void {
     this.bpfMaps?.remove(endpoint);
     const link = this.nl.linkGetByName(endpoint.hostIfName);
-    if (link && link.alias === linkAlias(endpoint.id)) {
+    if (link && (link.alias === linkAlias(endpoint.id) || link.alias === '')) {
       try {
         this.nl.linkDelete(link.index);
       } catch (err) {
@@ -197,7 +205,15 @@ export class Dataplane {
       linksRemoved: [], linksRestored: [], routesAdded: 0, routesRemoved: 0, rulesAdded: 0, rulesRemoved: 0, vanished: [],
     };
     const byId = new Map(endpoints.map((e) => [e.id, e]));
+    const byHostIf = new Map(endpoints.map((e) => [e.hostIfName, e]));
     for (const link of this.nl.linkList()) {
+      // A Membrane-named link without its alias is a creation a crash interrupted: ours to remove
+      // unless the state still wants that endpoint (then createEndpoint below redoes it).
+      if (link.alias === '' && MEMBRANE_HOST_IF.test(link.name) && !byHostIf.has(link.name)) {
+        this.nl.linkDelete(link.index);
+        report.linksRemoved.push(link.name);
+        continue;
+      }
       if (!link.alias.startsWith(LINK_ALIAS_PREFIX)) continue;
       const id = link.alias.slice(LINK_ALIAS_PREFIX.length);
       const endpoint = byId.get(id);
