@@ -10,23 +10,15 @@ tools=(iperf3 sockperf)
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install ${tools[*]} (scripts/install-deps.sh does)" >&2; exit 1; }
 done
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' \
-  || { echo "busybox-static is missing: apt-get install busybox-static" >&2; exit 1; }
 versions=$(dpkg-query -W -f='${Package}=${Version} ' "${tools[@]}" busybox-static 2>/dev/null || true)
-hash=$( { cat "$0"; echo "$versions"; } | sha256sum | cut -c1-16)
+. "$(dirname "$0")/../image/busybox-rootfs.sh"
+hash=$( { cat "$0" "$(dirname "$0")/../image/busybox-rootfs.sh"; echo "$versions"; } | sha256sum | cut -c1-16)
 if [ "$(docker image inspect -f '{{index .Config.Labels "membrane.image.hash"}}' "$image" 2>/dev/null || true)" = "$hash" ]; then
   exit 0
 fi
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,tmp,etc,proc,sys,dev,root}
-chmod 1777 "$rootfs/tmp"
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $("$rootfs/bin/busybox" --list); do
-  [ "$applet" = busybox ] || ln -sf /bin/busybox "$rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
-echo 'root:x:0:' > "$rootfs/etc/group"
+make_busybox_rootfs "$rootfs"
 [ -f /etc/services ] && cp /etc/services "$rootfs/etc/services"
 for tool in "${tools[@]}"; do
   bin=$(readlink -f "$(command -v "$tool")")
