@@ -10,11 +10,10 @@ import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
 import { native, type Family, type NativeAddon, type NetlinkAddon } from './kernel/native.js';
-import { probeTcx } from './features.js';
+import { probeTcx, type ProbeResult } from './features.js';
 import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
-import { encodeConfig, encodeIfindexKey } from './datapath/codec.js';
 import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
@@ -165,10 +164,12 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     else state.nextEndpointNumber = record.number + 1;
   }
   let endpointMaps: EndpointMaps | undefined;
+  let tcxProbe: ((tcProgFd: number) => ProbeResult) | undefined;
   const bpfAddon = deps.bpf;
   if (config.datapath === 'bpf' && bpfAddon) {
     assertBpffs(config.bpfPinDir);
     endpointMaps = new EndpointMaps(bpfAddon, new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir));
+    tcxProbe = (fd) => probeTcx(bpfAddon, fd);
   }
   /** What the datapath found and chose, for `membrane status`. */
   const features: Record<string, string> = {};
@@ -190,17 +191,10 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
           log.warn('conntrackMax changed; migrating the conntrack map', { from: state.datapathGeometry.conntrackMax, to: geometry.conntrackMax });
         }
         state.datapathGeometry = geometry;
-        endpointMaps.datapath.close();
-        endpointMaps.datapath.load(geometry);
+        Object.assign(features, endpointMaps.datapath.start({
+          geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
+        }));
         migrations = endpointMaps.datapath.migrations;
-        const tcx = config.attachMode === 'clsact' ? 'not probed' : probeTcx(bpfAddon!, endpointMaps.datapath.program('from_container'));
-        if (config.attachMode === 'tcx' && tcx === 'no') {
-          throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
-        }
-        endpointMaps.datapath.attachMode = config.attachMode === 'clsact' || tcx === 'no' ? 'clsact' : 'tcx';
-        bpfAddon!.bpfMapUpdate(endpointMaps.datapath.map('mb_config'), encodeIfindexKey(0), encodeConfig({ traceSample: config.traceSample }), 0);
-        features.attach = endpointMaps.datapath.attachMode === 'tcx' ? 'tcx links (probe: yes)'
-          : `clsact (${config.attachMode === 'clsact' ? 'configured' : 'tcx probe: no'})`;
         dataplane.bpfMaps = endpointMaps;
       }
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));

@@ -69,6 +69,33 @@ ALWAYS_INLINE void ct_fill_key(const struct pkt *p, struct ct_key *key, bool rev
 	}
 }
 
+/*
+ * The entry for `key` if it is live. An expired entry is no entry: its flow is over (the daemon
+ * has not collected it yet), and a new flow that reuses the tuple, or whose reverse it is, must
+ * not be counted against it.
+ */
+ALWAYS_INLINE struct ct_entry *ct_lookup_live(const struct ct_key *key, __u64 now)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&mb_conntrack, key);
+	return e && e->expires_ns >= now ? e : 0;
+}
+
+/* Counts a packet of a known flow in its direction and moves the flow's state and expiry on. */
+ALWAYS_INLINE void ct_account(struct ct_entry *e, const struct pkt *p, __u32 len, bool reply, __u64 now)
+{
+	if (reply) {
+		__sync_fetch_and_add(&e->packets_reply, 1);
+		__sync_fetch_and_add(&e->bytes_reply, len);
+		e->tcp_flags_reply |= p->tcp_flags;
+	} else {
+		__sync_fetch_and_add(&e->packets_orig, 1);
+		__sync_fetch_and_add(&e->bytes_orig, len);
+		e->tcp_flags_orig |= p->tcp_flags;
+	}
+	e->state = ct_next_state(p, e->state, reply);
+	e->expires_ns = now + ct_timeout(p, e->state);
+}
+
 ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 {
 	if (!ct_trackable(p))
@@ -76,31 +103,15 @@ ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key = {};
 	ct_fill_key(p, &key, false);
-	/*
-	 * An expired entry is no entry: its flow is over (the daemon has not collected it yet), and a
-	 * new flow that reuses the tuple, or whose reverse it is, must not be counted against it.
-	 */
-	struct ct_entry *e = bpf_map_lookup_elem(&mb_conntrack, &key);
-	if (e && e->expires_ns < now)
-		e = 0;
+	struct ct_entry *e = ct_lookup_live(&key, now);
 	if (e) {
-		__sync_fetch_and_add(&e->packets_orig, 1);
-		__sync_fetch_and_add(&e->bytes_orig, len);
-		e->tcp_flags_orig |= p->tcp_flags;
-		e->state = ct_next_state(p, e->state, false);
-		e->expires_ns = now + ct_timeout(p, e->state);
+		ct_account(e, p, len, false, now);
 		return CT_RESULT_ESTABLISHED;
 	}
 	ct_fill_key(p, &key, true);
-	e = bpf_map_lookup_elem(&mb_conntrack, &key);
-	if (e && e->expires_ns < now)
-		e = 0;
+	e = ct_lookup_live(&key, now);
 	if (e) {
-		__sync_fetch_and_add(&e->packets_reply, 1);
-		__sync_fetch_and_add(&e->bytes_reply, len);
-		e->tcp_flags_reply |= p->tcp_flags;
-		e->state = ct_next_state(p, e->state, true);
-		e->expires_ns = now + ct_timeout(p, e->state);
+		ct_account(e, p, len, true, now);
 		return CT_RESULT_REPLY;
 	}
 	struct ct_entry fresh = {

@@ -12,7 +12,8 @@ import path from 'node:path';
 import type { BpfAddon, BpfMapInfo, BpfObject, TcDirection } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import { NotSupportedError } from '../errors.js';
-import { SIZES } from './codec.js';
+import { SIZES, encodeConfig, encodeIfindexKey } from './codec.js';
+import type { ProbeResult } from '../features.js';
 import { mapEntries } from './iterate.js';
 
 export const PIN_DIR = '/sys/fs/bpf/membrane';
@@ -87,6 +88,24 @@ export class Datapath {
     const found = this.obj?.programs.find((p) => p.name === name);
     if (!found) throw new Error(`BPF program ${name} is not loaded`);
     return found.fd;
+  }
+
+  /**
+   * Loads the object (migrating pinned maps to `geometry`), picks how programs attach (a tcx
+   * probe unless clsact is configured) and writes mb_config. Returns what it chose, for status.
+   */
+  start(options: { geometry: Geometry; attachMode: 'auto' | AttachMode; traceSample: number; probeTcx: (tcProgFd: number) => ProbeResult }): { attach: string } {
+    this.close();
+    this.load(options.geometry);
+    const tcx = options.attachMode === 'clsact' ? undefined : options.probeTcx(this.program('from_container'));
+    if (options.attachMode === 'tcx' && tcx === 'no') {
+      throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
+    }
+    this.attachMode = options.attachMode === 'clsact' || tcx === 'no' ? 'clsact' : 'tcx';
+    this.bpf.bpfMapUpdate(this.map('mb_config'), encodeIfindexKey(0), encodeConfig({ traceSample: options.traceSample }), 0);
+    return {
+      attach: this.attachMode === 'tcx' ? 'tcx links (probe: yes)' : `clsact (${tcx === undefined ? 'configured' : 'tcx probe: no'})`,
+    };
   }
 
   /** Loads the object, reusing compatible pinned maps and migrating incompatible ones. */
