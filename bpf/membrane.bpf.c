@@ -4,11 +4,12 @@
  * (lib/maps.h). Two programs run on every endpoint's host-side veth:
  *
  *   from_container  tc ingress: everything the container sends. Answers ARP/NDP, drops spoofed
- *                   sources, tracks connections, and delivers traffic for another local
+ *                   sources, tracks connections, enforces policy (the container's egress, and
+ *                   the ingress of a local destination), and delivers traffic for another local
  *                   endpoint of the same network straight into that container
  *                   (bpf_redirect_peer), bypassing the host stack. The rest goes to the stack.
  *   to_container    tc egress: everything the host stack sends to the container. Tracks
- *                   connections and counts.
+ *                   connections, enforces the container's ingress policy, and counts.
  */
 
 #include "lib/common.h"
@@ -17,6 +18,7 @@
 #include "lib/events.h"
 #include "lib/neigh.h"
 #include "lib/conntrack.h"
+#include "lib/policy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -61,6 +63,38 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt
 	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) || bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0))
 		return -1;
 	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+/*
+ * Conntrack and policy for an IP packet. Policy judges a flow when it starts, and a known flow
+ * again when config.policy_epoch has moved since it was last allowed (that is how a removed
+ * allow stops established connections). Returns -1 to go on, or the drop verdict.
+ */
+ALWAYS_INLINE int admit(struct __sk_buff *skb, const struct pkt *p, __u32 direction, __u32 endpoint_id)
+{
+	__u64 now = bpf_ktime_get_ns();
+	const struct config *cfg = config_get();
+	__u32 epoch = cfg ? cfg->policy_epoch : 0;
+	struct ct_entry *e;
+	int ct = ct_lookup(p, now, &e);
+	if (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch)) {
+		struct policy_flow f;
+		struct policy_verdict v;
+		policy_flow_of(p, ct == CT_RESULT_REPLY, &f);
+		policy_judge(&f, &v);
+		if (!policy_passes(&v))
+			return drop_policy(skb, direction, endpoint_id, p, &v);
+		if (e)
+			e->policy_epoch = epoch;
+		if (v.audit || (ct == CT_RESULT_NEW && cfg && (cfg->flags & CONFIG_F_POLICY_VERDICT_EVENTS)))
+			emit(EVENT_POLICY, v.audit ? (v.verdict == POLICY_DENY ? DROP_POLICY_DENY : DROP_POLICY_DEFAULT) : 0,
+			     direction, skb, endpoint_id, p, &v);
+	}
+	if (ct == CT_RESULT_NEW)
+		ct_create(p, skb->len, endpoint_id, epoch, now);
+	else if (e)
+		ct_account(e, p, skb->len, ct == CT_RESULT_REPLY, now);
+	return -1;
 }
 
 SEC("tc")
@@ -121,15 +155,23 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, DROP_UNSUPPORTED_L3, DIR_FROM_CONTAINER, ep->endpoint_id, 0);
 	}
 
-	ct_process(&p, skb->len, ep->endpoint_id);
+	if (is_link_scope(&p)) {
+		forwarded(skb, REASON_FORWARD_STACK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+		return TC_ACT_OK;
+	}
 
 	struct endpoint_key dst_key = { .addr = p.daddr, .family = p.family };
 	const struct endpoint_info *dst = bpf_map_lookup_elem(&mb_endpoints, &dst_key);
+	/* The routing rules isolate networks for traffic through the stack; this is the same rule. */
+	if (dst && dst->network_id != ep->network_id)
+		return drop(skb, DROP_CROSS_NETWORK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+
+	int verdict = admit(skb, &p, DIR_FROM_CONTAINER, ep->endpoint_id);
+	if (verdict >= 0)
+		return verdict;
+
 	if (dst) {
-		/* The routing rules isolate networks for traffic through the stack; this is the same rule. */
-		if (dst->network_id != ep->network_id)
-			return drop(skb, DROP_CROSS_NETWORK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
-		int verdict = deliver_local(skb, &p, dst);
+		verdict = deliver_local(skb, &p, dst);
 		if (verdict >= 0) {
 			forwarded(skb, REASON_REDIRECT_PEER, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
 			return verdict;
@@ -158,8 +200,11 @@ int to_container(struct __sk_buff *skb)
 		parsed = parse_ipv4(data, data_end, &p);
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
 		parsed = parse_ipv6(data, data_end, &p);
-	if (parsed == 0)
-		ct_process(&p, skb->len, endpoint_id);
+	if (parsed == 0 && !is_link_scope(&p)) {
+		int verdict = admit(skb, &p, DIR_TO_CONTAINER, endpoint_id);
+		if (verdict >= 0)
+			return verdict;
+	}
 	forwarded(skb, REASON_TO_CONTAINER, DIR_TO_CONTAINER, endpoint_id, parsed == 0 ? &p : 0);
 	return TC_ACT_OK;
 }

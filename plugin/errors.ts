@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'MEMBRANE_NOT_SUPPORTED'
   | 'MEMBRANE_STATE'
   | 'MEMBRANE_NETFILTER'
+  | 'MEMBRANE_POLICY_INVALID'
   | 'MEMBRANE_INTERNAL';
 
 export class MembraneError extends Error {
@@ -116,6 +117,25 @@ export class StateError extends MembraneError {
 export class NetfilterError extends MembraneError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('MEMBRANE_NETFILTER', message, options);
+  }
+}
+
+/**
+ * A policy document (or a container's label policy) is invalid. `issues` lists every problem with
+ * its path in the document and what to write instead; nothing of the document was applied.
+ */
+export class PolicyInvalidError extends MembraneError {
+  readonly issues: { path: string; message: string }[];
+  constructor(issues: { path: string; message: string }[], what = 'policy') {
+    const shown = issues.slice(0, 20).map((i) => `  ${i.path || '(document)'}: ${i.message}`).join('\n');
+    const more = issues.length > 20 ? `\n  ... and ${issues.length - 20} more` : '';
+    super('MEMBRANE_POLICY_INVALID', `${what} is invalid, nothing was applied (${issues.length} ` +
+      `problem${issues.length === 1 ? '' : 's'}):\n${shown}${more}`, { status: 400 });
+    this.issues = issues;
+  }
+
+  override toJSON(): { code: ErrorCode; message: string; issues: { path: string; message: string }[] } {
+    return { code: this.code, message: this.message, issues: this.issues };
   }
 }
 

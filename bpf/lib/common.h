@@ -46,6 +46,8 @@ enum reason {
 	DROP_CROSS_NETWORK = 69,    /* destination is a local endpoint of another network */
 	DROP_ARP = 70,              /* ARP the program does not answer (probes, replies, own address) */
 	DROP_NDP = 71,              /* NDP the program does not answer (DAD probes, malformed) */
+	DROP_POLICY_DENY = 72,      /* a deny rule matched */
+	DROP_POLICY_DEFAULT = 73,   /* policy is enforced and no rule allows it (includes ID_INIT endpoints) */
 	REASON_COUNT = 128,
 };
 
@@ -55,7 +57,34 @@ enum direction {
 };
 
 /* Endpoint flags (endpoint_info.flags). */
-#define ENDPOINT_F_IPV4 (1U << 0) /* ip4/gw4 are valid */
-#define ENDPOINT_F_IPV6 (1U << 1) /* ip6/gw6 are valid */
+#define ENDPOINT_F_IPV4 (1U << 0)            /* ip4/gw4 are valid */
+#define ENDPOINT_F_IPV6 (1U << 1)            /* ip6/gw6 are valid */
+#define ENDPOINT_F_ENFORCE_INGRESS (1U << 2) /* traffic to it needs an allow in its policy map */
+#define ENDPOINT_F_ENFORCE_EGRESS (1U << 3)  /* traffic from it needs an allow in its policy map */
+#define ENDPOINT_F_AUDIT (1U << 4)           /* policy denies are reported, not enforced */
+
+/*
+ * Identities. Below ID_FIRST_ENDPOINT they are reserved; ID_ANY and ID_CLASS_* only appear
+ * in policy keys, as wildcards. Part of the ABI with plugin/identity/identities.ts.
+ */
+#define ID_ANY 0               /* policy keys: every remote identity */
+#define ID_HOST 1              /* this machine's own addresses */
+#define ID_CLASS_ENDPOINTS 3   /* policy keys: every endpoint identity (>= ID_FIRST_ENDPOINT) */
+#define ID_INIT 5              /* an endpoint whose labels are not known yet */
+#define ID_WORLD_IPV4 9        /* an IPv4 address nobody claims (no ipcache entry) */
+#define ID_WORLD_IPV6 10       /* an IPv6 address nobody claims */
+#define ID_CLASS_WORLD_IPV4 11 /* policy keys: ID_WORLD_IPV4 and every IPv4 CIDR identity */
+#define ID_CLASS_WORLD_IPV6 12 /* policy keys: ID_WORLD_IPV6 and every IPv6 CIDR identity */
+#define ID_FIRST_ENDPOINT 256 /* endpoint identities: 256 .. ID_FIRST_CIDR - 1 */
+#define ID_FIRST_CIDR (1U << 24) /* identities of CIDRs named by policy rules */
+
+/* Policy directions (policy_key.direction): whose policy, seen from the endpoint. */
+#define POLICY_INGRESS 0
+#define POLICY_EGRESS 1
+
+/* Verdicts (policy_entry.verdict, event.verdict). */
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
+#define POLICY_DEFAULT_DENY 3 /* events only: enforced, and no rule allows */
 
 #endif

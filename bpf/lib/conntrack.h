@@ -96,24 +96,35 @@ ALWAYS_INLINE void ct_account(struct ct_entry *e, const struct pkt *p, __u32 len
 	e->expires_ns = now + ct_timeout(p, e->state);
 }
 
-ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
+/*
+ * Finds the flow of a packet: its own tuple (CT_RESULT_ESTABLISHED) or the reversed one
+ * (CT_RESULT_REPLY), with *entry set; CT_RESULT_NEW when there is none (nothing is created yet:
+ * policy decides first, see ct_create); CT_RESULT_UNTRACKED for packets that belong to no flow.
+ */
+ALWAYS_INLINE int ct_lookup(const struct pkt *p, __u64 now, struct ct_entry **entry)
 {
+	*entry = 0;
 	if (!ct_trackable(p))
 		return CT_RESULT_UNTRACKED;
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key = {};
 	ct_fill_key(p, &key, false);
 	struct ct_entry *e = ct_lookup_live(&key, now);
 	if (e) {
-		ct_account(e, p, len, false, now);
+		*entry = e;
 		return CT_RESULT_ESTABLISHED;
 	}
 	ct_fill_key(p, &key, true);
 	e = ct_lookup_live(&key, now);
 	if (e) {
-		ct_account(e, p, len, true, now);
+		*entry = e;
 		return CT_RESULT_REPLY;
 	}
+	return CT_RESULT_NEW;
+}
+
+/* Starts tracking a new flow (policy allowed it at `policy_epoch`). */
+ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch, __u64 now)
+{
 	struct ct_entry fresh = {
 		.created_ns = now,
 		.packets_orig = 1,
@@ -122,12 +133,13 @@ ALWAYS_INLINE int ct_process(const struct pkt *p, __u32 len, __u32 endpoint_id)
 		.tcp_flags_orig = p->tcp_flags,
 		/* TCP picked up mid-stream (no SYN), e.g. after the table was lost: already established. */
 		.state = (p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN)) ? CT_ESTABLISHED : CT_NEW,
+		.policy_epoch = policy_epoch,
 	};
 	fresh.expires_ns = now + ct_timeout(p, fresh.state);
+	struct ct_key key = {};
 	ct_fill_key(p, &key, false);
 	/* BPF_ANY: replaces an expired entry for the same tuple. Two CPUs racing here both write a fresh entry. */
 	bpf_map_update_elem(&mb_conntrack, &key, &fresh, BPF_ANY);
-	return CT_RESULT_NEW;
 }
 
 #endif

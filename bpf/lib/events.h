@@ -3,7 +3,7 @@
 #ifndef MEMBRANE_EVENTS_H
 #define MEMBRANE_EVENTS_H
 
-#include "packet.h"
+#include "policy.h"
 
 ALWAYS_INLINE void count(__u32 reason, __u32 direction, __u32 len)
 {
@@ -17,7 +17,7 @@ ALWAYS_INLINE void count(__u32 reason, __u32 direction, __u32 len)
 }
 
 ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
-			const struct pkt *p)
+			const struct pkt *p, const struct policy_verdict *v)
 {
 	struct event *e = bpf_ringbuf_reserve(&mb_events, sizeof(*e), 0);
 	if (!e)
@@ -38,6 +38,15 @@ ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_bu
 		e->sport = p->sport;
 		e->dport = p->dport;
 	}
+	if (v) {
+		e->src_identity = v->src_identity;
+		e->dst_identity = v->dst_identity;
+		e->rule_id = v->rule_id;
+		e->verdict = v->verdict;
+		e->audit = v->audit;
+		e->policy_direction = v->direction;
+		e->policy_endpoint = v->endpoint_id;
+	}
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -45,18 +54,33 @@ ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_bu
 ALWAYS_INLINE int drop(struct __sk_buff *skb, __u32 reason, __u32 direction, __u32 endpoint_id, const struct pkt *p)
 {
 	count(reason, direction, skb->len);
-	emit(EVENT_DROP, reason, direction, skb, endpoint_id, p);
+	emit(EVENT_DROP, reason, direction, skb, endpoint_id, p, 0);
 	return TC_ACT_SHOT;
+}
+
+/* Counts and reports a drop by policy, with both identities and the deciding rule. */
+ALWAYS_INLINE int drop_policy(struct __sk_buff *skb, __u32 direction, __u32 endpoint_id, const struct pkt *p,
+			      const struct policy_verdict *v)
+{
+	__u32 reason = v->verdict == POLICY_DENY ? DROP_POLICY_DENY : DROP_POLICY_DEFAULT;
+	count(reason, direction, skb->len);
+	emit(EVENT_DROP, reason, direction, skb, endpoint_id, p, v);
+	return TC_ACT_SHOT;
+}
+
+ALWAYS_INLINE const struct config *config_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&mb_config, &zero);
 }
 
 /* Counts a forwarding verdict and emits a trace event for 1 in config.trace_sample packets. */
 ALWAYS_INLINE void forwarded(struct __sk_buff *skb, __u32 reason, __u32 direction, __u32 endpoint_id, const struct pkt *p)
 {
 	count(reason, direction, skb->len);
-	__u32 zero = 0;
-	struct config *cfg = bpf_map_lookup_elem(&mb_config, &zero);
+	const struct config *cfg = config_get();
 	if (cfg && cfg->trace_sample && bpf_get_prandom_u32() % cfg->trace_sample == 0)
-		emit(EVENT_TRACE, reason, direction, skb, endpoint_id, p);
+		emit(EVENT_TRACE, reason, direction, skb, endpoint_id, p, 0);
 }
 
 #endif

@@ -28,7 +28,7 @@ struct endpoint_key {
 struct endpoint_info {
 	__u32 ifindex;     /* host-side veth; packets for the endpoint are redirected to its peer */
 	__u32 endpoint_id; /* Membrane's numeric endpoint id (appears in events and metrics) */
-	__u32 identity;    /* security identity (0 until identities exist) */
+	__u32 identity;    /* security identity (ID_INIT until the endpoint's labels are known) */
 	__u32 network_id;  /* numeric network id: direct delivery only within one network */
 	__u32 flags;       /* ENDPOINT_F_* */
 	__u8 mac[6];       /* the container's MAC */
@@ -95,7 +95,9 @@ struct ct_entry {
 	__u8 tcp_flags_orig;  /* OR of TCP flags seen in the original direction */
 	__u8 tcp_flags_reply; /* ... and in the reply direction */
 	__u8 pad;
-}; /* 56 bytes */
+	__u32 policy_epoch; /* config.policy_epoch when policy last allowed the flow; another value: check again */
+	__u32 pad2;
+}; /* 64 bytes */
 
 /*
  * mb_conntrack: every flow through a Membrane endpoint, IPv4 and IPv6. LRU so a full table
@@ -129,6 +131,7 @@ struct {
 /* Event types in struct event.type. */
 #define EVENT_DROP 1
 #define EVENT_TRACE 2
+#define EVENT_POLICY 3 /* a policy verdict on a new flow, or on a known flow after a policy change */
 
 struct event {
 	__u8 type;      /* EVENT_DROP or EVENT_TRACE */
@@ -145,7 +148,17 @@ struct event {
 	__be16 dport;
 	__u32 len; /* packet length */
 	__u64 ts_ns;
-}; /* 64 bytes */
+	/* Policy verdicts (EVENT_POLICY, and drops for policy reasons); zero otherwise. */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;       /* the rule that decided; 0 = no rule (default deny, or not enforced) */
+	__u8 verdict;        /* POLICY_ALLOW, POLICY_DENY, POLICY_DEFAULT_DENY */
+	__u8 audit;          /* 1: the endpoint is in audit mode, a deny was let through */
+	__u8 policy_direction; /* POLICY_INGRESS or POLICY_EGRESS: whose policy decided */
+	__u8 pad2;
+	__u32 policy_endpoint; /* endpoint_id whose policy decided */
+	__u32 pad3;
+}; /* 88 bytes */
 
 /*
  * mb_events: drop notifications and sampled trace events for `membrane monitor`. Ring buffer of
@@ -158,8 +171,12 @@ struct {
 
 struct config {
 	__u32 trace_sample; /* emit a trace event for 1 in N forwarded packets; 0 = none */
-	__u32 flags;        /* reserved */
-};
+	__u32 policy_epoch; /* bumped by the daemon after each applied policy or identity change */
+	__u32 flags;        /* CONFIG_F_* */
+	__u32 pad;
+}; /* 16 bytes */
+
+#define CONFIG_F_POLICY_VERDICT_EVENTS (1U << 0) /* an EVENT_POLICY for every new flow policy judged */
 
 /* mb_config: daemon-wide settings. Array of one struct config at key 0 (u32). */
 struct {
@@ -168,5 +185,96 @@ struct {
 	__type(key, __u32);
 	__type(value, struct config);
 } mb_config SEC(".maps");
+
+/*
+ * mb_ipcache: the identity of every address the datapath may see as a peer. LPM trie; key
+ * struct ipcache_key (prefixlen counts the 32 bits of family+pad, then address bits), value
+ * struct ipcache_value. Holds the host's own addresses (ID_HOST), every local endpoint, and each
+ * CIDR that a policy rule names (its CIDR identity). An address with no entry is world.
+ */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family; /* FAMILY_IPV4 / FAMILY_IPV6 */
+	__u8 pad[3];
+	union addr addr; /* network order */
+}; /* 24 bytes */
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 class_identity; /* wildcard identity that also covers it (ID_CLASS_*), or 0 */
+}; /* 8 bytes */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} mb_ipcache SEC(".maps");
+
+/*
+ * One endpoint's policy: an LPM trie keyed by struct policy_key, value struct policy_entry.
+ * The daemon creates one per endpoint (pinned under policy/<endpoint_id>) and compiles rules
+ * into it so that the longest match for (remote identity, direction, protocol, port) is the
+ * verdict of every rule about that identity; the wildcard identities (ID_ANY and the remote's
+ * ID_CLASS_*) are separate lookups whose verdicts combine with deny winning.
+ */
+struct policy_key {
+	__u32 prefixlen;  /* bits that count from `identity` on: 40 = identity and direction (every
+	                     protocol), 48 = and protocol (every port), 48 + n = and n bits of port */
+	__u32 identity;   /* remote identity, host order (always matched in full) */
+	__u8 direction;   /* POLICY_INGRESS or POLICY_EGRESS */
+	__u8 proto;       /* IPPROTO_* */
+	__be16 port;      /* TCP/UDP destination port, or the ICMP type; network order */
+}; /* 12 bytes */
+
+struct policy_entry {
+	__u32 rule_id; /* the rule that decided (verdict counters, events, `membrane policy trace`) */
+	__u8 verdict;  /* POLICY_ALLOW or POLICY_DENY */
+	__u8 pad[3];
+}; /* 8 bytes */
+
+/*
+ * Sizes, not __type: clang only emits forward declarations for types named inside __array(),
+ * so these two structs are not in the object's BTF; the asserts (read by the codec test) pin
+ * their sizes instead.
+ */
+_Static_assert(sizeof(struct policy_key) == 12, "struct policy_key is ABI");
+_Static_assert(sizeof(struct policy_entry) == 8, "struct policy_entry is ABI");
+struct policy_map {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(struct policy_key));
+	__uint(value_size, sizeof(struct policy_entry));
+};
+
+/*
+ * mb_policy: every endpoint's policy map, by endpoint_id (u32, host order). A map of maps, so
+ * each endpoint's trie has its own size and is replaced or emptied without touching the others.
+ * An enforcing endpoint without an entry here denies (fail closed).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__array(values, struct policy_map);
+} mb_policy SEC(".maps");
+
+struct policy_counter {
+	__u64 allowed; /* flows allowed by this rule */
+	__u64 denied;  /* flows denied by this rule (in audit mode: would have been) */
+}; /* 16 bytes */
+
+/*
+ * mb_policy_verdicts: per-CPU verdict counters by rule id (u32 key; 0 = default deny / no rule),
+ * value struct policy_counter. Counted once per flow decision, not per packet.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct policy_counter);
+} mb_policy_verdicts SEC(".maps");
 
 #endif

@@ -89,6 +89,20 @@ ALWAYS_INLINE bool is_neighbour_solicitation(const struct pkt *p)
 	return p->proto == IPPROTO_ICMPV6 && p->l4_valid && p->icmp_type == ND_SOLICIT;
 }
 
+/*
+ * Neighbour discovery (router/neighbour solicitations and advertisements, redirects) and
+ * anything to or from an IPv6 link-local address: the link's own plumbing, which policy never
+ * blocks (an endpoint without an identity still resolves its neighbours).
+ */
+ALWAYS_INLINE bool is_link_scope(const struct pkt *p)
+{
+	if (p->family != FAMILY_IPV6)
+		return false;
+	if (p->proto == IPPROTO_ICMPV6 && p->l4_valid && p->icmp_type >= 133 && p->icmp_type <= 137)
+		return true;
+	return ip6_is_link_local(p->saddr.ip6) || ip6_is_link_local(p->daddr.ip6);
+}
+
 /* Returns REASON_NDP_REPLY after rewriting the solicitation into an advertisement, or a drop reason. */
 ALWAYS_INLINE int ndp_respond(struct __sk_buff *skb, const struct endpoint_info *ep)
 {

@@ -25,6 +25,8 @@ Napi::Value BpfObjGet(const Napi::CallbackInfo& info);
 Napi::Value BpfObjPin(const Napi::CallbackInfo& info);
 Napi::Value BpfClose(const Napi::CallbackInfo& info);
 Napi::Value BpfMapInfo(const Napi::CallbackInfo& info);
+Napi::Value BpfMapCreate(const Napi::CallbackInfo& info);
+Napi::Value BpfMapGetFdById(const Napi::CallbackInfo& info);
 Napi::Value BpfMapLookup(const Napi::CallbackInfo& info);
 Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info);
 Napi::Value BpfMapDelete(const Napi::CallbackInfo& info);
@@ -67,7 +69,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"bpfObjectLoad", BpfObjectLoad},   {"bpfObjGet", BpfObjGet},       {"bpfObjPin", BpfObjPin},
       {"bpfClose", BpfClose},             {"bpfMapInfo", BpfMapInfo},     {"bpfMapLookup", BpfMapLookup},
       {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey}, {"bpfMapLookupBatch", BpfMapLookupBatch},
-      {"bpfMapUpdateBatch", BpfMapUpdateBatch}, {"bpfMapDeleteBatch", BpfMapDeleteBatch},
+      {"bpfMapUpdateBatch", BpfMapUpdateBatch}, {"bpfMapCreate", BpfMapCreate}, {"bpfMapGetFdById", BpfMapGetFdById}, {"bpfMapDeleteBatch", BpfMapDeleteBatch},
       {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
       {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
       {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},

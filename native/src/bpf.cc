@@ -401,6 +401,42 @@ Napi::Value BpfMapInfo(const Napi::CallbackInfo& info) {
   return MapInfoObject(env, mi);
 }
 
+// bpfMapCreate(type, keySize, valueSize, maxEntries, {flags?, name?}) -> fd the caller owns.
+// For maps the daemon makes itself: the per-endpoint policy maps that go into mb_policy.
+Napi::Value BpfMapCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t type, key_size, value_size, max_entries, flags = 0;
+  bool has_flags = false, has_name = false;
+  std::string name;
+  if (!ArgU32(env, info[0], "bpfMapCreate: type", &type) || !ArgU32(env, info[1], "bpfMapCreate: keySize", &key_size) ||
+      !ArgU32(env, info[2], "bpfMapCreate: valueSize", &value_size) ||
+      !ArgU32(env, info[3], "bpfMapCreate: maxEntries", &max_entries)) {
+    return env.Undefined();
+  }
+  if (info.Length() > 4 && info[4].IsObject()) {
+    Napi::Object opts = info[4].As<Napi::Object>();
+    if (!OptU32(env, opts, "flags", "bpfMapCreate: options.flags", &has_flags, &flags) ||
+        !OptString(env, opts, "name", "bpfMapCreate: options.name", &has_name, &name)) {
+      return env.Undefined();
+    }
+  }
+  LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = flags);
+  int fd = bpf_map_create(static_cast<enum bpf_map_type>(type), has_name ? name.c_str() : nullptr, key_size, value_size,
+                          max_entries, &opts);
+  if (fd < 0) return ThrowBpf(env, fd, "BPF_MAP_CREATE type " + std::to_string(type));
+  return Napi::Number::New(env, fd);
+}
+
+// bpfMapGetFdById(id) -> fd the caller owns. Lookups in a map of maps return inner map ids.
+Napi::Value BpfMapGetFdById(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id;
+  if (!ArgU32(env, info[0], "bpfMapGetFdById: id", &id)) return env.Undefined();
+  int fd = bpf_map_get_fd_by_id(id);
+  if (fd < 0) return ThrowBpf(env, fd, "BPF_MAP_GET_FD_BY_ID " + std::to_string(id));
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value BpfMapLookup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;

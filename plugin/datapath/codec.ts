@@ -9,16 +9,48 @@ export const FAMILY_IPV6 = 6;
 
 export const ENDPOINT_F_IPV4 = 1 << 0;
 export const ENDPOINT_F_IPV6 = 1 << 1;
+export const ENDPOINT_F_ENFORCE_INGRESS = 1 << 2;
+export const ENDPOINT_F_ENFORCE_EGRESS = 1 << 3;
+export const ENDPOINT_F_AUDIT = 1 << 4;
+
+export const CONFIG_F_POLICY_VERDICT_EVENTS = 1 << 0;
+
+/** Reserved identities (bpf/lib/common.h ID_*). */
+export const ID_ANY = 0;
+export const ID_HOST = 1;
+export const ID_CLASS_ENDPOINTS = 3;
+export const ID_INIT = 5;
+export const ID_WORLD_IPV4 = 9;
+export const ID_WORLD_IPV6 = 10;
+export const ID_CLASS_WORLD_IPV4 = 11;
+export const ID_CLASS_WORLD_IPV6 = 12;
+export const ID_FIRST_ENDPOINT = 256;
+export const ID_FIRST_CIDR = 1 << 24;
+
+export const POLICY_INGRESS = 0;
+export const POLICY_EGRESS = 1;
+export const POLICY_ALLOW = 1;
+export const POLICY_DENY = 2;
+export const POLICY_DEFAULT_DENY = 3;
+export const VERDICTS: Record<number, string> = { 1: 'allowed', 2: 'denied', 3: 'default-denied' };
 
 export const SIZES = {
   endpoint_key: 20,
   endpoint_info: 96,
   ct_key: 40,
-  ct_entry: 56,
+  ct_entry: 64,
   metric: 16,
-  event: 64,
-  config: 8,
+  event: 88,
+  config: 16,
+  ipcache_key: 24,
+  ipcache_value: 8,
+  policy_key: 12,
+  policy_entry: 8,
+  policy_counter: 16,
 } as const;
+
+/** Size of event records written by builds before policy (they still sit in a ring after an upgrade). */
+const EVENT_SIZE_BEFORE_POLICY = 64;
 
 /** enum reason in bpf/lib/common.h. */
 export const REASONS: Record<number, string> = {
@@ -35,6 +67,8 @@ export const REASONS: Record<number, string> = {
   69: 'cross-network',
   70: 'arp-not-answered',
   71: 'ndp-not-answered',
+  72: 'policy-denied',
+  73: 'policy-default-denied',
 };
 export const FIRST_DROP_REASON = 64;
 export const REASON_COUNT = 128;
@@ -94,6 +128,11 @@ export interface EndpointInfo {
   ipv6?: string;
   gateway4?: string;
   gateway6?: string;
+  /** Traffic to / from it needs an allow in its policy map. */
+  enforceIngress?: boolean;
+  enforceEgress?: boolean;
+  /** Policy denies are reported, not enforced. */
+  audit?: boolean;
 }
 
 export function encodeEndpointInfo(info: EndpointInfo): Buffer {
@@ -102,7 +141,9 @@ export function encodeEndpointInfo(info: EndpointInfo): Buffer {
   b.writeUInt32LE(info.endpointId, 4);
   b.writeUInt32LE(info.identity, 8);
   b.writeUInt32LE(info.networkId, 12);
-  b.writeUInt32LE((info.ipv4 ? ENDPOINT_F_IPV4 : 0) | (info.ipv6 ? ENDPOINT_F_IPV6 : 0), 16);
+  b.writeUInt32LE((info.ipv4 ? ENDPOINT_F_IPV4 : 0) | (info.ipv6 ? ENDPOINT_F_IPV6 : 0) |
+    (info.enforceIngress ? ENDPOINT_F_ENFORCE_INGRESS : 0) | (info.enforceEgress ? ENDPOINT_F_ENFORCE_EGRESS : 0) |
+    (info.audit ? ENDPOINT_F_AUDIT : 0), 16);
   encodeMac(info.mac, b, 20);
   encodeMac(info.hostMac, b, 26);
   if (info.ipv4) encodeAddr(info.ipv4, b, 32);
@@ -121,6 +162,8 @@ export function decodeEndpointInfo(b: Buffer): EndpointInfo {
     ipv6: flags & ENDPOINT_F_IPV6 ? decodeAddr(b, 48, FAMILY_IPV6) : undefined,
     gateway4: flags & ENDPOINT_F_IPV4 ? decodeAddr(b, 64, FAMILY_IPV4) : undefined,
     gateway6: flags & ENDPOINT_F_IPV6 ? decodeAddr(b, 80, FAMILY_IPV6) : undefined,
+    enforceIngress: (flags & ENDPOINT_F_ENFORCE_INGRESS) !== 0, enforceEgress: (flags & ENDPOINT_F_ENFORCE_EGRESS) !== 0,
+    audit: (flags & ENDPOINT_F_AUDIT) !== 0,
   };
 }
 
@@ -169,6 +212,8 @@ export interface CtEntry {
   state: (typeof CT_STATES)[number] | string;
   tcpFlagsOrig: number;
   tcpFlagsReply: number;
+  /** config.policy_epoch when policy last allowed the flow. */
+  policyEpoch?: number;
 }
 
 export function encodeCtEntry(e: CtEntry): Buffer {
@@ -184,6 +229,7 @@ export function encodeCtEntry(e: CtEntry): Buffer {
   b[52] = state < 0 ? 0 : state;
   b[53] = e.tcpFlagsOrig;
   b[54] = e.tcpFlagsReply;
+  b.writeUInt32LE(e.policyEpoch ?? 0, 56);
   return b;
 }
 
@@ -193,7 +239,7 @@ export function decodeCtEntry(b: Buffer): CtEntry {
     packetsOrig: b.readBigUInt64LE(16), bytesOrig: b.readBigUInt64LE(24),
     packetsReply: b.readBigUInt64LE(32), bytesReply: b.readBigUInt64LE(40),
     endpointId: b.readUInt32LE(48), state: CT_STATES[b[52]!] ?? `state_${b[52]}`,
-    tcpFlagsOrig: b[53]!, tcpFlagsReply: b[54]!,
+    tcpFlagsOrig: b[53]!, tcpFlagsReply: b[54]!, policyEpoch: b.length >= 60 ? b.readUInt32LE(56) : 0,
   };
 }
 
@@ -213,7 +259,7 @@ export function decodePerCpuMetric(b: Buffer): { packets: bigint; bytes: bigint 
 }
 
 export interface DatapathEvent {
-  type: 'drop' | 'trace' | string;
+  type: 'drop' | 'trace' | 'policy' | string;
   reason: string;
   reasonCode: number;
   direction: string;
@@ -227,23 +273,141 @@ export interface DatapathEvent {
   dport: number;
   len: number;
   tsNs: bigint;
+  /** Policy verdicts and policy drops only. */
+  policy?: {
+    srcIdentity: number;
+    dstIdentity: number;
+    ruleId: number;
+    verdict: string;
+    audit: boolean;
+    /** Whose policy decided, and in which of its directions. */
+    endpointId: number;
+    direction: 'ingress' | 'egress';
+  };
 }
 
+const EVENT_TYPES: Record<number, string> = { 1: 'drop', 2: 'trace', 3: 'policy' };
+
 export function decodeEvent(b: Buffer): DatapathEvent {
-  if (b.length < SIZES.event) throw new TypeError(`event record is ${b.length} bytes, expected ${SIZES.event}`);
+  if (b.length < EVENT_SIZE_BEFORE_POLICY) throw new TypeError(`event record is ${b.length} bytes, expected ${SIZES.event}`);
   const family = b[3]!;
-  return {
-    type: b[0] === 1 ? 'drop' : b[0] === 2 ? 'trace' : `type_${b[0]}`,
+  const event: DatapathEvent = {
+    type: EVENT_TYPES[b[0]!] ?? `type_${b[0]}`,
     reasonCode: b[1]!, reason: REASONS[b[1]!] ?? `reason_${b[1]}`,
     direction: DIRECTIONS[b[2]!] ?? `direction_${b[2]}`,
     family, ifindex: b.readUInt32LE(4), endpointId: b.readUInt32LE(8), proto: protocolName(b[12]!),
     saddr: decodeAddr(b, 16, family), daddr: decodeAddr(b, 32, family),
     sport: b.readUInt16BE(48), dport: b.readUInt16BE(50), len: b.readUInt32LE(52), tsNs: b.readBigUInt64LE(56),
   };
+  if (b.length >= SIZES.event && b[76] !== 0) {
+    event.policy = {
+      srcIdentity: b.readUInt32LE(64), dstIdentity: b.readUInt32LE(68), ruleId: b.readUInt32LE(72),
+      verdict: VERDICTS[b[76]!] ?? `verdict_${b[76]}`, audit: b[77] === 1,
+      direction: b[78] === POLICY_EGRESS ? 'egress' : 'ingress', endpointId: b.readUInt32LE(80),
+    };
+  }
+  return event;
 }
 
-export function encodeConfig(c: { traceSample: number }): Buffer {
+export function encodeConfig(c: { traceSample: number; policyEpoch?: number; policyVerdictEvents?: boolean }): Buffer {
   const b = Buffer.alloc(SIZES.config);
   b.writeUInt32LE(c.traceSample, 0);
+  b.writeUInt32LE(c.policyEpoch ?? 0, 4);
+  b.writeUInt32LE(c.policyVerdictEvents ? CONFIG_F_POLICY_VERDICT_EVENTS : 0, 8);
   return b;
+}
+
+export function decodeConfig(b: Buffer): { traceSample: number; policyEpoch: number; policyVerdictEvents: boolean } {
+  return { traceSample: b.readUInt32LE(0), policyEpoch: b.readUInt32LE(4), policyVerdictEvents: (b.readUInt32LE(8) & CONFIG_F_POLICY_VERDICT_EVENTS) !== 0 };
+}
+
+/** mb_ipcache key for a CIDR (`10.0.0.0/8`) or address (a /32 or /128). */
+export function encodeIpcacheKey(cidr: string): Buffer {
+  const [address, length] = cidr.split('/') as [string, string | undefined];
+  const b = Buffer.alloc(SIZES.ipcache_key);
+  const family = encodeAddr(address, b, 8);
+  b[4] = family;
+  b.writeUInt32LE(32 + (length === undefined ? (family === FAMILY_IPV4 ? 32 : 128) : Number(length)), 0);
+  return b;
+}
+
+export function decodeIpcacheKey(b: Buffer): string {
+  const family = b[4]!;
+  return `${decodeAddr(b, 8, family)}/${b.readUInt32LE(0) - 32}`;
+}
+
+export interface IpcacheValue {
+  identity: number;
+  /** Wildcard identity that also covers it (ID_CLASS_*), or 0. */
+  classIdentity: number;
+}
+
+export function encodeIpcacheValue(v: IpcacheValue): Buffer {
+  const b = Buffer.alloc(SIZES.ipcache_value);
+  b.writeUInt32LE(v.identity, 0);
+  b.writeUInt32LE(v.classIdentity, 4);
+  return b;
+}
+
+export function decodeIpcacheValue(b: Buffer): IpcacheValue {
+  return { identity: b.readUInt32LE(0), classIdentity: b.readUInt32LE(4) };
+}
+
+/**
+ * A policy map key: remote identity, direction, then protocol and port as a bit prefix.
+ * `protocol` 0 with `portBits` 0 = every protocol; `portBits` 0 = every port of `protocol`;
+ * `portBits` 16 = exactly `port` (the ICMP type for ICMP).
+ */
+export interface PolicyKey {
+  identity: number;
+  direction: typeof POLICY_INGRESS | typeof POLICY_EGRESS;
+  protocol: number;
+  port: number;
+  portBits: number;
+}
+
+export function encodePolicyKey(k: PolicyKey): Buffer {
+  const b = Buffer.alloc(SIZES.policy_key);
+  const anyProtocol = k.protocol === 0;
+  b.writeUInt32LE(anyProtocol ? 40 : 48 + k.portBits, 0);
+  b.writeUInt32LE(k.identity, 4);
+  b[8] = k.direction;
+  b[9] = k.protocol;
+  b.writeUInt16BE(k.port, 10);
+  return b;
+}
+
+export function decodePolicyKey(b: Buffer): PolicyKey {
+  const prefixlen = b.readUInt32LE(0);
+  return {
+    identity: b.readUInt32LE(4), direction: b[8] === POLICY_EGRESS ? POLICY_EGRESS : POLICY_INGRESS,
+    protocol: prefixlen <= 40 ? 0 : b[9]!, port: b.readUInt16BE(10), portBits: Math.max(0, prefixlen - 48),
+  };
+}
+
+export interface PolicyEntry {
+  ruleId: number;
+  verdict: typeof POLICY_ALLOW | typeof POLICY_DENY;
+}
+
+export function encodePolicyEntry(e: PolicyEntry): Buffer {
+  const b = Buffer.alloc(SIZES.policy_entry);
+  b.writeUInt32LE(e.ruleId, 0);
+  b[4] = e.verdict;
+  return b;
+}
+
+export function decodePolicyEntry(b: Buffer): PolicyEntry {
+  return { ruleId: b.readUInt32LE(0), verdict: b[4] === POLICY_DENY ? POLICY_DENY : POLICY_ALLOW };
+}
+
+/** Sums a per-CPU struct policy_counter value. */
+export function decodePerCpuPolicyCounter(b: Buffer): { allowed: bigint; denied: bigint } {
+  let allowed = 0n;
+  let denied = 0n;
+  for (let offset = 0; offset + SIZES.policy_counter <= b.length; offset += SIZES.policy_counter) {
+    allowed += b.readBigUInt64LE(offset);
+    denied += b.readBigUInt64LE(offset + 8);
+  }
+  return { allowed, denied };
 }

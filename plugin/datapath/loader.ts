@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { BpfAddon, BpfMapInfo, BpfObject, TcDirection } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import { NotSupportedError } from '../errors.js';
-import { SIZES, encodeConfig, encodeIfindexKey } from './codec.js';
+import { SIZES, decodeConfig, encodeConfig, encodeIfindexKey } from './codec.js';
 import type { ProbeResult } from '../features.js';
 import { mapEntries } from './iterate.js';
 
@@ -22,6 +22,8 @@ const BPF_MAP_TYPE_HASH = 1;
 const BPF_MAP_TYPE_ARRAY = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
 const BPF_MAP_TYPE_LRU_HASH = 9;
+const BPF_MAP_TYPE_LPM_TRIE = 11;
+const BPF_MAP_TYPE_HASH_OF_MAPS = 13;
 const BPF_MAP_TYPE_RINGBUF = 27;
 
 export interface Geometry {
@@ -47,6 +49,9 @@ export function wantedMaps(g: Geometry): Record<string, WantedMap> {
     mb_metrics: { type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: SIZES.metric, maxEntries: 256 },
     mb_events: { type: BPF_MAP_TYPE_RINGBUF, keySize: 0, valueSize: 0, maxEntries: 256 * 1024 },
     mb_config: { type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: SIZES.config, maxEntries: 1 },
+    mb_ipcache: { type: BPF_MAP_TYPE_LPM_TRIE, keySize: SIZES.ipcache_key, valueSize: SIZES.ipcache_value, maxEntries: 65536 },
+    mb_policy: { type: BPF_MAP_TYPE_HASH_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: g.endpointsMax },
+    mb_policy_verdicts: { type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: SIZES.policy_counter, maxEntries: 65536 },
   };
 }
 
@@ -94,7 +99,7 @@ export class Datapath {
    * Loads the object (migrating pinned maps to `geometry`), picks how programs attach (a tcx
    * probe unless clsact is configured) and writes mb_config. Returns what it chose, for status.
    */
-  start(options: { geometry: Geometry; attachMode: 'auto' | AttachMode; traceSample: number; probeTcx: (tcProgFd: number) => ProbeResult }): { attach: string } {
+  start(options: { geometry: Geometry; attachMode: 'auto' | AttachMode; traceSample: number; policyVerdictEvents?: boolean; probeTcx: (tcProgFd: number) => ProbeResult }): { attach: string } {
     this.close();
     this.load(options.geometry);
     const tcx = options.attachMode === 'clsact' ? undefined : options.probeTcx(this.program('from_container'));
@@ -102,7 +107,12 @@ export class Datapath {
       throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
     }
     this.attachMode = options.attachMode === 'clsact' || tcx === 'no' ? 'clsact' : 'tcx';
-    this.bpf.bpfMapUpdate(this.map('mb_config'), encodeIfindexKey(0), encodeConfig({ traceSample: options.traceSample }), 0);
+    // The policy epoch moves on across restarts: flows are judged again against what this run compiles.
+    const previous = this.bpf.bpfMapLookup(this.map('mb_config'), encodeIfindexKey(0));
+    const policyEpoch = ((previous ? decodeConfig(previous).policyEpoch : 0) + 1) >>> 0 || 1;
+    this.bpf.bpfMapUpdate(this.map('mb_config'), encodeIfindexKey(0), encodeConfig({
+      traceSample: options.traceSample, policyEpoch, policyVerdictEvents: options.policyVerdictEvents ?? true,
+    }), 0);
     return {
       attach: this.attachMode === 'tcx' ? 'tcx links (probe: yes)' : `clsact (${tcx === undefined ? 'configured' : 'tcx probe: no'})`,
     };
@@ -135,7 +145,10 @@ export class Datapath {
     try {
       this.obj = this.bpf.bpfObjectLoad(this.objectPath, {
         pinPaths,
-        maxEntries: { mb_conntrack: geometry.conntrackMax, mb_endpoints: geometry.endpointsMax, mb_endpoints_by_if: geometry.endpointsMax },
+        maxEntries: {
+          mb_conntrack: geometry.conntrackMax, mb_endpoints: geometry.endpointsMax, mb_endpoints_by_if: geometry.endpointsMax,
+          mb_policy: geometry.endpointsMax,
+        },
       });
     } catch (err) {
       // Nothing was migrated: put the old maps back where the running programs expect them.
@@ -153,8 +166,11 @@ export class Datapath {
   /** Copies every entry of the map pinned at `aside` into the live map, then unpins the old one. */
   private migrate(name: string, aside: string, info: BpfMapInfo, want: WantedMap): MigrationReport {
     const report: MigrationReport = { map: name, from: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, to: want, copied: 0, skipped: 0 };
-    const copyable = info.type === want.type && info.type !== BPF_MAP_TYPE_RINGBUF && info.keySize === want.keySize &&
-      info.valueSize <= want.valueSize && info.type !== BPF_MAP_TYPE_PERCPU_ARRAY;
+    // Not copied: ring buffers (nothing to copy), per-CPU counters (they restart at zero), maps
+    // of maps (their values are fds: the daemon re-inserts every endpoint's policy map), and the
+    // ipcache (the daemon rewrites it from its state).
+    const copyable = info.type === want.type && info.keySize === want.keySize && info.valueSize <= want.valueSize &&
+      ![BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_HASH_OF_MAPS, BPF_MAP_TYPE_LPM_TRIE].includes(info.type);
     if (copyable) {
       const oldFd = this.bpf.bpfObjGet(aside);
       try {

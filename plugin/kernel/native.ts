@@ -249,6 +249,13 @@ export interface BpfAddon {
   bpfMapUpdateBatch(fd: number, keys: Buffer, values: Buffer, flags: number): number;
   /** BPF_MAP_DELETE_BATCH of concatenated keys; missing keys are skipped. */
   bpfMapDeleteBatch(fd: number, keys: Buffer): number;
+  /**
+   * BPF_MAP_CREATE for maps the daemon makes itself (the per-endpoint policy maps that go into
+   * mb_policy). Returns an fd the caller owns. In a map of maps the value written is the inner
+   * map's fd (u32), and a lookup returns its id (open it with bpfMapGetFdById).
+   */
+  bpfMapCreate(type: number, keySize: number, valueSize: number, maxEntries: number, options?: { flags?: number; name?: string }): number;
+  bpfMapGetFdById(id: number): number;
   /** Number of possible CPUs (libbpf_num_possible_cpus), the stride of per-CPU values. */
   bpfNumPossibleCpus(): number;
   /** BPF_PROG_TEST_RUN on a tc program with a packet (and optionally a struct __sk_buff ctx). */
