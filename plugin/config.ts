@@ -46,6 +46,24 @@ export interface MembraneConfig {
   /** Where the kernel's sysctls are; a managed plugin sees the host's under a bind mount. */
   procSys: string;
   logLevel: string;
+  /**
+   * Policy enforcement for networks without `-o membrane.enforcement`: 'default' (an endpoint
+   * denies by default in a direction once a rule selects it there), 'always', 'never'.
+   */
+  policyEnforcement: 'default' | 'always' | 'never';
+  /** Report policy denies instead of enforcing them, on every network (`-o membrane.policy-audit` per network). */
+  policyAudit: boolean;
+  /**
+   * What an endpoint may do before its container's labels are known (the init identity):
+   * 'deny' (fail closed: nothing but ARP/NDP) or 'allow' (treated like any unselected endpoint).
+   */
+  initPolicy: 'deny' | 'allow';
+  /** Label prefixes (`source:key`) that make a label identity-relevant; empty = every label not excluded. */
+  labelInclude: string[];
+  /** Label prefixes kept out of identities; empty means the built-in list of high-churn labels. */
+  labelExclude: string[];
+  /** Emit a policy verdict event for every new flow (`membrane monitor --type policy`); drops are always reported. */
+  policyVerdictEvents: boolean;
 }
 
 export const DEFAULT_CONFIG: MembraneConfig = {
@@ -66,6 +84,12 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
   logLevel: 'info',
+  policyEnforcement: 'default',
+  policyAudit: false,
+  initPolicy: 'deny',
+  labelInclude: [],
+  labelExclude: [],
+  policyVerdictEvents: true,
 };
 
 const ENV: Record<string, keyof MembraneConfig> = {
@@ -84,6 +108,12 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
   MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',
+  MEMBRANE_POLICY_ENFORCEMENT: 'policyEnforcement',
+  MEMBRANE_POLICY_AUDIT: 'policyAudit',
+  MEMBRANE_INIT_POLICY: 'initPolicy',
+  MEMBRANE_LABEL_INCLUDE: 'labelInclude',
+  MEMBRANE_LABEL_EXCLUDE: 'labelExclude',
+  MEMBRANE_POLICY_VERDICT_EVENTS: 'policyVerdictEvents',
 };
 
 function coerce(key: keyof MembraneConfig, raw: unknown, where: string): unknown {
@@ -146,6 +176,12 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   }
   if (config.conntrackMax < 1024 || config.conntrackMax > 16_777_216) {
     throw new InvalidArgumentError(`conntrackMax must be between 1024 and 16777216 entries, got ${config.conntrackMax}`);
+  }
+  if (!['default', 'always', 'never'].includes(config.policyEnforcement)) {
+    throw new InvalidArgumentError(`policyEnforcement must be "default", "always" or "never", got ${JSON.stringify(config.policyEnforcement)}`);
+  }
+  if (!['deny', 'allow'].includes(config.initPolicy)) {
+    throw new InvalidArgumentError(`initPolicy must be "deny" (fail closed) or "allow", got ${JSON.stringify(config.initPolicy)}`);
   }
   if (config.defaultMtu < 1280 || config.defaultMtu > 65535) {
     throw new InvalidArgumentError(`defaultMtu must be between 1280 (IPv6 minimum) and 65535, got ${config.defaultMtu}`);

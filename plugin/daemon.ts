@@ -28,6 +28,10 @@ import { networkRoutes, pluginActivation } from './docker/network-driver.js';
 import { ipamRoutes } from './docker/ipam-driver.js';
 import { reconcileWithDocker } from './docker/reconcile.js';
 import { createApiApp, type StatusSource } from './api/server.js';
+import { PolicyMaps } from './datapath/policy-maps.js';
+import { PolicyEngine } from './policy/engine.js';
+import { DEFAULT_LABEL_EXCLUDES } from './identity/label-filter.js';
+import { DockerLabelWatcher } from './identity/watcher.js';
 import { ConflictError, NotSupportedError, StateError } from './errors.js';
 
 export function packageVersion(): string {
@@ -53,6 +57,11 @@ function assertBpffs(pinDir: string): void {
     throw new NotSupportedError('bpffs', `${pinDir} is not on a BPF filesystem; mount one with ` +
       '`mount -t bpf bpf /sys/fs/bpf` (or set datapath to "routing")');
   }
+}
+
+/** The host's own addresses (identity host in policy), gateways on Membrane's veths included. */
+function hostAddresses(nl: NetlinkAddon): string[] {
+  return [...nl.addrList(4, 0), ...nl.addrList(6, 0)].map((a) => a.address).filter((a) => !a.startsWith('fe80:'));
 }
 
 /** Prefixes routed on the host that automatic pools must avoid (not defaults, not Membrane's own). */
@@ -95,6 +104,9 @@ export interface MembraneCore {
   routes: Record<string, Handler>;
   /** The BPF datapath's endpoint applier, when the datapath is 'bpf'. */
   endpointMaps?: EndpointMaps;
+  /** Identities and policy (enforced only with the BPF datapath). */
+  policy: PolicyEngine;
+  policyMaps?: PolicyMaps;
   /** Kernel features the datapath probed and what it chose (filled by reconcileKernel). */
   features: Record<string, string>;
   /** Makes the kernel match the state; returns what it changed. */
@@ -164,13 +176,21 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     else state.nextEndpointNumber = record.number + 1;
   }
   let endpointMaps: EndpointMaps | undefined;
+  let policyMaps: PolicyMaps | undefined;
   let tcxProbe: ((tcProgFd: number) => ProbeResult) | undefined;
   const bpfAddon = deps.bpf;
   if (config.datapath === 'bpf' && bpfAddon) {
     assertBpffs(config.bpfPinDir);
-    endpointMaps = new EndpointMaps(bpfAddon, new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir));
+    const datapath = new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir);
+    endpointMaps = new EndpointMaps(bpfAddon, datapath);
+    policyMaps = new PolicyMaps(bpfAddon, datapath, config.bpfPinDir);
     tcxProbe = (fd) => probeTcx(bpfAddon, fd);
   }
+  const policy = new PolicyEngine(ctx, {
+    enforcement: config.policyEnforcement, audit: config.policyAudit, initFailOpen: config.initPolicy === 'allow',
+    labelFilter: { include: config.labelInclude, exclude: config.labelExclude.length ? config.labelExclude : [...DEFAULT_LABEL_EXCLUDES] },
+  }, policyMaps, endpointMaps, () => hostAddresses(nl));
+  endpoints.policy = policy;
   /** What the datapath found and chose, for `membrane status`. */
   const features: Record<string, string> = {};
   const routes: Record<string, Handler> = {
@@ -180,7 +200,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   };
 
   return {
-    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features,
+    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features, policy, policyMaps,
     async reconcileKernel() {
       dataplane.ensureForwarding();
       let migrations: unknown[] = [];
@@ -193,16 +213,21 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         state.datapathGeometry = geometry;
         Object.assign(features, endpointMaps.datapath.start({
           geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
+          policyVerdictEvents: config.policyVerdictEvents,
         }));
         migrations = endpointMaps.datapath.migrations;
         dataplane.bpfMaps = endpointMaps;
+        policyMaps!.close();
+        policyMaps!.prune(new Set(endpoints!.list().map((e) => e.number!)));
       }
+      // Identities and policy before any endpoint entry is (re)written: entries carry both.
+      const policyReport = await policy.regenerate();
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
       for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
       const networkReport = dataplane.syncNetworks(networks.list());
       await store.commit();
       await networks.syncNetfilter();
-      return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), migrations,
+      return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), migrations, policy: policyReport,
         datapath: endpointMaps ? 'bpf' : 'routing', at: new Date().toISOString() };
     },
   };
@@ -249,7 +274,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       features: { ...core.features, redirect: 'bpf_redirect_peer', conntrack: 'LRU hash', events: 'ring buffer' },
     } : undefined,
   };
-  const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status));
+  const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status, core.policy, core.policyMaps));
   fs.mkdirSync(path.dirname(config.apiSocket), { recursive: true, mode: 0o700 });
   await listenUnix(apiServer, config.apiSocket, 0o600);
   log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
@@ -270,6 +295,21 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
 
   const abort = new AbortController();
   const driverName = path.basename(config.pluginSocket).replace(/\.sock$/, '');
+  // Container labels -> identities: from Docker's event stream, never inside a plugin handler
+  // (dockerd may be waiting on this plugin while it holds the locks an inspect would need).
+  const watcher = new DockerLabelWatcher(new Docker(), (update) => core.policy.endpointLabels(update).catch((err: unknown) => {
+    log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
+  }), { driverName, log });
+  void watcher.start();
+  // The host's addresses are identity "host": follow them when they change (DHCP, new links).
+  let knownHostAddresses = JSON.stringify(hostAddresses(nl).sort());
+  const hostWatch = setInterval(() => {
+    const now = JSON.stringify(hostAddresses(nl).sort());
+    if (now === knownHostAddresses) return;
+    knownHostAddresses = now;
+    core.policy.regenerate().catch((err: unknown) => log.warn('policy regeneration failed', { error: String(err) }));
+  }, 10_000);
+  hostWatch.unref();
   const dockerReconcile = reconcileWithDocker(new Docker(), driverName, startedAt, ctx, networks, endpoints, log, abort.signal)
     .then((report) => { status.lastDockerReconcile = report ? { ...report, at: new Date().toISOString() } : null; });
 
@@ -278,6 +318,8 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     async stop() {
       abort.abort();
       if (gc) clearInterval(gc);
+      clearInterval(hostWatch);
+      await watcher.close();
       status.datapath?.monitor.close();
       const close = (server: http.Server) => new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -10,6 +10,9 @@ import { parsePrefix, prefixSize } from '../ipam/prefix.js';
 import type { BpfAddon } from '../kernel/native.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 import { EventMonitor, listBpfEndpoints, listConntrack, readMetrics } from '../datapath/inspect.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import type { PolicyMaps } from '../datapath/policy-maps.js';
+import { addPolicyRoutes } from './policy-routes.js';
 
 export interface DatapathSource {
   bpf: BpfAddon;
@@ -36,7 +39,8 @@ function percentile(sorted: number[], p: number): number {
   return Math.round(sorted[Math.max(0, index)]! * 1000) / 1000;
 }
 
-export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: EndpointManager, status: StatusSource): express.Express {
+export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: EndpointManager, status: StatusSource,
+  policy: PolicyEngine, policyMaps?: PolicyMaps): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.get('/v1/status', (_req, res) => {
@@ -52,6 +56,10 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       pools: Object.keys(ctx.state.pools).length, dockerCalls: calls,
       datapath: status.datapath ? { mode: 'bpf', features: status.datapath.features } : { mode: 'routing' },
       lastKernelSync: status.lastKernelSync ?? null, lastDockerReconcile: status.lastDockerReconcile ?? null,
+      policy: {
+        enforced: policy.enforcing, revision: policy.repository.revision, rules: policy.repository.rules().length,
+        identities: policy.identities.all().length, joinToIdentityMs: policy.identityLatency(), lastRegeneration: policy.report ?? null,
+      },
     });
   });
   const bpfOnly = (res: Response): DatapathSource | undefined => {
@@ -88,7 +96,11 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
     res.flushHeaders();
     const unsubscribe = dp.monitor.subscribe((event) => {
       if (type && event.type !== type) return;
-      res.write(`${JSON.stringify({ ...event, tsNs: event.tsNs.toString() })}\n`);
+      // Both sides' labels, so a verdict reads as "app=api -> app=db", not as two numbers.
+      const labels = event.policy ? {
+        srcLabels: policy.describeIdentity(event.policy.srcIdentity), dstLabels: policy.describeIdentity(event.policy.dstIdentity),
+      } : {};
+      res.write(`${JSON.stringify({ ...event, ...labels, tsNs: event.tsNs.toString() })}\n`);
     });
     req.on('close', unsubscribe);
   });
@@ -121,8 +133,9 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       }),
     });
   });
+  addPolicyRoutes(app, policy, policyMaps);
   app.use((req: Request, res: Response) => {
-    res.status(404).json({ code: 'MEMBRANE_NOT_FOUND', message: `no API route ${req.method} ${req.path}; see /v1/status, /v1/networks, /v1/endpoints, /v1/ipam` });
+    res.status(404).json({ code: 'MEMBRANE_NOT_FOUND', message: `no API route ${req.method} ${req.path}; see /v1/status, /v1/networks, /v1/endpoints, /v1/ipam, /v1/policy, /v1/identities` });
   });
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const error = asMembraneError(err);

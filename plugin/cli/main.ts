@@ -21,8 +21,13 @@ function defaultApiSocket(): string {
 }
 
 function apiGet(socket: string, path: string): Promise<unknown> {
+  return apiRequest(socket, 'GET', path);
+}
+
+function apiRequest(socket: string, method: string, path: string, body?: string, contentType = 'text/plain'): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: socket, path, method: 'GET' }, (res) => {
+    const headers = body === undefined ? {} : { 'content-type': contentType, 'content-length': Buffer.byteLength(body) };
+    const req = http.request({ socketPath: socket, path, method, headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk) => { body += chunk; });
@@ -51,8 +56,26 @@ function apiGet(socket: string, path: string): Promise<unknown> {
         reject(err);
       }
     });
-    req.end();
+    req.end(body);
   });
+}
+
+/** A policy file's text, or standard input for "-". */
+function readDocument(file: string): string {
+  try {
+    return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${file === '-' ? 'standard input' : file}: ${(err as Error).message}`);
+  }
+}
+
+/** A policy verdict or drop as one line: who, what, which rule. */
+function policyLine(event: Row): string {
+  const p = event.policy as Row | undefined;
+  if (!p) return '';
+  const audit = p.audit ? ' (audit: let through)' : '';
+  return `  ${event.srcLabels ?? p.srcIdentity} -> ${event.dstLabels ?? p.dstIdentity}  ${p.verdict}${audit} by ${p.direction} ` +
+    `policy of endpoint ${p.endpointId}, rule ${p.ruleId || 'none (default deny)'}`;
 }
 
 /** Follows an NDJSON stream from the API, one parsed object per line, until the process is interrupted. */
@@ -158,12 +181,101 @@ async function main(argv: string[]): Promise<void> {
   const endpoint = program.command('endpoint').description('container endpoints');
   endpoint.command('list').alias('ls').description('list endpoints').action(async () => {
     const rows = await apiGet(api(), '/v1/endpoints') as Row[];
-    print(rows, () => table(rows.map((e) => ({ ...e, id: short(e.id), networkId: short(e.networkId), joined: e.joined ? 'yes' : 'no' })),
-      [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['hostIfName', 'HOST IF'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'], ['mac', 'MAC'], ['joined', 'JOINED']]));
+    print(rows, () => {
+      const listed = table(rows.map((e) => {
+        const policy = e.policy as { ingress: boolean; egress: boolean; audit: boolean; revision: number } | undefined;
+        return {
+          ...e, id: short(e.id), networkId: short(e.networkId), joined: e.joined ? 'yes' : 'no',
+          identity: e.identity === 5 || e.identity === undefined ? '5 (init)' : e.identity,
+          enforcement: policy ? `${policy.ingress ? 'in' : '-'}/${policy.egress ? 'out' : '-'}${policy.audit ? ' audit' : ''}` : '-',
+          labels: (e.labels as string[] | undefined)?.join(','),
+          error: e.labelPolicyError ? 'LABEL POLICY INVALID' : '',
+        };
+      }), [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['containerName', 'CONTAINER'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'],
+        ['identity', 'IDENTITY'], ['enforcement', 'POLICY IN/OUT'], ['labels', 'LABELS'], ['error', 'ERROR']]);
+      const errors = rows.filter((e) => e.labelPolicyError).map((e) => `${short(e.id)} ${String(e.containerName ?? '')}: ${String(e.labelPolicyError)}`);
+      return errors.length ? `${listed}\n\nlabel policy errors (these endpoints deny everything not allowed by imported rules):\n${errors.join('\n')}` : listed;
+    });
   });
 
+  const policyCommand = program.command('policy').description('label-based L3/L4 policy (Cilium-shaped JSON or YAML rules)');
+  policyCommand.command('import').description('import rules from a file (or - for stdin): all or nothing; prints the new revision')
+    .argument('<file>', 'JSON or YAML policy document')
+    .addOption(new Option('--format <format>', 'document format (default: detected)').choices(['json', 'yaml']))
+    .action(async (file: string, opts: { format?: string }) => {
+      const result = await apiRequest(api(), 'POST', `/v1/policy${opts.format ? `?format=${opts.format}` : ''}`, readDocument(file)) as Row;
+      print(result, () => `Revision: ${result.revision}\nadded rules: ${(result.added as number[]).join(', ') || '-'}` +
+        `${(result.replaced as number[]).length ? `\nreplaced rules: ${(result.replaced as number[]).join(', ')}` : ''}` +
+        `${result.enforced ? '' : '\nwarning: the datapath is "routing": policy is stored but not enforced'}`);
+    });
+  policyCommand.command('validate').description('check a policy document without importing it; every problem is listed')
+    .argument('<file>', 'JSON or YAML policy document')
+    .action(async (file: string) => {
+      const result = await apiRequest(api(), 'POST', '/v1/policy/validate', readDocument(file)) as { valid: boolean; rules: number; issues: Row[] };
+      print(result, () => result.valid ? `valid: ${result.rules} rule${result.rules === 1 ? '' : 's'}`
+        : `invalid (${result.issues.length} problem${result.issues.length === 1 ? '' : 's'}):\n${result.issues.map((i) => `  ${i.path || '(document)'}: ${i.message}`).join('\n')}`);
+      if (!result.valid) process.exitCode = 1;
+    });
+  policyCommand.command('get').description('rules carrying all the given labels (all rules without labels)')
+    .argument('[labels]', 'key=value[,source:key=value...]')
+    .action(async (labels?: string) => {
+      const result = await apiGet(api(), `/v1/policy${labels ? `?labels=${encodeURIComponent(labels)}` : ''}`) as { revision: number; rules: Row[] };
+      if (output() === 'json') {
+        print(result, () => '');
+        return;
+      }
+      const document = result.rules.map((r) => ({ ...(r.rule as Row), '#': `rule ${r.id} from ${r.origin}, revision ${r.revision}` }));
+      process.stdout.write(`${JSON.stringify(document, null, 2)}\nRevision: ${result.revision}\n`);
+    });
+  policyCommand.command('delete').description('delete imported rules carrying all the given labels')
+    .argument('[labels]', 'key=value[,source:key=value...]')
+    .option('--all', 'delete every imported rule (label policies of containers stay)')
+    .action(async (labels: string | undefined, opts: { all?: boolean }) => {
+      const query = [labels ? `labels=${encodeURIComponent(labels)}` : '', opts.all ? 'all=true' : ''].filter(Boolean).join('&');
+      const result = await apiRequest(api(), 'DELETE', `/v1/policy${query ? `?${query}` : ''}`) as { revision: number; deleted: number[] };
+      print(result, () => `Revision: ${result.revision}\ndeleted rules: ${result.deleted.join(', ') || 'none matched'}`);
+    });
+  policyCommand.command('wait').description('block until every endpoint enforces revision REV')
+    .argument('<revision>', 'policy revision (printed by import and delete)')
+    .option('--timeout <seconds>', 'give up after this long', '60')
+    .action(async (revision: string, opts: { timeout: string }) => {
+      const result = await apiGet(api(), `/v1/policy/wait?revision=${encodeURIComponent(revision)}&timeout=${Number(opts.timeout) * 1000}`) as Row;
+      print(result, () => `revision ${revision} is enforced by all ${result.endpoints} endpoints (current revision ${result.revision})`);
+    });
+  policyCommand.command('trace').description('explain the verdict on a flow between two label sets')
+    .requiredOption('-s, --src <labels>', 'labels of the sender, e.g. app=api (source container: unless given)')
+    .requiredOption('-d, --dst <labels>', 'labels of the receiver')
+    .option('--dport <port/proto>', 'destination port and protocol, e.g. 5432/tcp, 53/udp, 8/icmp (type)', '0/tcp')
+    .action(async (opts: { src: string; dst: string; dport: string }) => {
+      const [port, protocol = 'tcp'] = opts.dport.split('/');
+      const result = await apiRequest(api(), 'POST', '/v1/policy/trace', JSON.stringify({ src: opts.src, dst: opts.dst, port: Number(port), protocol }),
+        'application/json') as Row & { egress: Row & { rules: Row[] }; ingress: Row & { rules: Row[] }; src: Row; dst: Row };
+      print(result, () => {
+        const side = (title: string, s: Row & { rules: Row[] }) => [
+          `${title}: ${s.enforced ? 'enforced' : 'not enforced'} -> ${String(s.verdict).toUpperCase()} (${s.reason}${s.decidedBy ? `, rule ${s.decidedBy}` : ''})`,
+          ...s.rules.map((r) => `    rule ${r.id} [${(r.labels as string[]).join(',') || 'no labels'}] from ${r.origin}: ${r.says === 'default-denied' ? 'says nothing about this flow' : r.says}`),
+        ].join('\n');
+        return [`Tracing ${(result.src.labels as string[]).join(',')} (identity ${result.src.identity}) -> ` +
+          `${(result.dst.labels as string[]).join(',')} (identity ${result.dst.identity}) on ${port}/${result.protocol}, policy revision ${result.revision}`,
+        side('  egress of the sender', result.egress), side('  ingress of the receiver', result.ingress),
+        `Final verdict: ${String(result.verdict).toUpperCase()}`].join('\n');
+      });
+    });
+  policyCommand.command('verdicts').description('flows allowed and denied by each rule (0 = default deny)').action(async () => {
+    const rows = await apiGet(api(), '/v1/policy/verdicts') as Row[];
+    print(rows, () => table(rows.map((r) => ({ ...r, labels: (r.labels as Row[]).map((l) => `${l.source}:${l.key}=${l.value}`) })),
+      [['ruleId', 'RULE'], ['labels', 'LABELS'], ['allowed', 'ALLOWED FLOWS'], ['denied', 'DENIED FLOWS']]));
+  });
+
+  program.command('identity').description('security identities').command('list').alias('ls').description('every identity and who has it')
+    .action(async () => {
+      const rows = await apiGet(api(), '/v1/identities') as Row[];
+      print(rows, () => table(rows.map((r) => ({ ...r, labels: (r.labels as Row[]).map((l) => `${l.source}:${l.key}${l.value ? `=${l.value}` : ''}`), endpoints: r.endpoints })),
+        [['id', 'ID'], ['kind', 'KIND'], ['labels', 'LABELS'], ['endpoints', 'ENDPOINTS']]));
+    });
+
   program.command('monitor').description('stream datapath events (drops with their reason, sampled traces) until interrupted')
-    .addOption(new Option('--type <type>', 'only this kind of event').choices(['drop', 'trace']))
+    .addOption(new Option('--type <type>', 'only this kind of event').choices(['drop', 'trace', 'policy']))
     .action(async (opts: { type?: string }) => {
       await apiStream(api(), `/v1/monitor${opts.type ? `?type=${opts.type}` : ''}`, (event: Row) => {
         if (output() === 'json') {
@@ -173,7 +285,7 @@ async function main(argv: string[]): Promise<void> {
         const ports = (port: unknown) => (port ? `:${port}` : '');
         const flow = event.family ? `${event.proto} ${event.saddr}${ports(event.sport)} -> ${event.daddr}${ports(event.dport)}` : 'arp/other';
         process.stdout.write(`${String(event.type).toUpperCase().padEnd(5)} ${String(event.reason).padEnd(18)} ${String(event.direction).padEnd(14)} ` +
-          `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}\n`);
+          `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}${policyLine(event)}\n`);
       });
     });
 
@@ -191,6 +303,16 @@ async function main(argv: string[]): Promise<void> {
         packets: `${r.packetsOriginal}/${r.packetsReply}` })),
       [['proto', 'PROTO'], ['src', 'SOURCE'], ['dst', 'DESTINATION'], ['state', 'STATE'], ['expiresInSeconds', 'EXPIRES S'],
         ['packets', 'PACKETS ORIG/REPLY'], ['endpointId', 'ENDPOINT']]));
+    });
+  bpf.command('policy').description('per-endpoint policy maps').command('get').description('what an endpoint\'s policy map holds')
+    .argument('<endpoint>', 'endpoint id (or its first characters) or number')
+    .action(async (endpointId: string) => {
+      const result = await apiGet(api(), `/v1/bpf/policy/${encodeURIComponent(endpointId)}`) as Row & { entries: Row[] };
+      const policy = result.policy as Row | null;
+      print(result, () => `endpoint ${short(result.endpoint)} (number ${result.number}, identity ${result.identity}); enforcing ingress: ` +
+        `${policy?.ingress ? 'yes' : 'no'}, egress: ${policy?.egress ? 'yes' : 'no'}${policy?.audit ? ' (audit)' : ''}\n\n` +
+        table(result.entries, [['direction', 'DIRECTION'], ['identity', 'IDENTITY'], ['peer', 'PEER LABELS'], ['protocol', 'PROTO'], ['port', 'PORT'],
+          ['verdict', 'VERDICT'], ['ruleId', 'RULE']]));
     });
   bpf.command('metrics').description('packets and bytes by verdict reason and direction').action(async () => {
     const rows = await apiGet(api(), '/v1/bpf/metrics') as Row[];

@@ -4,7 +4,7 @@
 import type { BpfAddon, LinkInfo } from '../kernel/native.js';
 import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import {
-  SIZES, decodeCtEntry, decodeEndpointInfo, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey,
+  ID_INIT, SIZES, decodeCtEntry, decodeEndpointInfo, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey,
 } from './codec.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
@@ -15,17 +15,39 @@ export class EndpointMaps {
 
   /** Writes the endpoint's entries, then attaches the programs: the container never runs unpoliced. */
   upsert(endpoint: EndpointRecord, network: NetworkRecord, hostLink: LinkInfo): void {
+    this.write(endpoint, network, hostLink.index, hostLink.mac);
+    this.datapath.attach(hostLink.name, hostLink.index);
+  }
+
+  /**
+   * Rewrites the endpoint's entries after its identity or policy flags changed (the policy
+   * engine calls this); does nothing for an endpoint whose veth is not plumbed yet.
+   */
+  refresh(endpoint: EndpointRecord, network: NetworkRecord): boolean {
+    if (!endpoint.ifindex) return false;
+    const current = this.bpf.bpfMapLookup(this.datapath.map('mb_endpoints_by_if'), encodeIfindexKey(endpoint.ifindex));
+    if (!current) return false;
+    const info = decodeEndpointInfo(current);
+    if (info.endpointId !== endpoint.number) return false;
+    this.write(endpoint, network, endpoint.ifindex, info.hostMac);
+    return true;
+  }
+
+  private write(endpoint: EndpointRecord, network: NetworkRecord, ifindex: number, hostMac: string): void {
+    // Until the policy engine has compiled it, an endpoint enforces both directions as init:
+    // a container never runs unpoliced.
+    const policy = endpoint.policy ?? { ingress: true, egress: true, audit: false };
     const value = encodeEndpointInfo({
-      ifindex: hostLink.index, endpointId: endpoint.number ?? 0, identity: 0, networkId: network.number ?? 0,
-      mac: endpoint.mac, hostMac: hostLink.mac, ipv4: endpoint.ipv4, ipv6: endpoint.ipv6,
+      ifindex, endpointId: endpoint.number ?? 0, identity: endpoint.identity ?? ID_INIT, networkId: network.number ?? 0,
+      mac: endpoint.mac, hostMac, ipv4: endpoint.ipv4, ipv6: endpoint.ipv6,
       gateway4: endpoint.ipv4 ? gatewayFor(network, 4, endpoint.ipv4) ?? '0.0.0.0' : undefined,
       gateway6: endpoint.ipv6 ? gatewayFor(network, 6, endpoint.ipv6) ?? '::' : undefined,
+      enforceIngress: policy.ingress, enforceEgress: policy.egress, audit: policy.audit,
     });
-    this.bpf.bpfMapUpdate(this.datapath.map('mb_endpoints_by_if'), encodeIfindexKey(hostLink.index), value, 0);
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_endpoints_by_if'), encodeIfindexKey(ifindex), value, 0);
     for (const address of [endpoint.ipv4, endpoint.ipv6]) {
       if (address) this.bpf.bpfMapUpdate(this.datapath.map('mb_endpoints'), encodeEndpointKey(address), value, 0);
     }
-    this.datapath.attach(hostLink.name, hostLink.index);
   }
 
   remove(endpoint: EndpointRecord): void {

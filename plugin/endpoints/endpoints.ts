@@ -48,7 +48,18 @@ function plainAddress(cidr: string, family: 4 | 6, field: string): string | unde
   return formatAddress(parsed.family, parsed.value);
 }
 
+/** What the endpoint lifecycle tells the policy engine (plugin/policy/engine.ts). */
+export interface EndpointPolicyHooks {
+  /** Before the veth is plumbed: identity and compiled policy, so the first packet is policed. */
+  prepare(endpoint: EndpointRecord): void;
+  joined(endpoint: EndpointRecord): void;
+  forget(endpoint: EndpointRecord): Promise<void>;
+}
+
 export class EndpointManager {
+  /** Set by the daemon when policy is on; unit tests of the plugin protocol run without. */
+  policy: EndpointPolicyHooks | undefined;
+
   constructor(private readonly ctx: Context, private readonly networks: NetworkManager) {}
 
   list(): EndpointRecord[] {
@@ -100,6 +111,7 @@ export class EndpointManager {
     ctx.state.endpoints[endpoint.id] = endpoint;
     await ctx.store.commit();
     try {
+      this.policy?.prepare(endpoint);
       ctx.dataplane.createEndpoint(endpoint, network);
     } catch (err) {
       // Nothing was acknowledged: undo so that Docker's rollback or retry starts clean.
@@ -128,6 +140,7 @@ export class EndpointManager {
       endpoint.sandboxKey = sandboxKey || undefined;
       await ctx.store.commit();
     }
+    this.policy?.joined(endpoint);
     return joinResult(network, endpoint);
   }
 
@@ -188,6 +201,8 @@ export class EndpointManager {
     if (!endpoint) return;
     this.ctx.dataplane.deleteEndpoint(endpoint);
     delete this.ctx.state.endpoints[endpointId];
+    this.policy?.forget(endpoint).catch((err: unknown) =>
+      this.ctx.log.warn('removing a deleted endpoint\'s policy failed', { endpoint: endpointId, error: String(err) }));
     this.ctx.log.info('endpoint deleted', { endpoint: endpointId, network: endpoint.networkId });
   }
 

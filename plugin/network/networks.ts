@@ -11,8 +11,16 @@ import { parseAddress, parsePrefix, formatPrefix } from '../ipam/prefix.js';
 
 export const MTU_OPTION = 'com.docker.network.driver.mtu';
 
-/** Membrane's own -o options; any other membrane.* key is a typo we report. */
-const MEMBRANE_OPTIONS = new Set<string>([]);
+/** Policy enforcement mode of the network's endpoints (default, always, never); overrides the daemon's. */
+export const ENFORCEMENT_OPTION = 'membrane.enforcement';
+/** true: policy denies on this network are reported (membrane monitor), not enforced. */
+export const AUDIT_OPTION = 'membrane.policy-audit';
+
+/** Membrane's own -o options and their valid values; any other membrane.* key is a typo we report. */
+const MEMBRANE_OPTIONS: Record<string, readonly string[]> = {
+  [ENFORCEMENT_OPTION]: ['default', 'always', 'never'],
+  [AUDIT_OPTION]: ['true', 'false'],
+};
 
 export interface Context {
   state: MembraneState;
@@ -72,8 +80,13 @@ export class NetworkManager {
   async create(request: CreateNetworkRequest): Promise<void> {
     const { ctx } = this;
     for (const key of Object.keys(request.options)) {
-      if (key.startsWith('membrane.') && !MEMBRANE_OPTIONS.has(key)) {
-        throw new InvalidArgumentError(`unknown option -o ${key}; Membrane has no such network option`);
+      if (!key.startsWith('membrane.')) continue;
+      const valid = MEMBRANE_OPTIONS[key];
+      if (!valid) {
+        throw new InvalidArgumentError(`unknown option -o ${key}; Membrane's network options are ${Object.keys(MEMBRANE_OPTIONS).join(', ')}`);
+      }
+      if (!valid.includes(request.options[key]!)) {
+        throw new InvalidArgumentError(`-o ${key}=${request.options[key]} is not valid; write one of ${valid.map((v) => `${key}=${v}`).join(', ')}`);
       }
     }
     const mtu = this.parseMtu(request.options);

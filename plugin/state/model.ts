@@ -2,6 +2,8 @@
 // rules, netfilter) is derived from this and repaired to match it at start.
 
 import type { AllocatorState } from '../ipam/allocator.js';
+import type { IdentityState } from '../identity/identities.js';
+import type { PolicyState } from '../policy/repository.js';
 
 export const STATE_VERSION = 1;
 
@@ -51,6 +53,8 @@ export interface NetworkRecord {
   number?: number;
   /** The -o options Docker passed (com.docker.network.generic). */
   options: Record<string, string>;
+  /** Docker's name for it, once learned from Docker (the plugin protocol never says). */
+  name?: string;
   createdAt: number;
 }
 
@@ -88,6 +92,18 @@ export interface EndpointRecord {
   /** True between ProgramExternalConnectivity and RevokeExternalConnectivity: ports are live. */
   published?: boolean;
   createdAt: number;
+  /** Security identity (ID_INIT = 5 until the container's labels are known). */
+  identity?: number;
+  /** Identity-relevant labels (`source:key=value`), once known from Docker. */
+  labels?: string[];
+  /** Labels that are shown but not part of the identity (filtered out as high-churn or Membrane's own). */
+  infoLabels?: string[];
+  containerId?: string;
+  containerName?: string;
+  /** What the datapath enforces for it, as last compiled. */
+  policy?: { ingress: boolean; egress: boolean; audit: boolean; revision: number };
+  /** Why its label policy was refused (it then stays default-deny in both directions). */
+  labelPolicyError?: string;
 }
 
 export interface MembraneState {
@@ -108,6 +124,10 @@ export interface MembraneState {
   pools: Record<string, PoolRecord>;
   networks: Record<string, NetworkRecord>;
   endpoints: Record<string, EndpointRecord>;
+  /** Label sets and CIDRs -> identities (stable across restarts). */
+  identities?: IdentityState;
+  /** Every policy rule, and the revision. */
+  policy?: PolicyState;
 }
 
 export function emptyState(ulaPrefix: string): MembraneState {

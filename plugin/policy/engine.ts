@@ -1,0 +1,406 @@
+// The policy engine: keeps every endpoint's identity and compiled policy in step with the rules,
+// the identities and the host's addresses, and applies the result to the datapath.
+//
+// Every change (an import, a delete, a container's labels arriving, an endpoint going away)
+// ends in one regeneration: compile every endpoint, write only the differences into the maps,
+// sync the ipcache, then bump the policy epoch so known flows are judged again (revocation).
+// Changes that arrive together share one regeneration.
+
+import { performance } from 'node:perf_hooks';
+import type { Context } from '../network/networks.js';
+import { AUDIT_OPTION, ENFORCEMENT_OPTION } from '../network/networks.js';
+import type { EndpointRecord, NetworkRecord } from '../state/model.js';
+import type { PolicyMaps } from '../datapath/policy-maps.js';
+import type { EndpointMaps } from '../datapath/endpoint-maps.js';
+import { ID_HOST, ID_INIT, POLICY_EGRESS, POLICY_INGRESS, type IpcacheValue } from '../datapath/codec.js';
+import { IdentityAllocator, INIT_LABELS, emptyIdentityState, type IdentityView } from '../identity/identities.js';
+import { filterLabels, type LabelFilter } from '../identity/label-filter.js';
+import type { EndpointLabels } from '../identity/watcher.js';
+import { COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL } from '../identity/docker-labels.js';
+import { PolicyCompiler, PolicyLookup, cidrsOf, classOf, type CompiledPolicy, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './compile.js';
+import { PolicyRepository, emptyPolicyState } from './repository.js';
+import { formatLabel, parseLabel } from './labels.js';
+import { hasLabelPolicy, parseLabelPolicy } from './label-policy.js';
+import type { EnforcementMode, Label, PolicyRule, StoredRule } from './types.js';
+import { InvalidArgumentError, NotFoundError } from '../errors.js';
+
+export interface PolicySettings {
+  enforcement: EnforcementMode;
+  audit: boolean;
+  initFailOpen: boolean;
+  labelFilter: LabelFilter;
+}
+
+export interface RegenerationReport {
+  revision: number;
+  endpoints: number;
+  written: number;
+  deleted: number;
+  ipcache: { written: number; deleted: number };
+  epoch?: number;
+  ms: number;
+}
+
+/** Latency samples kept for status (Join -> identity applied). */
+const LATENCY_SAMPLES = 1000;
+
+function percentile(values: number[], p: number): number | undefined {
+  if (!values.length) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+export class PolicyEngine {
+  readonly repository: PolicyRepository;
+  readonly identities: IdentityAllocator;
+  /** Join -> identity applied, in ms, most recent last. */
+  readonly identityLatencyMs: number[] = [];
+  private readonly joinedAt = new Map<string, number>();
+  private pending: Promise<RegenerationReport> | undefined;
+  private lastReport: RegenerationReport | undefined;
+  private revisionWaiters: { revision: number; resolve: () => void }[] = [];
+
+  constructor(private readonly ctx: Context, private readonly settings: PolicySettings,
+    private readonly maps: PolicyMaps | undefined, private readonly endpointMaps: EndpointMaps | undefined,
+    private readonly hostAddresses: () => string[]) {
+    ctx.state.identities ??= emptyIdentityState();
+    ctx.state.policy ??= emptyPolicyState();
+    this.identities = new IdentityAllocator(ctx.state.identities);
+    this.repository = new PolicyRepository(ctx.state.policy);
+  }
+
+  /** True when policy is enforced in the kernel (the BPF datapath); false on the routing datapath. */
+  get enforcing(): boolean {
+    return this.maps !== undefined;
+  }
+
+  get report(): RegenerationReport | undefined {
+    return this.lastReport;
+  }
+
+  identityLatency(): { samples: number; p50?: number; p99?: number; max?: number } {
+    const v = this.identityLatencyMs;
+    return { samples: v.length, p50: percentile(v, 50), p99: percentile(v, 99), max: v.length ? Math.max(...v) : undefined };
+  }
+
+  modeOf(network: NetworkRecord | undefined): EnforcementMode {
+    const option = network?.options[ENFORCEMENT_OPTION];
+    return option === 'default' || option === 'always' || option === 'never' ? option : this.settings.enforcement;
+  }
+
+  private auditOf(network: NetworkRecord | undefined): boolean {
+    const option = network?.options[AUDIT_OPTION];
+    return option === undefined ? this.settings.audit : option === 'true';
+  }
+
+  private labelsOf(endpoint: EndpointRecord): Label[] {
+    return endpoint.identity === undefined || endpoint.identity === ID_INIT ? [...INIT_LABELS] : (endpoint.labels ?? []).map((l) => parseLabel(l));
+  }
+
+  /**
+   * Gives a new endpoint the init identity and its compiled policy before its veth gets a
+   * program (EndpointManager.create calls this): the container never runs unpoliced.
+   */
+  prepare(endpoint: EndpointRecord): void {
+    endpoint.identity ??= ID_INIT;
+    const compiler = this.compiler();
+    this.applyEndpoint(compiler, endpoint);
+  }
+
+  /** Join was answered: the clock for "Join -> identity applied" starts. */
+  joined(endpoint: EndpointRecord): void {
+    if (endpoint.identity === undefined || endpoint.identity === ID_INIT) this.joinedAt.set(endpoint.id, performance.now());
+  }
+
+  /** The endpoint is gone: its trie, its label policy and its latency clock. */
+  async forget(endpoint: EndpointRecord): Promise<void> {
+    this.joinedAt.delete(endpoint.id);
+    if (endpoint.number !== undefined) this.maps?.remove(endpoint.number);
+    if (this.repository.setOrigin(`endpoint:${endpoint.id}`, []).changed) await this.regenerate();
+  }
+
+  /**
+   * Labels for an endpoint arrived from Docker (the event watcher, never a plugin handler):
+   * its identity, and its label policy, then a regeneration.
+   */
+  async endpointLabels(update: EndpointLabels): Promise<void> {
+    const endpoint = this.ctx.state.endpoints[update.endpointId];
+    if (!endpoint) return;
+    const { identity, info } = filterLabels(update.labels, this.settings.labelFilter);
+    const labels = identity.map((l) => formatLabel(l));
+    const { id } = this.identities.forLabels(identity);
+    let changed = endpoint.identity !== id || JSON.stringify(endpoint.labels) !== JSON.stringify(labels);
+    endpoint.identity = id;
+    endpoint.labels = labels;
+    endpoint.infoLabels = info.map((l) => formatLabel(l));
+    endpoint.containerId = update.containerId;
+    endpoint.containerName = update.containerName;
+    const network = this.ctx.state.networks[endpoint.networkId];
+    if (network && update.networkName) network.name = update.networkName;
+    changed = this.applyLabelPolicy(endpoint, update, identity) || changed;
+    if (!changed) return;
+    await this.regenerate();
+    const started = this.joinedAt.get(endpoint.id);
+    if (started !== undefined) {
+      this.joinedAt.delete(endpoint.id);
+      this.identityLatencyMs.push(performance.now() - started);
+      if (this.identityLatencyMs.length > LATENCY_SAMPLES) this.identityLatencyMs.shift();
+    }
+    this.ctx.log.info('endpoint identity applied', {
+      endpoint: endpoint.id.slice(0, 12), container: update.containerName, identity: id, labels,
+      sinceEvent: `${(performance.now() - update.receivedAt).toFixed(1)} ms`,
+    });
+  }
+
+  /** A container's label policy becomes rules of origin endpoint:<id>. Returns whether anything changed. */
+  private applyLabelPolicy(endpoint: EndpointRecord, update: EndpointLabels, identity: Label[]): boolean {
+    const origin = `endpoint:${endpoint.id}`;
+    const before = endpoint.labelPolicyError;
+    if (!hasLabelPolicy(update.containerLabels)) {
+      endpoint.labelPolicyError = undefined;
+      return this.repository.setOrigin(origin, []).changed || before !== undefined;
+    }
+    const project = update.containerLabels[COMPOSE_PROJECT_LABEL];
+    const service = update.containerLabels[COMPOSE_SERVICE_LABEL];
+    const selectLabels: Record<string, string> = project && service
+      ? { 'compose:project': project, 'compose:service': service }
+      : Object.fromEntries(identity.filter((l) => l.source === 'container').map((l) => [`container:${l.key}`, l.value]));
+    const policyOf = project && service ? `${project}/${service}` : update.containerName;
+    let rules: PolicyRule[] = [];
+    let error: string | undefined;
+    if (!Object.keys(selectLabels).length) {
+      error = 'a label policy needs the container to carry at least one identity label to select it by; add one, e.g. `-l app=NAME`';
+    } else {
+      const parsed = parseLabelPolicy(update.containerLabels, selectLabels, policyOf);
+      if (parsed.issues.length) error = parsed.issues.map((i) => `${i.path}: ${i.message}`).join('; ');
+      else rules = parsed.rules;
+    }
+    endpoint.labelPolicyError = error;
+    if (error) {
+      this.ctx.log.error('container label policy is invalid; the container stays default-deny in both directions',
+        { endpoint: endpoint.id.slice(0, 12), container: update.containerName, error });
+    }
+    return this.repository.setOrigin(origin, rules).changed || before !== error;
+  }
+
+  /** Imports a validated document (all or nothing) and applies it. */
+  async import(rules: PolicyRule[]): Promise<{ revision: number; added: StoredRule[]; replaced: number[] }> {
+    const result = this.repository.add(rules, 'api');
+    for (const r of result.added) this.maps?.resetCounter(r.id);
+    await this.ctx.store.commit();
+    await this.regenerate();
+    return result;
+  }
+
+  async delete(labels: Label[], options: { all?: boolean } = {}): Promise<{ revision: number; deleted: StoredRule[] }> {
+    const result = this.repository.delete(labels, options);
+    if (result.deleted.length) {
+      await this.ctx.store.commit();
+      await this.regenerate();
+    }
+    return result;
+  }
+
+  private compiler(): PolicyCompiler {
+    const rules = this.repository.rules();
+    const cidrs = cidrsOf(rules);
+    for (const c of cidrs) this.identities.forCidr(c);
+    return new PolicyCompiler(rules, this.identities);
+  }
+
+  private inputOf(endpoint: EndpointRecord) {
+    const network = this.ctx.state.networks[endpoint.networkId];
+    return {
+      identity: endpoint.identity ?? ID_INIT, labels: this.labelsOf(endpoint), mode: this.modeOf(network),
+      audit: this.auditOf(network), initFailOpen: this.settings.initFailOpen, forceEnforce: endpoint.labelPolicyError !== undefined,
+    };
+  }
+
+  /** Compiles one endpoint and writes its trie; returns the write counts. */
+  private applyEndpoint(compiler: PolicyCompiler, endpoint: EndpointRecord): { written: number; deleted: number; compiled: CompiledPolicy } {
+    const compiled = compiler.compile(this.inputOf(endpoint));
+    const counts = this.maps && endpoint.number !== undefined ? this.maps.apply(endpoint.number, compiled.entries) : { written: 0, deleted: 0 };
+    const flags = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit };
+    const before = endpoint.policy;
+    endpoint.policy = { ...flags, revision: this.repository.revision };
+    if (!before || before.ingress !== flags.ingress || before.egress !== flags.egress || before.audit !== flags.audit) {
+      const network = this.ctx.state.networks[endpoint.networkId];
+      if (network) this.endpointMaps?.refresh(endpoint, network);
+    }
+    return { ...counts, compiled };
+  }
+
+  /** Ipcache: the host's own addresses, and every CIDR a rule names. */
+  private ipcacheEntries(): Map<string, IpcacheValue> {
+    const entries = new Map<string, IpcacheValue>();
+    for (const v of this.identities.all()) {
+      if (v.kind === 'cidr') entries.set(v.cidr!, { identity: v.id, classIdentity: classOf(v.id, v.family!) });
+    }
+    for (const address of this.hostAddresses()) entries.set(address, { identity: ID_HOST, classIdentity: 0 });
+    return entries;
+  }
+
+  /**
+   * Recompiles every endpoint and applies the differences; concurrent callers share one run.
+   * Idle callers (nothing changed) still get a fresh run: the host's addresses may have moved.
+   */
+  regenerate(): Promise<RegenerationReport> {
+    if (this.pending) return this.pending;
+    this.pending = new Promise<RegenerationReport>((resolve, reject) => {
+      setImmediate(() => {
+        this.pending = undefined;
+        try {
+          resolve(this.regenerateNow());
+        } catch (err) {
+          reject(err);
+        }
+      });
+    }).then(async (report) => {
+      await this.ctx.store.commit();
+      return report;
+    });
+    return this.pending;
+  }
+
+  private regenerateNow(): RegenerationReport {
+    const started = performance.now();
+    const rules = this.repository.rules();
+    const usedCidrs = cidrsOf(rules);
+    const compiler = this.compiler();
+    let written = 0;
+    let deleted = 0;
+    const endpoints = Object.values(this.ctx.state.endpoints);
+    for (const endpoint of endpoints) {
+      const r = this.applyEndpoint(compiler, endpoint);
+      written += r.written;
+      deleted += r.deleted;
+    }
+    const ipcache = this.maps?.syncIpcache(this.ipcacheEntries()) ?? { written: 0, deleted: 0 };
+    const epoch = this.maps?.bumpEpoch();
+    // CIDR identities no rule names any more: after the ipcache stopped using them.
+    this.identities.collect(new Set(this.identities.all().filter((v) => v.kind === 'endpoint').map((v) => v.id)), usedCidrs);
+    const report: RegenerationReport = {
+      revision: this.repository.revision, endpoints: endpoints.length, written, deleted, ipcache, epoch,
+      ms: Math.round((performance.now() - started) * 100) / 100,
+    };
+    this.lastReport = report;
+    this.revisionWaiters = this.revisionWaiters.filter((w) => (w.revision <= report.revision ? (w.resolve(), false) : true));
+    this.ctx.log.debug('policy regenerated', { ...report });
+    return report;
+  }
+
+  /** Resolves once every endpoint enforces `revision` (or a later one); rejects after `timeoutMs`. */
+  waitForRevision(revision: number, timeoutMs: number): Promise<{ revision: number; endpoints: number }> {
+    const realized = () => Object.values(this.ctx.state.endpoints).every((e) => (e.policy?.revision ?? 0) >= revision);
+    const done = () => ({ revision: this.repository.revision, endpoints: Object.keys(this.ctx.state.endpoints).length });
+    if (revision > this.repository.revision) {
+      return Promise.reject(new InvalidArgumentError(`revision ${revision} does not exist yet (the current revision is ${this.repository.revision})`));
+    }
+    if (realized()) return Promise.resolve(done());
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new NotFoundError(`not every endpoint enforces revision ${revision} after ${timeoutMs} ms`)), timeoutMs);
+      this.revisionWaiters.push({ revision, resolve: () => { clearTimeout(timer); resolve(done()); } });
+    });
+  }
+
+  /** What an endpoint's trie holds, for `membrane bpf policy get`. */
+  endpointEntries(endpointId: string) {
+    const endpoint = Object.values(this.ctx.state.endpoints).find((e) => e.id === endpointId || e.id.startsWith(endpointId) || String(e.number) === endpointId);
+    if (!endpoint) throw new NotFoundError(`no endpoint ${endpointId}; see \`membrane endpoint list\``);
+    const entries = this.maps && endpoint.number !== undefined ? this.maps.read(endpoint.number) : [];
+    return { endpoint, entries };
+  }
+
+  /** Who a numeric identity is: its labels, or what a wildcard stands for. */
+  describeIdentity(id: number): string {
+    const view = this.identities.get(id);
+    if (view) return view.labels.map((l) => formatLabel(l)).join(',');
+    return ({ 0: 'any', 3: 'any endpoint', 11: 'any IPv4 world address', 12: 'any IPv6 world address' } as Record<number, string>)[id] ?? `identity ${id}`;
+  }
+
+  /**
+   * Explains the verdict on a flow between two label sets: each side's policy, every rule that
+   * applies and what it says about this flow, and the result the datapath would reach.
+   */
+  trace(request: { src: Label[]; dst: Label[]; protocol: string; port: number }): TraceResult {
+    const protocol = PROTOCOLS[request.protocol.toLowerCase()];
+    if (protocol === undefined) throw new InvalidArgumentError(`protocol "${request.protocol}" is not one of tcp, udp, icmp, icmpv6`);
+    // A scratch copy of the identities: tracing must not allocate identities for label sets nobody has.
+    const scratch = new IdentityAllocator(structuredClone(this.ctx.state.identities!));
+    const identityOf = (labels: Label[]): number => {
+      const reserved = labels.length === 1 && labels[0]!.source === 'reserved' ? RESERVED_BY_NAME[labels[0]!.key] : undefined;
+      return reserved ?? scratch.forLabels(labels).id;
+    };
+    const src = identityOf(request.src);
+    const dst = identityOf(request.dst);
+    const rules = this.repository.rules();
+    for (const c of cidrsOf(rules)) scratch.forCidr(c);
+    const networkOf = (labels: Label[]) => Object.values(this.ctx.state.networks).find((n) =>
+      labels.some((l) => l.source === 'network' && l.key === 'name' && n.name === l.value));
+    const side = (direction: 'egress' | 'ingress', self: number, selfLabels: Label[], remote: number): TraceSide => {
+      if (self < 256 && self !== ID_INIT) {
+        return { direction, enforced: false, verdict: 'allowed', rules: [], reason: 'not a Membrane endpoint: nothing to enforce on this side' };
+      }
+      const network = networkOf(selfLabels);
+      const input = {
+        identity: self, labels: self === ID_INIT ? [...INIT_LABELS] : selfLabels, mode: this.modeOf(network), audit: this.auditOf(network),
+        initFailOpen: this.settings.initFailOpen,
+      };
+      const compiled = new PolicyCompiler(rules, scratch).compile(input);
+      const enforced = direction === 'egress' ? compiled.enforceEgress : compiled.enforceIngress;
+      if (!enforced) {
+        return { direction, enforced, verdict: 'allowed', rules: [], reason: input.mode === 'never' ? 'enforcement mode is never' : `no rule selects it for ${direction}` };
+      }
+      const dir = direction === 'egress' ? POLICY_EGRESS : POLICY_INGRESS;
+      const family = request.protocol.toLowerCase() === 'icmpv6' ? 6 : 4;
+      const decision = new PolicyLookup(compiled.entries).decide(dir, remote, classOf(remote, family), protocol, request.port);
+      // What each applying rule says on its own about this flow.
+      const ruleViews = compiled.appliedRules[direction].map((id) => {
+        const single = rules.filter((r) => r.id === id);
+        const alone = new PolicyCompiler(single, scratch).compile({ ...input, mode: 'always' });
+        const says = new PolicyLookup(alone.entries).decide(dir, remote, classOf(remote, family), protocol, request.port).verdict;
+        const stored = single[0]!;
+        return { id, labels: stored.rule.labels.map((l) => formatLabel(l)), origin: stored.origin, description: stored.rule.description, says };
+      });
+      return { direction, enforced, verdict: decision.verdict, decidedBy: decision.ruleId || undefined, rules: ruleViews,
+        reason: decision.verdict === 'default-denied' ? 'no rule allows it: default deny' : decision.verdict === 'denied' ? 'a deny rule matches' : 'a rule allows it' };
+    };
+    const egress = side('egress', src, request.src, dst);
+    const ingress = side('ingress', dst, request.dst, src);
+    const verdict = egress.verdict !== 'allowed' ? egress.verdict : ingress.verdict;
+    return {
+      src: { identity: src, labels: request.src.map((l) => formatLabel(l)) },
+      dst: { identity: dst, labels: request.dst.map((l) => formatLabel(l)) },
+      protocol: request.protocol.toLowerCase(), port: request.port, revision: this.repository.revision, egress, ingress, verdict,
+    };
+  }
+
+  /** Identities for `membrane identity list`, with the endpoints that have them. */
+  identityList(): (IdentityView & { endpoints: string[] })[] {
+    const endpoints = Object.values(this.ctx.state.endpoints);
+    return this.identities.all().map((v) => ({ ...v, endpoints: endpoints.filter((e) => (e.identity ?? ID_INIT) === v.id).map((e) => e.id.slice(0, 12)) }));
+  }
+}
+
+const PROTOCOLS: Record<string, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP, icmp: IPPROTO_ICMP, icmpv6: IPPROTO_ICMPV6 };
+const RESERVED_BY_NAME: Record<string, number> = { host: ID_HOST, init: ID_INIT, world: 9, 'world-ipv4': 9, 'world-ipv6': 10 };
+
+export interface TraceSide {
+  direction: 'egress' | 'ingress';
+  enforced: boolean;
+  verdict: 'allowed' | 'denied' | 'default-denied';
+  decidedBy?: number;
+  reason: string;
+  rules: { id: number; labels: string[]; origin: string; description?: string; says: string }[];
+}
+
+export interface TraceResult {
+  src: { identity: number; labels: string[] };
+  dst: { identity: number; labels: string[] };
+  protocol: string;
+  port: number;
+  revision: number;
+  egress: TraceSide;
+  ingress: TraceSide;
+  verdict: string;
+}
