@@ -1,5 +1,6 @@
 // A UDP echo server and client for the test image (busybox has no UDP nc). Static, IPv4 and IPv6.
-//   udpecho serve PORT            echoes every datagram back to its sender, forever
+//   udpecho serve PORT [ADDR]     echoes every datagram back to its sender, forever (on ADDR only
+//                                 if given: then replies leave from the address that was asked)
 //   udpecho send ADDR PORT [MS]   sends one datagram, exits 0 if the echo comes back within MS
 //                                 (default 2000), 1 if not
 #include <arpa/inet.h>
@@ -11,12 +12,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static int serve(const char *port) {
-  int fd = socket(AF_INET6, SOCK_DGRAM, 0);
+static int serve(const char *port, const char *host) {
+  struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(atoi(port)), .sin6_addr = in6addr_any};
+  struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(atoi(port))};
+  int v4 = host && inet_pton(AF_INET, host, &a4.sin_addr) == 1;
+  if (host && !v4 && inet_pton(AF_INET6, host, &a6.sin6_addr) != 1) {
+    fprintf(stderr, "udpecho serve: %s is not a numeric address\n", host);
+    return 2;
+  }
+  int fd = socket(v4 ? AF_INET : AF_INET6, SOCK_DGRAM, 0);
   int off = 0;
-  setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
-  struct sockaddr_in6 addr = {.sin6_family = AF_INET6, .sin6_port = htons(atoi(port)), .sin6_addr = in6addr_any};
-  if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+  if (!v4) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+  int bound = v4 ? bind(fd, (struct sockaddr *)&a4, sizeof a4) : bind(fd, (struct sockaddr *)&a6, sizeof a6);
+  if (fd < 0 || bound < 0) {
     perror("udpecho serve");
     return 2;
   }
@@ -61,8 +69,8 @@ static int send_one(const char *host, const char *port, int timeout_ms) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 3 && strcmp(argv[1], "serve") == 0) return serve(argv[2]);
+  if ((argc == 3 || argc == 4) && strcmp(argv[1], "serve") == 0) return serve(argv[2], argc == 4 ? argv[3] : NULL);
   if ((argc == 4 || argc == 5) && strcmp(argv[1], "send") == 0) return send_one(argv[2], argv[3], argc == 5 ? atoi(argv[4]) : 2000);
-  fprintf(stderr, "usage: udpecho serve PORT | udpecho send ADDR PORT [TIMEOUT_MS]\n");
+  fprintf(stderr, "usage: udpecho serve PORT [ADDR] | udpecho send ADDR PORT [TIMEOUT_MS]\n");
   return 2;
 }
