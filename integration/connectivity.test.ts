@@ -181,7 +181,7 @@ test('membrane CLI: status, network list, endpoint list, ipam show, as tables an
   t.regex(status, /NetworkDriver\.CreateEndpoint\s+\d+\s+0\s+[\d.]+\s+[\d.]+/, 'per-call counts and p50/p99');
   t.regex(await cli('network', 'list'), new RegExp(`^${netId.slice(0, 12)}\\s`, 'm'));
   const endpoints = await cli('endpoint', 'list');
-  t.regex(endpoints, /^ENDPOINT ID\s+NETWORK\s+HOST IF\s+IPV4\s+IPV6\s+MAC\s+JOINED$/m);
+  t.regex(endpoints, /^ENDPOINT ID\s+NETWORK\s+CONTAINER\s+HOST IF\s+IPV4\s+IPV6\s+IDENTITY\s+POLICY IN\/OUT\s+LABELS\s+ERROR$/m);
   t.true(endpoints.includes(addr.ipv4!) && endpoints.includes(addr.ipv6!));
   const json = JSON.parse(await cli('-o', 'json', 'endpoint', 'list')) as { ipv4: string; networkId: string }[];
   t.true(json.some((e) => e.ipv4 === addr.ipv4 && e.networkId === netId));

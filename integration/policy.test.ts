@@ -48,7 +48,7 @@ async function reach(from: string, proto: Proto, address: string): Promise<boole
       return r.stdout.includes('membrane');
     }
     case 'udp':
-      return (await execMayFail(from, 'udpecho', 'send', address, String(UDP_PORT), '1500')).code === 0;
+      return (await execMayFail(from, 'udpecho', 'send', address, String(UDP_PORT), '2000')).code === 0;
     case 'icmp':
       return (await execMayFail(from, 'ping', '-c', '1', '-W', '2', address)).code === 0;
   }

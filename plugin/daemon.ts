@@ -299,7 +299,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   // (dockerd may be waiting on this plugin while it holds the locks an inspect would need).
   const watcher = new DockerLabelWatcher(new Docker(), (update) => core.policy.endpointLabels(update).catch((err: unknown) => {
     log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
-  }), { driverName, log });
+  }), { driverName, log, isMembraneNetwork: (id, driver) => driver === driverName || id in ctx.state.networks });
   void watcher.start();
   // The host's addresses are identity "host": follow them when they change (DHCP, new links).
   let knownHostAddresses = JSON.stringify(hostAddresses(nl).sort());

@@ -30,8 +30,8 @@ import { median, percentileSorted, ratio, round, summarize } from './stats.js';
 
 export const BENCH_IMAGE = process.env.MEMBRANE_BENCH_IMAGE ?? 'membrane-bench:latest';
 const OBJECT = path.join(ROOT, 'bpf', 'build', 'membrane.bpf.o');
-const IPERF_PORT = 5201;
-const SOCKPERF_PORT = 11111;
+export const IPERF_PORT = 5201;
+export const SOCKPERF_PORT = 11111;
 const MESSAGE_BYTES = 64; // sockperf's minimum is 14 (its header)
 const PIN_DIR = '/sys/fs/bpf/membrane';
 const BPF_STATS_SYSCTL = '/proc/sys/kernel/bpf_stats_enabled';
@@ -262,7 +262,7 @@ function ratios(values: Record<DatapathVariantKey, number>, perRound: Array<Part
 
 // ---- the three variants ------------------------------------------------------------------------
 
-interface Endpoints {
+export interface Endpoints {
   key: DatapathVariantKey;
   server: string;
   /** Runs a command where the client lives. */
@@ -273,14 +273,14 @@ interface Endpoints {
   logPath: string;
 }
 
-interface Pinning {
+export interface Pinning {
   client: string[];
   server: string[];
   iperfClient: string[];
   iperfServer: string[];
 }
 
-function pinning(): Pinning {
+export function pinning(): Pinning {
   if (os.cpus().length < 2) return { client: [], server: [], iperfClient: [], iperfServer: [] };
   return { client: ['taskset', '-c', '0'], server: ['taskset', '-c', '1'], iperfClient: ['-A', '0'], iperfServer: ['-A', '1'] };
 }
@@ -299,13 +299,25 @@ async function waitListening(list: () => Promise<string>, what: string): Promise
 
 const containerName = (runId: string, key: 'membrane' | 'bridge', role: 'srv' | 'cli') => `mbbench-${runId}-${key === 'membrane' ? 'dm' : 'db'}-${role}`;
 
-async function containerPair(key: 'membrane' | 'bridge', network: string, runId: string, labels: string[], pin: Pinning): Promise<Endpoints> {
-  const labelArgs = labels.flatMap((l) => ['--label', l]);
-  const name = (role: 'srv' | 'cli') => containerName(runId, key, role);
+/** For other sections (policy.ts) that need their own pair: names and per-role identity labels. */
+export interface PairOptions {
+  /** Containers are named `${namePrefix}-srv` and `${namePrefix}-cli` instead of this section's names. */
+  namePrefix?: string;
+  /** Extra labels for the server or the client only (what a policy selects them by). */
+  serverLabels?: string[];
+  clientLabels?: string[];
+}
+
+export async function containerPair(key: 'membrane' | 'bridge', network: string, runId: string, labels: string[], pin: Pinning,
+  options: PairOptions = {}): Promise<Endpoints> {
+  const labelArgs = (extra: string[] = []) => [...labels, ...extra].flatMap((l) => ['--label', l]);
+  const name = (role: 'srv' | 'cli') => (options.namePrefix ? `${options.namePrefix}-${role}` : containerName(runId, key, role));
   const serverCmd = `iperf3 -s -p ${IPERF_PORT} ${pin.iperfServer.join(' ')} & exec ${pin.server.join(' ')} sockperf server --tcp -i 0.0.0.0 -p ${SOCKPERF_PORT}`;
-  await run('docker', ['run', '-d', '--name', name('srv'), ...labelArgs, '--network', network, BENCH_IMAGE, 'sh', '-c', serverCmd], { timeoutMs: 60_000 });
+  await run('docker', ['run', '-d', '--name', name('srv'), ...labelArgs(options.serverLabels), '--network', network, BENCH_IMAGE, 'sh', '-c', serverCmd],
+    { timeoutMs: 60_000 });
   // Bounded: the container is removed in `finally` anyway.
-  await run('docker', ['run', '-d', '--name', name('cli'), ...labelArgs, '--network', network, BENCH_IMAGE, 'sleep', '1800'], { timeoutMs: 60_000 });
+  await run('docker', ['run', '-d', '--name', name('cli'), ...labelArgs(options.clientLabels), '--network', network, BENCH_IMAGE, 'sleep', '1800'],
+    { timeoutMs: 60_000 });
   const server = (await addressesOf(name('srv'), network)).ipv4;
   if (!server) throw new Error(`${key}: server container has no IPv4 address on ${network}`);
   await waitListening(async () => (await run('docker', ['exec', name('srv'), 'netstat', '-ltn'], { allowFail: true, timeoutMs: 10_000 })).stdout, key);
@@ -403,7 +415,7 @@ class VethPair {
 
 // ---- one measurement ---------------------------------------------------------------------------
 
-async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<IperfRun> {
+export async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<IperfRun> {
   const args = ['iperf3', '-c', e.server, '-p', String(IPERF_PORT), '-t', String(o.iperfSeconds), '-O', String(o.iperfOmitSeconds),
     '-J', '--connect-timeout', '5000', ...pin.iperfClient];
   const r = await e.client(args, (o.iperfSeconds + o.iperfOmitSeconds + 30) * 1000);
@@ -414,7 +426,7 @@ async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promis
   }
 }
 
-async function latencyOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<LatencyRun> {
+export async function latencyOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<LatencyRun> {
   const args = [...pin.client, 'sockperf', 'ping-pong', '--tcp', '-i', e.server, '-p', String(SOCKPERF_PORT), '-m', String(MESSAGE_BYTES),
     '-t', String(o.sockperfSeconds), '--full-rtt', '--no-rdtsc', '--full-log', e.logPath];
   const r = await e.client(args, (o.sockperfSeconds + 30) * 1000);

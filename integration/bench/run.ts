@@ -2,7 +2,8 @@
 // ratios; it never passes or fails on timing.
 //
 //   node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N]
-//                                      [--datapath-rounds N] [--wait-max-seconds S] [--log-level LEVEL]
+//                                      [--datapath-rounds N] [--policy-rounds N] [--only SECTION,...]
+//                                      [--wait-max-seconds S] [--log-level LEVEL]
 //
 //   1. `docker run --rm IMAGE true` wall time on a Membrane network vs Docker's bridge driver vs
 //      `--network none` (the floor), interleaved per round with a rotating order (recipe R8, R0).
@@ -16,6 +17,11 @@
 //      under live traffic (kernel.bpf_stats_enabled, restored afterwards).
 //   5. Per-packet cost of from_container with BPF_PROG_TEST_RUN (established TCP flow, redirect to a
 //      local endpoint and to the stack) against a no-op program.
+//   6. Policy at scale (policy.ts): throughput and latency with 0 / 1,000 / 10,000 entries in a
+//      Membrane server's policy map vs the same number of non-matching iptables rules on a bridge
+//      pair's path, interleaved rounds; importing 10,000 rules and one change at that size (both
+//      systems); and the per-new-flow verdict cost in BPF with 0 .. 100k entries (BPF_PROG_TEST_RUN).
+//   --only runs some sections: docker-run, plugin-latency, ipam, datapath, program-cost, policy.
 //   An environment header.
 //
 // Writes DIR/bench.json and DIR/bench.md (DIR defaults to integration/bench/results/<timestamp>)
@@ -23,7 +29,8 @@
 // any other Membrane daemon or managed plugin runs on this machine: only one may run per network
 // namespace and it may belong to somebody else. Every container and network it creates carries the
 // labels membrane.test=1 and membrane.bench=<run id> and is removed in `finally`, also on SIGINT;
-// so are the namespaces and veths of section 4 (by name).
+// so are the namespaces and veths of section 4 (by name), and section 6's rules, iptables chain
+// (DOCKER-USER is put back as it was) and pinned tries.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -40,6 +47,7 @@ import {
   type VariantRatios,
 } from './datapath.js';
 import { runIpamBench, type IpamResult } from './ipam.js';
+import { benchPolicyLive, benchPolicyNewFlow, policyOptions, renderPolicy, type PolicyLiveResult, type PolicyNewFlowResult } from './policy.js';
 import { fmt, median, ratio, round, summarize, type Summary } from './stats.js';
 
 const PLUGIN_SOCKET = '/run/docker/plugins/membrane.sock';
@@ -61,13 +69,26 @@ export interface BenchOptions {
   ipamPairs: number;
   /** Interleaved rounds of the datapath section (each: iperf3 and sockperf per variant). */
   datapathRounds: number;
+  /** Interleaved rounds of the policy section (each: every size, iperf3 and sockperf on both systems). */
+  policyRounds: number;
+  /** Sections to run (all when null). */
+  only: Section[] | null;
   waitMaxSeconds: number;
   logLevel: string;
 }
 
+export const SECTIONS = ['docker-run', 'plugin-latency', 'ipam', 'datapath', 'program-cost', 'policy'] as const;
+export type Section = typeof SECTIONS[number];
+/** Sections that need the run's own daemon (and its Docker networks). */
+const DAEMON_SECTIONS: readonly Section[] = ['docker-run', 'plugin-latency', 'datapath', 'policy'];
+
 function usage(): string {
   return 'usage: node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N] ' +
-    '[--datapath-rounds N] [--wait-max-seconds S] [--log-level LEVEL]';
+    `[--datapath-rounds N] [--policy-rounds N] [--only ${SECTIONS.join(',')}] [--wait-max-seconds S] [--log-level LEVEL]`;
+}
+
+export function wants(options: Pick<BenchOptions, 'only'>, section: Section): boolean {
+  return !options.only || options.only.includes(section);
 }
 
 export function parseArgs(argv: string[]): BenchOptions {
@@ -82,6 +103,8 @@ export function parseArgs(argv: string[]): BenchOptions {
     ipamRepetitions: smoke ? 2 : 7,
     ipamPairs: smoke ? 2_000 : 50_000,
     datapathRounds: datapathOptions(smoke).rounds,
+    policyRounds: policyOptions(smoke).rounds,
+    only: null,
     waitMaxSeconds: 900,
     logLevel: 'info',
   };
@@ -98,6 +121,14 @@ export function parseArgs(argv: string[]): BenchOptions {
       case '--rounds': options.rounds = positiveInt(arg, argv[++i]); break;
       case '--cycles': options.cycles = positiveInt(arg, argv[++i]); break;
       case '--datapath-rounds': options.datapathRounds = positiveInt(arg, argv[++i]); break;
+      case '--policy-rounds': options.policyRounds = positiveInt(arg, argv[++i]); break;
+      case '--only': {
+        const names = (argv[++i] ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+        const unknown = names.filter((x) => !(SECTIONS as readonly string[]).includes(x));
+        if (!names.length || unknown.length) throw new Error(`--only takes sections among ${SECTIONS.join(', ')}${unknown.length ? ` (not ${unknown.join(', ')})` : ''}\n${usage()}`);
+        options.only = names as Section[];
+        break;
+      }
       case '--wait-max-seconds': options.waitMaxSeconds = Number(argv[++i]); break;
       case '--log-level': options.logLevel = argv[++i] ?? 'info'; break;
       case '-h': case '--help': console.log(usage()); process.exit(0); break;
@@ -676,6 +707,10 @@ export interface BenchResult {
   datapath: DatapathLiveResult | null;
   /** Section 5: BPF_PROG_TEST_RUN ns per packet. */
   programCost: ProgCostResult | null;
+  /** Section 6: live throughput/latency and control plane with N policy entries vs N iptables rules. */
+  policy: PolicyLiveResult | null;
+  /** Section 6: per-new-flow verdict cost in BPF with N entries. */
+  policyNewFlow: PolicyNewFlowResult | null;
   errors: string[];
   durationSeconds: number;
   /** Wall time per phase (setup includes waiting for another daemon to go away). */
@@ -716,7 +751,7 @@ export function renderMarkdown(r: BenchResult): string {
       `membrane − bridge ${fmt(d.deltasMs.membraneMinusBridge)} ms.`, '');
     for (const [k, v] of Object.entries(d.variants)) if (v.errors.length) out.push(`- ${k} errors: ${v.errors.join(' / ')}`);
   } else {
-    out.push('(section failed, see errors)', '');
+    out.push(missing(r, 'docker-run'), '');
   }
 
   const p = r.pluginLatency;
@@ -741,7 +776,7 @@ export function renderMarkdown(r: BenchResult): string {
       `${p.leakCheck.clean ? 'clean' : `NOT clean: ${p.leakCheck.teardownErrors.join(' / ')}`}.`, '');
     if (p.clientSide.errors.length) out.push(`- replay errors: ${p.clientSide.errors.join(' / ')}`, '');
   } else {
-    out.push('(section failed, see errors)', '');
+    out.push(missing(r, 'plugin-latency'), '');
   }
 
   out.push('## 3. IPAM allocations per second (in-process AddressAllocator)', '');
@@ -752,9 +787,10 @@ export function renderMarkdown(r: BenchResult): string {
         Math.round(x.allocsPerSec).toLocaleString('en-US'), fmt(x.usPerPair, 2), `${x.repetitions} × ${Math.min(...x.pairsPerRepetition)}`,
         Math.round(x.fillAllocsPerSec).toLocaleString('en-US')])), '');
   } else {
-    out.push('(section failed, see errors)', '');
+    out.push(missing(r, 'ipam'), '');
   }
-  out.push(...renderDatapath(r.datapath), ...renderProgramCost(r.programCost, r.datapath));
+  out.push(...renderDatapath(r.datapath, missing(r, 'datapath')), ...renderProgramCost(r.programCost, r.datapath, missing(r, 'program-cost')));
+  out.push(...renderPolicy(r.policy, r.policyNewFlow, !wants(r.settings, 'policy')));
   if (r.errors.length) out.push('## Errors', '', ...r.errors.map((x) => `- ${x}`), '');
   return out.join('\n');
 }
@@ -771,9 +807,14 @@ function ratioLine(what: string, x: VariantRatios): string {
     `membrane/bare veth ${fmt(x.pairedMembraneOverVeth, 3)})`;
 }
 
-function renderDatapath(d: DatapathLiveResult | null): string[] {
+/** What an empty section says: skipped with --only, or failed. */
+function missing(r: BenchResult, section: Section): string {
+  return wants(r.settings, section) ? '(section failed, see errors)' : '(not run)';
+}
+
+function renderDatapath(d: DatapathLiveResult | null, whyMissing: string): string[] {
   const out: string[] = ['## 4. Datapath: container-to-container throughput and latency', ''];
-  if (!d) return [...out, '(section failed, see errors)', ''];
+  if (!d) return [...out, whyMissing, ''];
   const s = d.settings;
   out.push(`${d.note}`, '');
   out.push(`${d.roundsCompleted}/${d.rounds} interleaved rounds; iperf3 -t ${s.iperfSeconds} -O ${s.iperfOmitSeconds}; ` +
@@ -798,7 +839,7 @@ function renderDatapath(d: DatapathLiveResult | null): string[] {
   return out;
 }
 
-function renderProgramCost(p: ProgCostResult | null, d: DatapathLiveResult | null): string[] {
+function renderProgramCost(p: ProgCostResult | null, d: DatapathLiveResult | null, whyMissing: string): string[] {
   const out: string[] = ['## 5. Per-packet cost of the Membrane programs', ''];
   out.push('### 5a. BPF_PROG_TEST_RUN (micro)', '');
   if (p) {
@@ -815,7 +856,7 @@ function renderProgramCost(p: ProgCostResult | null, d: DatapathLiveResult | nul
       `to-stack flow ${p.conntrack.state[1]} with ${p.conntrack.toStackPacketsOrig} packets (original direction).` +
       (p.noopError ? ` No-op program unavailable: ${p.noopError}.` : ''), '');
   } else {
-    out.push('(section failed, see errors)', '');
+    out.push(whyMissing, '');
   }
   out.push('### 5b. Live traffic, kernel.bpf_stats_enabled=1 (in situ)', '');
   const b = d?.bpfStats;
@@ -859,13 +900,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     schema: 'membrane-bench/1',
     environment: await environment(options, runId),
     settings: { ...options },
-    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, errors: [], durationSeconds: 0, phaseSeconds: {},
+    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null,
+    errors: [], durationSeconds: 0, phaseSeconds: {},
   };
   let phaseStart = Date.now();
   const phase = (name: string) => {
     result.phaseSeconds[name] = round((Date.now() - phaseStart) / 1000, 1);
     phaseStart = Date.now();
   };
+  const want = (section: Section) => wants(options, section);
 
   const image = await run('docker', ['image', 'inspect', IMAGE], { allowFail: true });
   if (image.code !== 0) {
@@ -873,74 +916,106 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     result.environment.imageId = await text('docker', ['image', 'inspect', '-f', '{{.Id}}', IMAGE]);
   }
 
-  const daemon = await startDaemonWhenFree(options);
-  const killOnExit = () => daemon.child?.kill('SIGTERM');
-  process.once('exit', killOnExit);
-  try {
-    const status = await apiGet<DaemonStatus>('/v1/status', API_SOCKET);
-    if (status.pid !== daemon.child?.pid) throw new Error('the API socket does not belong to the daemon this run started');
-    const networks = await createNetworks({ membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
-    phase('setup');
+  if (DAEMON_SECTIONS.some(want)) {
+    const daemon = await startDaemonWhenFree(options);
+    const killOnExit = () => daemon.child?.kill('SIGTERM');
+    process.once('exit', killOnExit);
     try {
-      result.dockerRun = await benchDockerRun(options, networks, labels);
+      const status = await apiGet<DaemonStatus>('/v1/status', API_SOCKET);
+      if (status.pid !== daemon.child?.pid) throw new Error('the API socket does not belong to the daemon this run started');
+      const networks = await createNetworks({ membrane: `mbbench-${runId}-m`, bridge: `mbbench-${runId}-b` }, labels);
+      phase('setup');
+      if (want('docker-run')) {
+        try {
+          result.dockerRun = await benchDockerRun(options, networks, labels);
+        } catch (err) {
+          result.errors.push(`docker run section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('dockerRun');
+      }
+      checkAborted();
+      if (want('plugin-latency')) {
+        const afterRuns = await apiGet<DaemonStatus>('/v1/status');
+        try {
+          result.pluginLatency = await benchPluginLatency(options, afterRuns);
+        } catch (err) {
+          result.errors.push(`plugin latency section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('pluginLatency');
+      }
+      checkAborted();
+      if (want('datapath')) {
+        try {
+          result.datapath = await benchDatapathLive(datapathOptions(options.smoke, options.datapathRounds),
+            { runId, labels, networks, aborted: () => aborted });
+          result.errors.push(...result.datapath.errors.map((e) => `datapath section: ${e}`));
+          result.errors.push(...result.datapath.cleanup.problems.map((p) => `datapath cleanup: ${p}`));
+          if (result.datapath.bpfStats) result.errors.push(...result.datapath.bpfStats.errors.map((e) => `bpf_stats: ${e}`));
+        } catch (err) {
+          result.errors.push(`datapath section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('datapath');
+      }
+      checkAborted();
+      if (want('policy')) {
+        try {
+          result.policy = await benchPolicyLive(policyOptions(options.smoke, options.policyRounds), { runId, labels, networks, aborted: () => aborted });
+          result.errors.push(...result.policy.errors.map((e) => `policy section: ${e}`));
+          result.errors.push(...result.policy.cleanup.problems.map((p) => `policy cleanup: ${p}`));
+        } catch (err) {
+          result.errors.push(`policy section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('policy');
+      }
     } catch (err) {
-      result.errors.push(`docker run section: ${err instanceof Error ? err.message : String(err)}`);
+      result.errors.push(err instanceof Error ? err.message : String(err));
+    } finally {
+      // Docker networks of the membrane driver must go while the daemon still answers.
+      const problems = await removeOwnResources(benchLabel);
+      result.errors.push(...problems.map((p) => `cleanup: ${p}`));
+      if (!daemon.running()) result.errors.push(`the daemon died during the run: ${daemon.tail(5)}`);
+      await daemon.stop();
+      daemon.dispose(options.outDir);
+      process.removeListener('exit', killOnExit);
+      phase('cleanup');
     }
-    phase('dockerRun');
-    const afterRuns = await apiGet<DaemonStatus>('/v1/status');
-    checkAborted();
-    try {
-      result.pluginLatency = await benchPluginLatency(options, afterRuns);
-    } catch (err) {
-      result.errors.push(`plugin latency section: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    phase('pluginLatency');
-    checkAborted();
-    try {
-      result.datapath = await benchDatapathLive(datapathOptions(options.smoke, options.datapathRounds),
-        { runId, labels, networks, aborted: () => aborted });
-      result.errors.push(...result.datapath.errors.map((e) => `datapath section: ${e}`));
-      result.errors.push(...result.datapath.cleanup.problems.map((p) => `datapath cleanup: ${p}`));
-      if (result.datapath.bpfStats) result.errors.push(...result.datapath.bpfStats.errors.map((e) => `bpf_stats: ${e}`));
-    } catch (err) {
-      result.errors.push(`datapath section: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    phase('datapath');
-  } catch (err) {
-    result.errors.push(err instanceof Error ? err.message : String(err));
-  } finally {
-    // Docker networks of the membrane driver must go while the daemon still answers.
-    const problems = await removeOwnResources(benchLabel);
-    result.errors.push(...problems.map((p) => `cleanup: ${p}`));
-    if (!daemon.running()) result.errors.push(`the daemon died during the run: ${daemon.tail(5)}`);
-    await daemon.stop();
-    daemon.dispose(options.outDir);
-    process.removeListener('exit', killOnExit);
-    phase('cleanup');
   }
 
   if (!aborted) {
-    try {
-      result.ipam = {
-        note: 'In-process AddressAllocator, no daemon, no I/O: there is no alternative implementation to compare with ' +
-          '(Docker\'s default IPAM lives inside dockerd), so these are absolute numbers, not ratios. The pool is filled to ' +
-          'the level with explicit allocations at seeded random offsets (fragmented, like a pool after churn), then ' +
-          'allocate()+release() pairs are timed (each pair takes the next free address after the cursor: a hole at 99 %). ' +
-          'allocs/s = pairs per second. A /64 cannot be filled, so IPv6 levels are of a --ip-range /112 inside the /64; ' +
-          'the last row scatters 65,000 addresses over a whole /64 (one interval each: the largest tree).',
-        results: runIpamBench({ repetitions: options.ipamRepetitions, pairs: options.ipamPairs, maxMsPerRepetition: 3000 }),
-      };
-    } catch (err) {
-      result.errors.push(`ipam section: ${err instanceof Error ? err.message : String(err)}`);
+    if (want('ipam')) {
+      try {
+        result.ipam = {
+          note: 'In-process AddressAllocator, no daemon, no I/O: there is no alternative implementation to compare with ' +
+            '(Docker\'s default IPAM lives inside dockerd), so these are absolute numbers, not ratios. The pool is filled to ' +
+            'the level with explicit allocations at seeded random offsets (fragmented, like a pool after churn), then ' +
+            'allocate()+release() pairs are timed (each pair takes the next free address after the cursor: a hole at 99 %). ' +
+            'allocs/s = pairs per second. A /64 cannot be filled, so IPv6 levels are of a --ip-range /112 inside the /64; ' +
+            'the last row scatters 65,000 addresses over a whole /64 (one interval each: the largest tree).',
+          results: runIpamBench({ repetitions: options.ipamRepetitions, pairs: options.ipamPairs, maxMsPerRepetition: 3000 }),
+        };
+      } catch (err) {
+        result.errors.push(`ipam section: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      phase('ipam');
     }
-    phase('ipam');
-    try {
-      result.programCost = await benchProgramCost(datapathOptions(options.smoke, options.datapathRounds));
-      result.errors.push(...result.programCost.errors.map((e) => `program cost section: ${e}`));
-    } catch (err) {
-      result.errors.push(`program cost section: ${err instanceof Error ? err.message : String(err)}`);
+    if (want('program-cost')) {
+      try {
+        result.programCost = await benchProgramCost(datapathOptions(options.smoke, options.datapathRounds));
+        result.errors.push(...result.programCost.errors.map((e) => `program cost section: ${e}`));
+      } catch (err) {
+        result.errors.push(`program cost section: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      phase('programCost');
     }
-    phase('programCost');
+    if (want('policy')) {
+      try {
+        result.policyNewFlow = await benchPolicyNewFlow(policyOptions(options.smoke, options.policyRounds));
+        result.errors.push(...result.policyNewFlow.errors.map((e) => `policy new-flow section: ${e}`));
+      } catch (err) {
+        result.errors.push(`policy new-flow section: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      phase('policyNewFlow');
+    }
   } else {
     result.errors.push('interrupted');
   }

@@ -1,7 +1,8 @@
 // Runs the benchmark harness in --smoke mode (tiny N) into a temporary directory and checks only the
 // shape of its output: expected keys present, numbers finite. Timing is never asserted. run.js
 // starts and stops its own Membrane daemon and removes everything it created (containers, networks,
-// the datapath section's namespaces and veths) and restores kernel.bpf_stats_enabled.
+// the datapath section's namespaces and veths, the policy section's rules, iptables chain and pinned
+// tries) and restores kernel.bpf_stats_enabled and DOCKER-USER.
 
 import test from 'ava';
 import { execFile } from 'node:child_process';
@@ -15,6 +16,9 @@ const KEY_CALLS = ['NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'IpamDr
 const DATAPATH_VARIANTS = ['membrane', 'bridge', 'veth'];
 const RATIO_KEYS = ['membraneOverBridge', 'membraneOverVeth', 'bridgeOverVeth', 'pairedMembraneOverBridge', 'pairedMembraneOverVeth'];
 const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
+const POLICY_SYSTEMS = ['membrane', 'iptables'];
+/** Entries the policy section's traffic rule puts into the server's map (TCP 5201, TCP 11111, ICMP echo). */
+const TRAFFIC_ENTRIES = 3;
 
 function finite(value: unknown): boolean {
   return typeof value === 'number' && Number.isFinite(value);
@@ -25,6 +29,7 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
   t.timeout(15 * 60_000);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-smoke-'));
   const statsBefore = fs.readFileSync(BPF_STATS, 'utf8').trim();
+  const dockerUserBefore = (await run('iptables', ['-w', '-S', 'DOCKER-USER'])).stdout.trim();
   try {
     const { code, stdout, stderr } = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       execFile(process.execPath, [RUN_JS, '--smoke', '--out', out, '--wait-max-seconds', '30'],
@@ -37,6 +42,7 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
     const markdown = fs.readFileSync(path.join(out, 'bench.md'), 'utf8');
     t.true(markdown.includes('## 1.') && markdown.includes('## 2.') && markdown.includes('## 3.'));
     t.true(markdown.includes('## 4.') && markdown.includes('## 5.'), 'datapath sections in the markdown');
+    t.true(markdown.includes('## 6.'), 'policy section in the markdown');
     const r = JSON.parse(fs.readFileSync(path.join(out, 'bench.json'), 'utf8'));
 
     t.is(r.schema, 'membrane-bench/1');
@@ -117,6 +123,46 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
       t.is(row.unexpectedRetvals, 0, `programCost ${p} ${m} verdicts`);
     }
     t.deepEqual(pc.conntrack.state, ['established', 'established']);
+
+    // 6. Policy at scale: every size measured on both systems, the Membrane map really held N more
+    // entries and the chain N rules, control-plane timings present, DOCKER-USER as it was.
+    const pol = r.policy;
+    t.truthy(pol, 'policy section ran');
+    t.true(pol.roundsCompleted >= 1);
+    t.deepEqual(pol.points.map((x: { size: number }) => x.size), pol.settings.sizes);
+    for (const x of pol.points) {
+      for (const system of POLICY_SYSTEMS) {
+        const tp = x[system].throughput;
+        const l = x[system].latency;
+        t.true(tp.n >= 1 && finite(tp.medianGbps) && tp.medianGbps > 0, `policy ${system} N=${x.size} throughput: ${JSON.stringify(tp.errors)}`);
+        t.true(l.n >= 1 && finite(l.p50Us) && finite(l.p99Us), `policy ${system} N=${x.size} latency: ${JSON.stringify(l.errors)}`);
+      }
+      const entries = pol.membrane.mapEntries.find((e: { size: number }) => e.size === x.size);
+      t.is(entries?.ingressEntries, x.size + TRAFFIC_ENTRIES, `the server's map holds N + ${TRAFFIC_ENTRIES} ingress entries at N=${x.size}`);
+      t.is(pol.iptables.chainRules.find((e: { size: number }) => e.size === x.size)?.rules, x.size, `the chain holds N rules at N=${x.size}`);
+    }
+    for (const row of [...pol.ratios.flatness.membrane, ...pol.ratios.flatness.iptables, ...pol.ratios.membraneOverIptables]) {
+      for (const k of ['throughput', 'p50', 'p99']) t.true(finite(row[k]), `policy ratio N=${row.size} ${k}`);
+    }
+    const cp = pol.controlPlane;
+    for (const k of ['importSet', 'deleteSet', 'addOne', 'deleteOne']) {
+      t.true(cp.membrane[k].api.n >= 1 && finite(cp.membrane[k].api.p50Ms) && finite(cp.membrane[k].regeneration.p50Ms), `policy control plane ${k}`);
+    }
+    for (const k of ['loadSet', 'addOne', 'deleteOne']) t.true(cp.iptables[k].n >= 1 && finite(cp.iptables[k].p50Ms), `iptables control plane ${k}`);
+    t.true(pol.iptables.dockerUserRestored, 'DOCKER-USER restored by the run');
+    t.is((await run('iptables', ['-w', '-S', 'DOCKER-USER'])).stdout.trim(), dockerUserBefore, 'DOCKER-USER as it was');
+    t.deepEqual(pol.cleanup.problems, []);
+    const nf = r.policyNewFlow;
+    t.truthy(nf, 'policy new-flow section ran');
+    t.is(nf.rows.length, pol.settings.newFlowSizes.length * 2, 'every size, allowed and default-denied');
+    for (const row of nf.rows) {
+      t.true(finite(row.nsPerPacket) && row.nsPerPacket > 0 && finite(row.ratioVsZero), `new-flow N=${row.size} ${row.path}`);
+      t.is(row.unexpectedRetvals, 0, `new-flow N=${row.size} ${row.path} verdicts`);
+      t.is(row.missingConntrack, 0, `new-flow N=${row.size} ${row.path}: every timed run was a new flow`);
+      t.is(row.entries, row.size + 1, `new-flow N=${row.size} trie entries`);
+    }
+    t.false(fs.existsSync(nf.pinDir), 'the new-flow tries are unpinned');
+
     const namespaces = (await run('ip', ['netns', 'list'])).stdout;
     t.false(namespaces.includes(`mbbench-${r.environment.runId}`), 'the veth variant\'s namespaces are gone');
 

@@ -1,8 +1,8 @@
 // A UDP echo server and client for the test image (busybox has no UDP nc). Static, IPv4 and IPv6.
 //   udpecho serve PORT [ADDR]     echoes every datagram back to its sender, forever (on ADDR only
 //                                 if given: then replies leave from the address that was asked)
-//   udpecho send ADDR PORT [MS]   sends one datagram, exits 0 if the echo comes back within MS
-//                                 (default 2000), 1 if not
+//   udpecho send ADDR PORT [MS]   sends a datagram (again every 500 ms), exits 0 if the echo comes
+//                                 back within MS (default 2000), 1 if not
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -59,8 +59,15 @@ static int send_one(const char *host, const char *port, int timeout_ms) {
     perror("udpecho send");
     return 1;
   }
+  // Like a DNS client: the datagram is sent again every 500 ms until the echo comes or time is
+  // up, so a first packet lost to neighbour resolution does not read as "unreachable".
   struct pollfd p = {.fd = fd, .events = POLLIN};
-  if (poll(&p, 1, timeout_ms) != 1) return 1;
+  for (int waited = 0;; waited += 500) {
+    int wait = timeout_ms - waited < 500 ? timeout_ms - waited : 500;
+    if (wait <= 0) return 1;
+    if (poll(&p, 1, wait) == 1) break;
+    sendto(fd, msg, sizeof msg, 0, addr, addrlen);
+  }
   char buf[64];
   ssize_t n = recv(fd, buf, sizeof buf, 0);
   if (n != (ssize_t)sizeof msg || memcmp(buf, msg, sizeof msg) != 0) return 1;

@@ -191,7 +191,7 @@ async function main(argv: string[]): Promise<void> {
           labels: (e.labels as string[] | undefined)?.join(','),
           error: e.labelPolicyError ? 'LABEL POLICY INVALID' : '',
         };
-      }), [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['containerName', 'CONTAINER'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'],
+      }), [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['containerName', 'CONTAINER'], ['hostIfName', 'HOST IF'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'],
         ['identity', 'IDENTITY'], ['enforcement', 'POLICY IN/OUT'], ['labels', 'LABELS'], ['error', 'ERROR']]);
       const errors = rows.filter((e) => e.labelPolicyError).map((e) => `${short(e.id)} ${String(e.containerName ?? '')}: ${String(e.labelPolicyError)}`);
       return errors.length ? `${listed}\n\nlabel policy errors (these endpoints deny everything not allowed by imported rules):\n${errors.join('\n')}` : listed;

@@ -16,9 +16,15 @@ export interface DockerView {
   networks: Map<string, { endpoints: Set<string>; addresses: Set<string> }>;
 }
 
-export async function readDockerView(docker: Docker, driverName: string): Promise<DockerView> {
+/**
+ * Docker's view of Membrane's networks: those of driver `driverName`, and those whose id
+ * Membrane knows. The second matters for the managed plugin, whose driver Docker names after the
+ * plugin reference (`user/membrane:tag`): filtering by name alone would see no networks at all,
+ * and reconciliation would then release every one of them.
+ */
+export async function readDockerView(docker: Docker, driverName: string, knownNetworkIds: ReadonlySet<string> = new Set()): Promise<DockerView> {
   const view: DockerView = { networks: new Map() };
-  const list = await docker.listNetworks({ filters: { driver: [driverName] } });
+  const list = (await docker.listNetworks()).filter((n) => n.Driver === driverName || knownNetworkIds.has(n.Id));
   for (const summary of list) {
     const detail = await docker.getNetwork(summary.Id).inspect();
     const endpoints = new Set<string>();
@@ -92,7 +98,7 @@ export async function reconcileWithDocker(docker: Docker, driverName: string, si
   }
   if (signal.aborted) return undefined;
   try {
-    const view = await readDockerView(docker, driverName);
+    const view = await readDockerView(docker, driverName, new Set(Object.keys(ctx.state.networks)));
     if (signal.aborted) return undefined;
     const report = await reconcileWithDockerView(view, since, ctx, networks, endpoints);
     log.info('reconciled with docker', report);

@@ -94,6 +94,11 @@ export interface DockerClient {
 export interface DockerLabelWatcherOptions {
   /** Networks of this driver are Membrane's (integration tests use 'bridge'). Default 'membrane'. */
   driverName?: string;
+  /**
+   * Decides which networks are Membrane's instead of driverName. A managed plugin does not know
+   * the name Docker gives its driver (`user/membrane:tag`); the daemon knows its networks' ids.
+   */
+  isMembraneNetwork?: (networkId: string, driver: string) => boolean;
   log?: Logger;
   /** Full resync period; 0 = only after (re)connecting and on explicit resync(). Default 30 s. */
   resyncIntervalMs?: number;
@@ -178,6 +183,7 @@ export class DockerLabelWatcher {
   private readonly docker: DockerClient;
   private readonly log: Logger;
   private readonly driverName: string;
+  private readonly ours: (networkId: string, driver: string) => boolean;
   private readonly resyncIntervalMs: number;
   private readonly endpointRetry: number[];
   private readonly reconnectInitialMs: number;
@@ -208,6 +214,7 @@ export class DockerLabelWatcher {
     this.docker = typeof docker === 'string' ? new Docker({ socketPath: docker }) : docker;
     this.log = options.log ?? silentLogger();
     this.driverName = options.driverName ?? 'membrane';
+    this.ours = options.isMembraneNetwork ?? ((_id, driver) => driver === this.driverName);
     this.resyncIntervalMs = options.resyncIntervalMs ?? 30_000;
     this.endpointRetry = linearBackoff(options.endpointRetryStepMs ?? 50, options.endpointRetryTotalMs ?? 5_000);
     this.reconnectInitialMs = options.reconnectInitialMs ?? 500;
@@ -359,7 +366,7 @@ export class DockerLabelWatcher {
         this.networks.delete(id);
         return;
       case 'connect':
-        if (!containerId || attributes.type !== this.driverName) return;
+        if (!containerId || !this.ours(id, attributes.type ?? '')) return;
         this.task(this.endpointLookup === 'network'
           ? this.resolveConnect(containerId, id, attributes.name ?? id, receivedAt)
           : this.resolveByInspect(containerId, 'connect', receivedAt, id), 'connect', containerId);
@@ -518,7 +525,7 @@ export class DockerLabelWatcher {
     const networkId = attachment.NetworkID || [...this.networks].find(([, n]) => n.name === name)?.[0];
     if (!networkId || (onlyNetwork && networkId !== onlyNetwork)) return undefined;
     const info = await this.networkInfo(networkId);
-    if (info?.driver !== this.driverName) return undefined;
+    if (!info || !this.ours(networkId, info.driver)) return undefined;
     if (!attachment.NetworkID || !attachment.EndpointID) return 'pending';
     return { networkId, networkName: name, endpointId: attachment.EndpointID };
   }
@@ -537,7 +544,7 @@ export class DockerLabelWatcher {
     try {
       const networks = await this.docker.listNetworks();
       this.networks = new Map(networks.map((n) => [n.Id, { name: n.Name, driver: n.Driver }]));
-      const ours = new Set(networks.filter((n) => n.Driver === this.driverName).map((n) => n.Id));
+      const ours = new Set(networks.filter((n) => this.ours(n.Id, n.Driver)).map((n) => n.Id));
       const running = ours.size === 0 ? [] : await this.docker.listContainers({
         filters: { status: ['running'], network: [...ours] }, abortSignal: this.closing.signal,
       });

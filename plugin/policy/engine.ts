@@ -220,10 +220,13 @@ export class PolicyEngine {
   private applyEndpoint(compiler: PolicyCompiler, endpoint: EndpointRecord): { written: number; deleted: number; compiled: CompiledPolicy } {
     const compiled = compiler.compile(this.inputOf(endpoint));
     const counts = this.maps && endpoint.number !== undefined ? this.maps.apply(endpoint.number, compiled.entries) : { written: 0, deleted: 0 };
-    const flags = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit };
+    const written = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit, identity: endpoint.identity ?? ID_INIT };
     const before = endpoint.policy;
-    endpoint.policy = { ...flags, revision: this.repository.revision };
-    if (!before || before.ingress !== flags.ingress || before.egress !== flags.egress || before.audit !== flags.audit) {
+    endpoint.policy = { ...written, revision: this.repository.revision };
+    // The endpoint entry carries the identity and the flags: rewrite it when either moved (an
+    // identity that changes while the flags stay would leave peers judging it as init).
+    if (!before || before.ingress !== written.ingress || before.egress !== written.egress || before.audit !== written.audit ||
+      before.identity !== written.identity) {
       const network = this.ctx.state.networks[endpoint.networkId];
       if (network) this.endpointMaps?.refresh(endpoint, network);
     }

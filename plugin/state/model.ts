@@ -100,8 +100,8 @@ export interface EndpointRecord {
   infoLabels?: string[];
   containerId?: string;
   containerName?: string;
-  /** What the datapath enforces for it, as last compiled. */
-  policy?: { ingress: boolean; egress: boolean; audit: boolean; revision: number };
+  /** What the datapath enforces for it, as last compiled and written into its endpoint entry. */
+  policy?: { ingress: boolean; egress: boolean; audit: boolean; revision: number; identity?: number };
   /** Why its label policy was refused (it then stays default-deny in both directions). */
   labelPolicyError?: string;
 }
