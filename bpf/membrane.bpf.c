@@ -77,6 +77,8 @@ ALWAYS_INLINE int admit(struct __sk_buff *skb, const struct pkt *p, __u32 direct
 	__u32 epoch = cfg ? cfg->policy_epoch : 0;
 	struct ct_entry *e;
 	int ct = ct_lookup(p, now, &e);
+	if (ct == CT_RESULT_UNTRACKED && icmp_is_error(p) && ct_related(skb, p, now))
+		return -1;
 	if (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch)) {
 		struct policy_flow f;
 		struct policy_verdict v;

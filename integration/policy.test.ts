@@ -116,9 +116,14 @@ const serverIngressFrom = (peer: Record<string, unknown>) => [{
 }];
 
 test.serial('allow by label: the selected peer gets through on the allowed ports, anyone else is denied by default', async (t) => {
-  await importPolicy(serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }));
+  const revision = await importPolicy(serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }));
+  t.regex(await cli('policy', 'wait', String(revision), '--timeout', '10'), new RegExp(`revision ${revision} is enforced`));
   t.deepEqual(await matrix(client, serverAddr), all(true), 'allowed peer');
   t.deepEqual(await matrix(other, serverAddr), all(false), 'default deny');
+  // Verdicts are counted per rule (once per flow): the allow rule and the default deny (rule 0).
+  const verdicts = JSON.parse(await cli('policy', 'verdicts', '-o', 'json')) as { ruleId: number; allowed: string; denied: string }[];
+  t.true(verdicts.some((v) => v.ruleId > 0 && Number(v.allowed) >= 6), JSON.stringify(verdicts));
+  t.true(verdicts.some((v) => v.ruleId === 0 && Number(v.denied) >= 6), JSON.stringify(verdicts));
   const list = await cli('endpoint', 'list');
   t.regex(list, new RegExp(`${server}.*in/-`), 'the server enforces ingress only');
 });
@@ -324,19 +329,20 @@ test.serial('enforcement modes per network: always denies without rules, never i
   await docker('network', 'rm', auditNet);
 });
 
-test.serial('identities survive a daemon restart, and the CLI shows identities, maps and the time from Join to identity', async (t) => {
+test.serial('identities and policy survive kill -9 of the daemon, and the CLI shows identities, maps and the time from Join to identity', async (t) => {
   const before = await apiGet<{ containerName?: string; identity?: number }[]>('/v1/endpoints');
   const status = await apiGet<{ policy: { joinToIdentityMs: { samples: number; p50?: number; p99?: number; max?: number } } }>('/v1/status');
   t.log(`Join -> identity applied: ${JSON.stringify(status.policy.joinToIdentityMs)}`);
   t.true(status.policy.joinToIdentityMs.samples >= 3);
-  await membrane.stop();
+  const revision = await importPolicy(serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }));
+  await membrane.kill9();
   await membrane.start();
+  t.is(JSON.parse(await cli('policy', 'get', '-o', 'json')).revision, revision, 'the acknowledged import is still there');
   const after = await apiGet<{ containerName?: string; identity?: number }[]>('/v1/endpoints');
   for (const e of before) t.is(after.find((a) => a.containerName === e.containerName)?.identity, e.identity, `${e.containerName} keeps its identity`);
   const identities = await cli('identity', 'list');
   t.regex(identities, /container:app=server/);
   const serverEndpoint = before.find((e) => e.containerName === server) as { id?: string } | undefined;
-  await importPolicy(serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }));
   const map = await cli('bpf', 'policy', 'get', serverEndpoint!.id!.slice(0, 12));
   t.regex(map, /ingress\s+\d+\s+container:app=client/);
   t.deepEqual(await matrix(client, serverAddr), all(true), 'still enforced after the restart');

@@ -122,6 +122,69 @@ ALWAYS_INLINE int ct_lookup(const struct pkt *p, __u64 now, struct ct_entry **en
 	return CT_RESULT_NEW;
 }
 
+/* ICMP errors (unreachable, packet too big, time exceeded, parameter problem) quote a packet. */
+ALWAYS_INLINE bool icmp_is_error(const struct pkt *p)
+{
+	if (!p->l4_valid)
+		return false;
+	if (p->proto == IPPROTO_ICMP)
+		return p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12;
+	if (p->proto == IPPROTO_ICMPV6)
+		return p->icmp_type >= 1 && p->icmp_type <= 4;
+	return false;
+}
+
+/*
+ * An ICMP error is related traffic when the packet it quotes belongs to a live flow (either
+ * direction): it then passes without a policy verdict of its own, as the flow's replies do, so
+ * path MTU discovery works under default deny. Reads the quoted IP header and its first 8 L4 bytes.
+ */
+ALWAYS_INLINE bool ct_related(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	/* Ethernet + outer L3 (bounded for the verifier: at most 60 for IPv4, 40 for IPv6) + ICMP's 8. */
+	__u32 offset = sizeof(struct ethhdr) + (p->l4_offset & 0x3f) + 8;
+	struct pkt inner = {};
+	if (p->family == FAMILY_IPV4) {
+		struct iphdr *ip = data + offset;
+		if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+			return false;
+		inner.family = FAMILY_IPV4;
+		inner.saddr.ip4 = ip->saddr;
+		inner.daddr.ip4 = ip->daddr;
+		inner.proto = ip->protocol;
+		parse_l4(ip + 1, data_end, &inner);
+	} else {
+		struct ipv6hdr *ip6 = data + offset;
+		if ((void *)(ip6 + 1) > data_end)
+			return false;
+		inner.family = FAMILY_IPV6;
+		__builtin_memcpy(inner.saddr.ip6, &ip6->saddr, 16);
+		__builtin_memcpy(inner.daddr.ip6, &ip6->daddr, 16);
+		inner.proto = ip6->nexthdr;
+		parse_l4(ip6 + 1, data_end, &inner);
+	}
+	/* Errors quote only 8 bytes of L4: TCP flags may be missing, ports are there. */
+	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
+		if (!inner.sport && !inner.dport) {
+			__be16 *ports = (void *)data + offset + (inner.family == FAMILY_IPV4 ? 20 : 40);
+			if ((void *)(ports + 2) > data_end)
+				return false;
+			inner.sport = ports[0];
+			inner.dport = ports[1];
+		}
+	} else if (!inner.l4_valid) {
+		return false;
+	}
+	struct ct_key key = {};
+	ct_fill_key(&inner, &key, false);
+	if (ct_lookup_live(&key, now))
+		return true;
+	ct_fill_key(&inner, &key, true);
+	return ct_lookup_live(&key, now) != 0;
+}
+
 /* Starts tracking a new flow (policy allowed it at `policy_epoch`). */
 ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch, __u64 now)
 {

@@ -15,6 +15,7 @@ struct pkt {
 	__u8 tcp_flags;   /* byte 13 of the TCP header */
 	__u8 icmp_type;
 	__u8 l4_valid;    /* ports/flags/type were read (not a non-first fragment, not truncated) */
+	__u8 l4_offset;   /* L4 header offset from the L3 header (IPv4: ihl * 4; IPv6: 40) */
 };
 
 #define TCP_FIN 0x01
@@ -83,6 +84,7 @@ ALWAYS_INLINE int parse_ipv4(void *data, void *data_end, struct pkt *p)
 	p->saddr.ip4 = ip->saddr;
 	p->daddr.ip4 = ip->daddr;
 	p->proto = ip->protocol;
+	p->l4_offset = ip->ihl * 4;
 	/* Non-first fragments carry no L4 header: tracked by addresses and protocol only. */
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -103,6 +105,7 @@ ALWAYS_INLINE int parse_ipv6(void *data, void *data_end, struct pkt *p)
 	__builtin_memcpy(p->saddr.ip6, &ip6->saddr, 16);
 	__builtin_memcpy(p->daddr.ip6, &ip6->daddr, 16);
 	p->proto = ip6->nexthdr;
+	p->l4_offset = sizeof(*ip6);
 	parse_l4(ip6 + 1, data_end, p);
 	return 0;
 }

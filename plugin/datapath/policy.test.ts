@@ -144,6 +144,37 @@ test('ingress from the host stack is judged in to_container; replies to allowed 
   t.is(f.run('to_container', f.ifindex.a, toA(ipv4(WORLD, A.ipv4, tcp(443, port, TCP_SYN | TCP_ACK)))).retval, TC_ACT_OK, 'reply to an allowed egress flow');
 });
 
+/** An ICMP error (IPv4 type 3 code 4, or ICMPv6 packet too big) quoting the first bytes of `quoted`. */
+function icmpError(v6: boolean, quoted: Buffer): { proto: number; build(pseudo: Buffer): Buffer } {
+  return {
+    proto: v6 ? 58 : 1,
+    build() {
+      const h = Buffer.alloc(8);
+      h[0] = v6 ? 2 : 3;
+      h[1] = v6 ? 0 : 4;
+      h.writeUInt32BE(v6 ? 1280 : 1400, 4);
+      return Buffer.concat([h, quoted.subarray(0, (v6 ? 40 : 20) + 8)]);
+    },
+  };
+}
+
+test('ICMP errors about a live flow pass as related traffic (path MTU discovery under default deny); others are judged', (t) => {
+  const f = policySetup(t);
+  f.apply([{ labels: [], endpointSelector: { matchLabels: { app: 'client' } }, ingress: [{ entities: ['host'] }], egress: [{ entities: ['world'] }] }]);
+  const port = sport();
+  t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, WORLD, tcp(port, 443, TCP_SYN)))).retval, TC_ACT_OK);
+  const router = '203.0.113.1';
+  const quoted = ipv4(A.ipv4, WORLD, tcp(port, 443, TCP_ACK));
+  t.is(f.run('to_container', f.ifindex.a, toA(ipv4(router, A.ipv4, icmpError(false, quoted)))).retval, TC_ACT_OK, 'frag needed for a live flow');
+  const unknown = ipv4(A.ipv4, WORLD, tcp(port + 1, 443, TCP_ACK));
+  t.is(f.run('to_container', f.ifindex.a, toA(ipv4(router, A.ipv4, icmpError(false, unknown)))).retval, TC_ACT_SHOT, 'about no flow');
+  const port6 = sport();
+  t.is(f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, '2001:db8::7', udp(port6, 53)), ETH_P_IPV6)).retval, TC_ACT_OK);
+  const quoted6 = ipv6(A.ipv6, '2001:db8::7', udp(port6, 53));
+  t.is(f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, 0x86dd, ipv6('2001:db8::1', A.ipv6, icmpError(true, quoted6)))).retval,
+    TC_ACT_OK, 'packet too big for a live IPv6 flow');
+});
+
 test('revocation: removing an allow stops an established flow at its next packet, in both directions', (t) => {
   const f = policySetup(t);
   const allow: PolicyRule = { labels: [], endpointSelector: { matchLabels: { app: 'server' } }, ingress: [{ endpoints: [{ matchLabels: { app: 'client' } }] }] };
