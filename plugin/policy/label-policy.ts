@@ -69,6 +69,7 @@
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from '../errors.js';
 import { formatPrefix, parsePrefix } from '../ipam/prefix.js';
+import { editDistance } from './spelling.js';
 import {
   ENTITIES, type EndpointSelector, type Entity, type IcmpField, type PolicyIssue, type PolicyPeerRule,
   type PolicyRule, type PortProtocolSpec, type SelectorExpression,
@@ -123,17 +124,6 @@ function example(key: LabelPolicyKey): string {
 // Typo detection: a label that was meant as a policy but is misspelled must not leave the
 // container unpoliced.
 
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
 
 /** The policy key a misspelled `membrane.` label was probably meant to be, or undefined. */
 function intendedPolicyKey(labelKey: string): LabelPolicyKey | undefined {

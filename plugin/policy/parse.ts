@@ -20,6 +20,7 @@ import { isMap, isScalar, LineCounter, parseAllDocuments, type Document } from '
 import { PolicyInvalidError } from '../errors.js';
 import { formatPrefix, parseAddress, parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import { keyProblem, parseLabel, parseLabelKey, sourceProblem } from './labels.js';
+import { editDistance } from './spelling.js';
 import {
   ENTITIES, type CidrSet, type EndpointSelector, type Entity, type IcmpFamily, type IcmpField, type IcmpRule,
   type Label, type PolicyIssue, type PolicyPeerRule, type PolicyRule, type PortProtocol, type PortProtocolSpec,
@@ -79,24 +80,13 @@ function describe(v: unknown): string {
 
 const NULL_HINT = 'a YAML key with nothing after it is null; remove the field or give it a value';
 
-function levenshtein(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = row;
-  }
-  return prev[b.length]!;
-}
 
 /** The candidate closest to `name` when it is a plausible typo or abbreviation (case ignored), else undefined. */
 function nearest(name: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const c of candidates) {
-    const d = levenshtein(name.toLowerCase(), c.toLowerCase());
+    const d = editDistance(name.toLowerCase(), c.toLowerCase());
     if (d < bestDistance) { best = c; bestDistance = d; }
   }
   if (bestDistance <= Math.min(2, Math.floor(name.length / 2))) return best;
