@@ -59,6 +59,7 @@ export class PolicyEngine {
   private pending: Promise<RegenerationReport> | undefined;
   private lastReport: RegenerationReport | undefined;
   private revisionWaiters: { revision: number; resolve: () => void }[] = [];
+  private collectedAtStart = false;
 
   constructor(private readonly ctx: Context, private readonly settings: PolicySettings,
     private readonly maps: PolicyMaps | undefined, private readonly endpointMaps: EndpointMaps | undefined,
@@ -267,12 +268,18 @@ export class PolicyEngine {
 
   private regenerateNow(): RegenerationReport {
     const started = performance.now();
-    const rules = this.repository.rules();
-    const usedCidrs = cidrsOf(rules);
+    const endpoints = Object.values(this.ctx.state.endpoints);
+    // Identities nothing uses any more, before anything is compiled against them: CIDRs no rule
+    // names, every time; label sets no endpoint has, once per daemon start (so a container that
+    // restarts keeps its number while the daemon runs, and the state does not grow without end).
+    const usedEndpointIdentities = this.collectedAtStart
+      ? new Set(this.identities.all().filter((v) => v.kind === 'endpoint').map((v) => v.id))
+      : new Set(endpoints.map((e) => e.identity ?? ID_INIT));
+    this.identities.collect(usedEndpointIdentities, cidrsOf(this.repository.rules()));
+    this.collectedAtStart = true;
     const compiler = this.compiler();
     let written = 0;
     let deleted = 0;
-    const endpoints = Object.values(this.ctx.state.endpoints);
     for (const endpoint of endpoints) {
       const r = this.applyEndpoint(compiler, endpoint);
       written += r.written;
@@ -280,8 +287,6 @@ export class PolicyEngine {
     }
     const ipcache = this.maps?.syncIpcache(this.ipcacheEntries()) ?? { written: 0, deleted: 0 };
     const epoch = this.maps?.bumpEpoch();
-    // CIDR identities no rule names any more: after the ipcache stopped using them.
-    this.identities.collect(new Set(this.identities.all().filter((v) => v.kind === 'endpoint').map((v) => v.id)), usedCidrs);
     const report: RegenerationReport = {
       revision: this.repository.revision, endpoints: endpoints.length, written, deleted, ipcache, epoch,
       ms: Math.round((performance.now() - started) * 100) / 100,
