@@ -188,17 +188,15 @@ export class PolicyEngine {
   async import(rules: PolicyRule[]): Promise<{ revision: number; added: StoredRule[]; replaced: number[] }> {
     const result = this.repository.add(rules, 'api');
     for (const r of result.added) this.maps?.resetCounter(r.id);
-    await this.ctx.store.commit();
+    // One state write, by the regeneration, before the answer: a crash before it loses nothing
+    // that was acknowledged, and the start-up regeneration rewrites the maps from the state.
     await this.regenerate();
     return result;
   }
 
   async delete(labels: Label[], options: { all?: boolean } = {}): Promise<{ revision: number; deleted: StoredRule[] }> {
     const result = this.repository.delete(labels, options);
-    if (result.deleted.length) {
-      await this.ctx.store.commit();
-      await this.regenerate();
-    }
+    if (result.deleted.length) await this.regenerate();
     return result;
   }
 
@@ -259,10 +257,7 @@ export class PolicyEngine {
           reject(err);
         }
       });
-    }).then(async (report) => {
-      await this.ctx.store.commit();
-      return report;
-    });
+    }).finally(() => this.ctx.store.commit());
     return this.pending;
   }
 
