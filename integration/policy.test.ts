@@ -128,6 +128,22 @@ test.serial('allow by label: the selected peer gets through on the allowed ports
   t.regex(list, new RegExp(`${server}.*in/-`), 'the server enforces ingress only');
 });
 
+test.serial('a policy too big for an endpoint\'s map is refused whole, and the policy in force stays', async (t) => {
+  const revision = await importPolicy(serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }));
+  // 40,000 ports over TCP and UDP: 80,000 entries for the server, whose map holds 65,536.
+  const ports = Array.from({ length: 40_000 }, (_, i) => ({ port: String(i + 1), protocol: 'ANY' }));
+  const file = path.join(os.tmpdir(), `membrane-policy-big-${process.pid}.json`);
+  fs.writeFileSync(file, JSON.stringify([{ labels: [{ key: 'test', value: 'big' }], endpointSelector: { matchLabels: { app: 'server' } },
+    ingress: [{ fromEndpoints: [{ matchLabels: { app: 'other' } }], toPorts: [{ ports }] }] }]));
+  const refused = await run(process.execPath, [CLI, '--api', API_SOCKET, 'policy', 'import', file], { allowFail: true, timeoutMs: 120_000 });
+  fs.rmSync(file);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /80\d{3} entries into the policy map of endpoint .* nothing was applied/);
+  t.is((JSON.parse(await cli('policy', 'get', '-o', 'json')) as { revision: number }).revision, revision, 'the revision did not move');
+  t.deepEqual(await matrix(client, serverAddr), all(true), 'the allow in force still works');
+  t.deepEqual(await matrix(other, serverAddr), all(false), 'and nothing of the refused rule was applied');
+});
+
 test.serial('an explicit deny wins over an allow', async (t) => {
   await importPolicy([
     ...serverIngressFrom({ fromEndpoints: [{ matchLabels: { app: 'client' } }] }),

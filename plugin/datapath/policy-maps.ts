@@ -66,6 +66,11 @@ export class PolicyMaps {
   constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath, private readonly pinDir: string,
     private readonly trieMaxEntries = 65536) {}
 
+  /** How many entries one endpoint's policy map holds. */
+  get capacity(): number {
+    return this.trieMaxEntries;
+  }
+
   private pinPath(endpointNumber: number): string {
     return path.join(this.pinDir, 'policy', String(endpointNumber));
   }

@@ -22,7 +22,7 @@ import { PolicyRepository, emptyPolicyState } from './repository.js';
 import { formatLabel, parseLabel } from './labels.js';
 import { hasLabelPolicy, parseLabelPolicy } from './label-policy.js';
 import type { EnforcementMode, Label, PolicyRule, StoredRule } from './types.js';
-import { InvalidArgumentError, NotFoundError } from '../errors.js';
+import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors.js';
 
 export interface PolicySettings {
   enforcement: EnforcementMode;
@@ -104,8 +104,7 @@ export class PolicyEngine {
    */
   prepare(endpoint: EndpointRecord): void {
     endpoint.identity ??= ID_INIT;
-    const compiler = this.compiler();
-    this.applyEndpoint(compiler, endpoint);
+    this.applyEndpoint(endpoint, this.compileChecked(this.compiler(), [endpoint])[0]!);
   }
 
   /** Join was answered: the clock for "Join -> identity applied" starts. */
@@ -140,7 +139,15 @@ export class PolicyEngine {
     if (network && update.networkName) network.name = update.networkName;
     changed = this.applyLabelPolicy(endpoint, update, identity) || changed;
     if (!changed) return;
-    await this.regenerate();
+    try {
+      await this.regenerate();
+    } catch (err) {
+      // A label policy too big for the maps must not block every later change: it is refused
+      // like an invalid one, and the container stays default-deny.
+      if (!(err instanceof ConflictError) || !this.repository.setOrigin(`endpoint:${endpoint.id}`, []).changed) throw err;
+      endpoint.labelPolicyError = err.message;
+      await this.regenerate();
+    }
     const started = this.joinedAt.get(endpoint.id);
     if (started !== undefined) {
       this.joinedAt.delete(endpoint.id);
@@ -186,18 +193,34 @@ export class PolicyEngine {
 
   /** Imports a validated document (all or nothing) and applies it. */
   async import(rules: PolicyRule[]): Promise<{ revision: number; added: StoredRule[]; replaced: number[] }> {
-    const result = this.repository.add(rules, 'api');
-    for (const r of result.added) this.maps?.resetCounter(r.id);
-    // One state write, by the regeneration, before the answer: a crash before it loses nothing
-    // that was acknowledged, and the start-up regeneration rewrites the maps from the state.
-    await this.regenerate();
+    return this.changeRules(() => {
+      const result = this.repository.add(rules, 'api');
+      for (const r of result.added) this.maps?.resetCounter(r.id);
+      return result;
+    });
+  }
+
+  /**
+   * Applies a change to the rules as a whole: when the regeneration refuses it (a map would
+   * overflow), the rules go back to what they were and the error reaches the caller. One state
+   * write, by the regeneration, before the answer: a crash before it loses nothing that was
+   * acknowledged, and the start-up regeneration rewrites the maps from the state.
+   */
+  private async changeRules<T>(change: () => T): Promise<T> {
+    const before = structuredClone(this.ctx.state.policy!);
+    const result = change();
+    try {
+      await this.regenerate();
+    } catch (err) {
+      Object.assign(this.ctx.state.policy!, before);
+      await this.regenerate();
+      throw err;
+    }
     return result;
   }
 
   async delete(labels: Label[], options: { all?: boolean } = {}): Promise<{ revision: number; deleted: StoredRule[] }> {
-    const result = this.repository.delete(labels, options);
-    if (result.deleted.length) await this.regenerate();
-    return result;
+    return this.changeRules(() => this.repository.delete(labels, options));
   }
 
   private compiler(): PolicyCompiler {
@@ -215,9 +238,25 @@ export class PolicyEngine {
     };
   }
 
-  /** Compiles one endpoint and writes its trie; returns the write counts. */
-  private applyEndpoint(compiler: PolicyCompiler, endpoint: EndpointRecord): { written: number; deleted: number; compiled: CompiledPolicy } {
-    const compiled = compiler.compile(this.inputOf(endpoint));
+  /**
+   * Compiles endpoints, refusing before anything is written when one would need more entries
+   * than its map holds (the kernel would refuse part of it, leaving a policy nobody asked for).
+   */
+  private compileChecked(compiler: PolicyCompiler, endpoints: EndpointRecord[]): CompiledPolicy[] {
+    const compiled = endpoints.map((endpoint) => compiler.compile(this.inputOf(endpoint)));
+    const capacity = this.maps?.capacity ?? Infinity;
+    compiled.forEach((c, i) => {
+      if (c.entries.length <= capacity) return;
+      const e = endpoints[i]!;
+      throw new ConflictError(`the policy would put ${c.entries.length} entries into the policy map of endpoint ` +
+        `${e.id.slice(0, 12)}${e.containerName ? ` (${e.containerName})` : ''}, which holds ${capacity}; nothing was applied. ` +
+        'Use port ranges (endPort), wildcard selectors ({} or an entity) or fewer ports per rule');
+    });
+    return compiled;
+  }
+
+  /** Writes one endpoint's compiled policy into its trie and its endpoint entry; returns the write counts. */
+  private applyEndpoint(endpoint: EndpointRecord, compiled: CompiledPolicy): { written: number; deleted: number } {
     const counts = this.maps && endpoint.number !== undefined ? this.maps.apply(endpoint.number, compiled.entries) : { written: 0, deleted: 0 };
     const written = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit, identity: endpoint.identity ?? ID_INIT };
     const before = endpoint.policy;
@@ -229,7 +268,7 @@ export class PolicyEngine {
       const network = this.ctx.state.networks[endpoint.networkId];
       if (network) this.endpointMaps?.refresh(endpoint, network);
     }
-    return { ...counts, compiled };
+    return counts;
   }
 
   /** Ipcache: the host's own addresses, and every CIDR a rule names. */
@@ -272,14 +311,14 @@ export class PolicyEngine {
       : new Set(endpoints.map((e) => e.identity ?? ID_INIT));
     this.identities.collect(usedEndpointIdentities, cidrsOf(this.repository.rules()));
     this.collectedAtStart = true;
-    const compiler = this.compiler();
+    const compiled = this.compileChecked(this.compiler(), endpoints);
     let written = 0;
     let deleted = 0;
-    for (const endpoint of endpoints) {
-      const r = this.applyEndpoint(compiler, endpoint);
+    endpoints.forEach((endpoint, i) => {
+      const r = this.applyEndpoint(endpoint, compiled[i]!);
       written += r.written;
       deleted += r.deleted;
-    }
+    });
     const ipcache = this.maps?.syncIpcache(this.ipcacheEntries()) ?? { written: 0, deleted: 0 };
     const epoch = this.maps?.bumpEpoch();
     const report: RegenerationReport = {
