@@ -144,7 +144,8 @@ const networkOf = (labels: readonly Label[]): string[] =>
 export class PolicyCompiler {
   private readonly identities: IdentityView[];
   private readonly cidrIdentities: { view: IdentityView; prefix: Prefix }[];
-  private readonly selectorCache = new Map<string, number[]>();
+  /** By selector object: rules are immutable once stored, so the same object means the same answer. */
+  private readonly selectorCache = new WeakMap<EndpointSelector, number[]>();
 
   constructor(private readonly rules: readonly StoredRule[], private readonly source: IdentitySource) {
     this.identities = source.all();
@@ -154,14 +155,13 @@ export class PolicyCompiler {
   /** Identities (endpoint, or reserved when the selector names reserved: keys) a selector matches. */
   private selectorPeers(sel: EndpointSelector): number[] {
     if (isEmptySelector(sel)) return [ID_CLASS_ENDPOINTS];
-    const key = JSON.stringify(sel);
-    let ids = this.selectorCache.get(key);
+    let ids = this.selectorCache.get(sel);
     if (!ids) {
       const reserved = namesReserved(sel);
       ids = this.identities
         .filter((v) => (v.kind === 'endpoint' || (reserved && v.kind === 'reserved')) && selectorMatches(sel, v.labels))
         .map((v) => v.id);
-      this.selectorCache.set(key, ids);
+      this.selectorCache.set(sel, ids);
     }
     return ids;
   }
@@ -272,7 +272,8 @@ export class PolicyCompiler {
       }
     }
     // An allow inside a deny of the same identity would be the longest match and undo the deny.
-    for (const [k, e] of entries) {
+    const anyDeny = [...entries.values()].some((e) => e.entry.verdict === POLICY_DENY);
+    for (const [k, e] of anyDeny ? entries : []) {
       if (e.entry.verdict !== POLICY_ALLOW) continue;
       const covering = coveringKeys(e.key).map((c) => entries.get(keyString(c))).find((c) => c?.entry.verdict === POLICY_DENY);
       if (covering) entries.set(k, { key: e.key, entry: { ruleId: covering.entry.ruleId, verdict: POLICY_DENY } });

@@ -207,12 +207,15 @@ export class PolicyEngine {
    * acknowledged, and the start-up regeneration rewrites the maps from the state.
    */
   private async changeRules<T>(change: () => T): Promise<T> {
-    const before = structuredClone(this.ctx.state.policy!);
+    // The repository never edits a stored rule or its list in place (every change makes a new
+    // list), so the list itself is the snapshot.
+    const policy = this.ctx.state.policy!;
+    const before = { revision: policy.revision, rules: policy.rules };
     const result = change();
     try {
       await this.regenerate();
     } catch (err) {
-      Object.assign(this.ctx.state.policy!, before);
+      Object.assign(policy, before);
       await this.regenerate();
       throw err;
     }
