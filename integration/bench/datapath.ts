@@ -205,7 +205,20 @@ export interface ProgCostResult {
 
 // ---- small helpers -----------------------------------------------------------------------------
 
-const errorText = (err: unknown): string => String(err instanceof Error ? err.message : err).slice(0, 400);
+export const errorText = (err: unknown): string => String(err instanceof Error ? err.message : err).slice(0, 400);
+
+/** Deletes test veths by name (their peers go with them); failures are recorded, not thrown. */
+export function deleteVeths(nl: { linkGetByName(name: string): { index: number } | null | undefined; linkDelete(index: number): void },
+  names: string[], errors: string[]): void {
+  for (const name of names) {
+    try {
+      const link = nl.linkGetByName(name);
+      if (link) nl.linkDelete(link.index);
+    } catch (err) {
+      errors.push(`delete veth ${name}: ${errorText(err)}`);
+    }
+  }
+}
 
 function linesOf(text: string, n = 3): string {
   return text.trim().split('\n').slice(-n).join(' / ').slice(0, 400);
@@ -849,14 +862,7 @@ export async function benchProgramCost(o: DatapathOptions): Promise<ProgCostResu
     result.errors.push(errorText(err));
   } finally {
     for (const obj of objects) obj.close();
-    for (const name of links) {
-      try {
-        const link = nl.linkGetByName(name);
-        if (link) nl.linkDelete(link.index);
-      } catch (err) {
-        result.errors.push(`delete veth ${name}: ${errorText(err)}`);
-      }
-    }
+    deleteVeths(nl, links, result.errors);
     fs.rmSync(tmp, { recursive: true, force: true });
   }
   return result;

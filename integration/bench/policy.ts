@@ -39,7 +39,7 @@ import { PolicyCompiler } from '../../plugin/policy/compile.js';
 import { parseLabel } from '../../plugin/policy/labels.js';
 import type { PolicyRule, PortProtocolSpec, StoredRule } from '../../plugin/policy/types.js';
 import {
-  IPERF_PORT, SOCKPERF_PORT, containerPair, datapathOptions, ensureBenchImage, iperfOnce, latencyOnce, pinning,
+  IPERF_PORT, SOCKPERF_PORT, containerPair, datapathOptions, deleteVeths, ensureBenchImage, errorText, iperfOnce, latencyOnce, pinning,
   type DatapathOptions, type Endpoints, type IperfRun, type LatencyRun, type LatencyVariant, type Pinning, type ThroughputVariant,
 } from './datapath.js';
 import { fmt, median, ratio, round, summarize } from './stats.js';
@@ -221,7 +221,6 @@ export interface PolicyNewFlowResult {
 
 // ---- small helpers -----------------------------------------------------------------------------
 
-const errorText = (err: unknown): string => String(err instanceof Error ? err.message : err).slice(0, 400);
 
 function timing(values: number[]): TimingSummary {
   const s = summarize(values);
@@ -930,14 +929,7 @@ export async function benchPolicyNewFlow(o: PolicyBenchOptions): Promise<PolicyN
   } finally {
     maps?.close();
     obj?.close();
-    for (const name of links) {
-      try {
-        const link = nl.linkGetByName(name);
-        if (link) nl.linkDelete(link.index);
-      } catch (err) {
-        result.errors.push(`delete veth ${name}: ${errorText(err)}`);
-      }
-    }
+    deleteVeths(nl, links, result.errors);
     // Unpinning the tries frees them (nothing else holds them once the object is closed).
     fs.rmSync(pinDir, { recursive: true, force: true });
   }
