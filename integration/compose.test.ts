@@ -4,9 +4,11 @@
 
 import test from 'ava';
 import path from 'node:path';
-import { ROOT, apiGet, docker, dockerMayFail, eventually, execMayFail, run, useMembrane } from './harness.js';
+import { MembraneProcess, ROOT, apiGet, cleanupDocker, docker, dockerMayFail, eventually, execMayFail, run } from './harness.js';
 
-useMembrane(test);
+// Not useMembrane: compose must take its network down while the daemon still runs (a remote
+// driver's network cannot be removed without its plugin), so teardown order matters.
+const membrane = new MembraneProcess();
 
 const FILE = path.join(ROOT, 'examples', 'compose', 'docker-compose.yml');
 const PROJECT = `mbtshop${process.pid.toString(36)}`;
@@ -21,6 +23,8 @@ const ids: Record<string, string> = {};
 const addr: Record<string, { ipv4: string; ipv6: string }> = {};
 
 test.before(async () => {
+  await cleanupDocker();
+  await membrane.start();
   await compose('up', '-d');
   for (const service of ['frontend', 'api', 'db']) {
     ids[service] = (await compose('ps', '-q', service)).stdout.trim();
@@ -41,6 +45,9 @@ test.after.always(async () => {
   await compose('down', '-t', '1').catch(() => undefined);
   const left = (await dockerMayFail('ps', '-aq', '--filter', `label=com.docker.compose.project=${PROJECT}`)).stdout.split('\n').filter(Boolean);
   if (left.length) await dockerMayFail('rm', '-f', ...left);
+  await dockerMayFail('network', 'rm', `${PROJECT}_default`);
+  await cleanupDocker();
+  await membrane.stop();
 });
 
 async function tcp(from: string, address: string, port: number): Promise<boolean> {
