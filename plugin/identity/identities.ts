@@ -4,7 +4,7 @@
 
 import type { Label } from '../policy/types.js';
 import {
-  ID_CLASS_WORLD_IPV4, ID_CLASS_WORLD_IPV6, ID_FIRST_CIDR, ID_FIRST_ENDPOINT, ID_HOST, ID_INIT, ID_WORLD_IPV4, ID_WORLD_IPV6,
+  ID_ANY, ID_CLASS_ENDPOINTS, ID_CLASS_WORLD_IPV4, ID_CLASS_WORLD_IPV6, ID_FIRST_CIDR, ID_FIRST_ENDPOINT, ID_HOST, ID_INIT, ID_WORLD_IPV4, ID_WORLD_IPV6,
 } from '../datapath/codec.js';
 import { formatLabel, labelSetKey, parseLabel } from '../policy/labels.js';
 import { parsePrefix } from '../ipam/prefix.js';
@@ -48,7 +48,8 @@ export const INIT_LABELS: readonly Label[] = [{ source: 'reserved', key: 'init',
 
 /** Wildcard identities that only appear in policy keys, by the names `membrane identity list` shows. */
 export const CLASS_IDENTITY_NAMES: Record<number, string> = {
-  0: 'any', 3: 'any-endpoint', [ID_CLASS_WORLD_IPV4]: 'any-world-ipv4', [ID_CLASS_WORLD_IPV6]: 'any-world-ipv6',
+  [ID_ANY]: 'any', [ID_CLASS_ENDPOINTS]: 'any endpoint', [ID_CLASS_WORLD_IPV4]: 'any IPv4 world address',
+  [ID_CLASS_WORLD_IPV6]: 'any IPv6 world address',
 };
 
 const MAX_ENDPOINT_IDENTITY = ID_FIRST_CIDR - 1;

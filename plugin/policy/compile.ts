@@ -333,9 +333,8 @@ export class PolicyLookup {
    */
   decide(direction: number, remote: number, remoteClass: number, protocol: number, port: number):
     { verdict: 'allowed' | 'denied' | 'default-denied'; ruleId: number; matched: PolicyMapEntry[] } {
-    const matched = [remote, remoteClass, ID_ANY]
-      .filter((id, i) => i === 0 || id !== 0 || i === 2)
-      .filter((id, i, all) => all.indexOf(id) === i)
+    // As in BPF: no class lookup when the remote has none.
+    const matched = [remote, ...(remoteClass ? [remoteClass] : []), ID_ANY]
       .map((id) => this.longestMatch(id, direction, protocol, port))
       .filter((e): e is PolicyMapEntry => e !== undefined);
     const deny = matched.find((e) => e.entry.verdict === POLICY_DENY);

@@ -13,7 +13,9 @@ import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import type { PolicyMaps } from '../datapath/policy-maps.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 import { ID_HOST, ID_INIT, POLICY_EGRESS, POLICY_INGRESS, type IpcacheValue } from '../datapath/codec.js';
-import { IdentityAllocator, INIT_LABELS, emptyIdentityState, type IdentityView } from '../identity/identities.js';
+import {
+  CLASS_IDENTITY_NAMES, IdentityAllocator, INIT_LABELS, RESERVED_IDENTITIES, emptyIdentityState, type IdentityView,
+} from '../identity/identities.js';
 import { filterLabels, type LabelFilter } from '../identity/label-filter.js';
 import type { EndpointLabels } from '../identity/watcher.js';
 import { COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL } from '../identity/docker-labels.js';
@@ -360,7 +362,7 @@ export class PolicyEngine {
   describeIdentity(id: number): string {
     const view = this.identities.get(id);
     if (view) return view.labels.map((l) => formatLabel(l)).join(',');
-    return ({ 0: 'any', 3: 'any endpoint', 11: 'any IPv4 world address', 12: 'any IPv6 world address' } as Record<number, string>)[id] ?? `identity ${id}`;
+    return CLASS_IDENTITY_NAMES[id] ?? `identity ${id}`;
   }
 
   /**
@@ -373,7 +375,8 @@ export class PolicyEngine {
     // A scratch copy of the identities: tracing must not allocate identities for label sets nobody has.
     const scratch = new IdentityAllocator(structuredClone(this.ctx.state.identities!));
     const identityOf = (labels: Label[]): number => {
-      const reserved = labels.length === 1 && labels[0]!.source === 'reserved' ? RESERVED_BY_NAME[labels[0]!.key] : undefined;
+      const only = labels.length === 1 && labels[0]!.source === 'reserved' ? labels[0]!.key : undefined;
+      const reserved = only === undefined ? undefined : RESERVED_IDENTITIES.find((v) => v.labels.some((l) => l.source === 'reserved' && l.key === only))?.id;
       return reserved ?? scratch.forLabels(labels).id;
     };
     const src = identityOf(request.src);
@@ -428,7 +431,6 @@ export class PolicyEngine {
 }
 
 const PROTOCOLS: Record<string, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP, icmp: IPPROTO_ICMP, icmpv6: IPPROTO_ICMPV6 };
-const RESERVED_BY_NAME: Record<string, number> = { host: ID_HOST, init: ID_INIT, world: 9, 'world-ipv4': 9, 'world-ipv6': 10 };
 
 export interface TraceSide {
   direction: 'egress' | 'ingress';
