@@ -13,6 +13,7 @@ import {
 import { native } from '../plugin/kernel/native.js';
 import { decodeCtEntry, decodeCtKey } from '../plugin/datapath/codec.js';
 import { tcxForTests } from '../plugin/features.js';
+import { hasExpired, kernelNowNs, nsAfter } from '../plugin/clock.js';
 
 const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-datapath-'));
 let membrane = new MembraneProcess(stateDir);
@@ -86,9 +87,9 @@ test.serial('a TCP stream survives kill -9 of Membrane and a new BPF build with 
   membrane = await restartDaemon(membrane, { MEMBRANE_BPF_OBJECT: newBuild });
 
   // Wait for the client to finish (bounded).
-  const deadline = Date.now() + 40_000;
+  const deadline = performance.now() + 40_000;
   let clientExit = '';
-  while (Date.now() < deadline) {
+  while (performance.now() < deadline) {
     clientExit = (await run('docker', ['exec', client, 'cat', '/tmp/client-exit'], { allowFail: true })).stdout.trim();
     if (clientExit) break;
     await sleep(500);
@@ -190,7 +191,7 @@ test.serial('a new conntrackMax migrates the pinned conntrack map: entries copie
         if (!key) break;
         const value = nl.bpfMapLookup(fd, key);
         if (!value) continue;
-        if (liveForNs !== undefined && decodeCtEntry(value).expiresNs < process.hrtime.bigint() + liveForNs) continue;
+        if (liveForNs !== undefined && hasExpired(decodeCtEntry(value).expiresNs, nsAfter(kernelNowNs(), liveForNs))) continue;
         keys.add(key.toString('hex'));
       }
       return keys;

@@ -101,8 +101,8 @@ export class MembraneProcess {
       stdio: ['ignore', log, log],
     });
     fs.closeSync(log);
-    const deadline = Date.now() + 20_000;
-    while (Date.now() < deadline) {
+    const deadline = performance.now() + 20_000;
+    while (performance.now() < deadline) {
       if (this.child.exitCode !== null) throw new Error(`membrane daemon exited with ${this.child.exitCode}: ${this.tail()}`);
       try {
         await apiGet('/v1/status');
@@ -151,9 +151,9 @@ export function sleep(ms: number): Promise<void> {
 
 /** Retries `fn` until it succeeds or `timeoutMs` passes (IPv6 DAD, ARP and DNS need a moment). */
 export async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000, intervalMs = 200): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = performance.now() + timeoutMs;
   let last: unknown;
-  while (Date.now() < deadline) {
+  while (performance.now() < deadline) {
     try {
       return await fn();
     } catch (err) {

@@ -150,6 +150,9 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     state = emptyState(formatPrefix(ula));
     log.info('no state yet; generated node ULA prefix', { ulaPrefix: state.ulaPrefix });
   }
+  // This daemon's run number: records it creates carry it (see fromEarlierRun). Committed with
+  // the kernel reconciliation, before the plugin socket listens.
+  state.daemonRun = (state.daemonRun ?? 0) + 1;
 
   const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
@@ -310,7 +313,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     core.policy.regenerate().catch((err: unknown) => log.warn('policy regeneration failed', { error: String(err) }));
   }, 10_000);
   hostWatch.unref();
-  const dockerReconcile = reconcileWithDocker(new Docker(), driverName, startedAt, ctx, networks, endpoints, log, abort.signal)
+  const dockerReconcile = reconcileWithDocker(new Docker(), driverName, ctx, networks, endpoints, log, abort.signal)
     .then((report) => { status.lastDockerReconcile = report ? { ...report, at: new Date().toISOString() } : null; });
 
   return {

@@ -300,9 +300,9 @@ export function pinning(): Pinning {
 
 /** Waits (bounded) until both servers listen, as seen by `listCmd` (netstat/ss output). */
 async function waitListening(list: () => Promise<string>, what: string): Promise<void> {
-  const deadline = Date.now() + 15_000;
+  const deadline = performance.now() + 15_000;
   let last = '';
-  while (Date.now() < deadline) {
+  while (performance.now() < deadline) {
     last = await list().catch((err) => errorText(err));
     if (last.includes(`:${IPERF_PORT} `) && last.includes(`:${SOCKPERF_PORT} `)) return;
     await sleep(200);
@@ -488,9 +488,9 @@ async function programStats(ids: number[]): Promise<Map<number, { name: string; 
 
 async function statsPhase<T>(workload: string, ids: number[], fn: () => Promise<T>): Promise<{ phase: BpfStatsPhase; value: T }> {
   const before = await programStats(ids);
-  const started = Date.now();
+  const started = performance.now();
   const value = await fn();
-  const seconds = round((Date.now() - started) / 1000, 2);
+  const seconds = round((performance.now() - started) / 1000, 2);
   const after = await programStats(ids);
   const programs: ProgramStats[] = [];
   for (const [id, a] of after) {
@@ -582,10 +582,10 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
         delete endpoints[key];
       }
     }
-    const deadline = Date.now() + o.maxSeconds * 1000;
+    const deadline = performance.now() + o.maxSeconds * 1000;
     for (let r = 0; r < o.rounds; r++) {
       if (ctx.aborted()) throw new Error('interrupted');
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         result.errors.push(`datapath rounds hit their time limit (${o.maxSeconds} s) after ${result.roundsCompleted} rounds`);
         break;
       }

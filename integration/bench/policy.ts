@@ -675,10 +675,10 @@ export async function benchPolicyLive(o: PolicyBenchOptions, ctx: PolicyContext)
     result.iptables.dockerUserBefore = iptables.before;
 
     const visited = new Set<number>();
-    const deadline = Date.now() + o.maxSeconds * 1000;
+    const deadline = performance.now() + o.maxSeconds * 1000;
     for (let r = 0; r < o.rounds; r++) {
       if (ctx.aborted()) throw new Error('interrupted');
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         result.errors.push(`policy rounds hit their time limit (${o.maxSeconds} s) after ${result.roundsCompleted} rounds`);
         break;
       }

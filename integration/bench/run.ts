@@ -239,11 +239,11 @@ async function otherDaemon(): Promise<string | undefined> {
 }
 
 async function waitForMachine(maxSeconds: number): Promise<void> {
-  const deadline = Date.now() + maxSeconds * 1000;
+  const deadline = performance.now() + maxSeconds * 1000;
   for (let attempt = 0; attempt < 1000; attempt++) {
     const why = await otherDaemon();
     if (!why) return;
-    if (Date.now() + 30_000 > deadline) {
+    if (performance.now() + 30_000 > deadline) {
       throw new Error(`another Membrane daemon is in use and did not go away within ${maxSeconds} s (${why}); not touching it`);
     }
     console.error(`bench: waiting 30 s, ${why}`);
@@ -281,8 +281,8 @@ class BenchDaemon {
     });
     this.child = child;
     fs.closeSync(log);
-    const deadline = Date.now() + 20_000;
-    while (Date.now() < deadline) {
+    const deadline = performance.now() + 20_000;
+    while (performance.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`membrane daemon exited (${child.exitCode ?? child.signalCode}): ${this.tail()}`);
       }
@@ -327,9 +327,9 @@ class BenchDaemon {
 }
 
 async function startDaemonWhenFree(options: BenchOptions): Promise<BenchDaemon> {
-  const deadline = Date.now() + options.waitMaxSeconds * 1000;
+  const deadline = performance.now() + options.waitMaxSeconds * 1000;
   for (let attempt = 0; attempt < 30; attempt++) {
-    await waitForMachine(Math.max(0, (deadline - Date.now()) / 1000));
+    await waitForMachine(Math.max(0, (deadline - performance.now()) / 1000));
     const daemon = new BenchDaemon(options.logLevel);
     try {
       await daemon.start();
@@ -338,7 +338,7 @@ async function startDaemonWhenFree(options: BenchOptions): Promise<BenchDaemon> 
       await daemon.stop();
       daemon.dispose();
       // Lost a race with somebody else's daemon: wait again (bounded by the same deadline).
-      if (!/another Membrane daemon/.test(String(err)) || Date.now() > deadline) throw err;
+      if (!/another Membrane daemon/.test(String(err)) || performance.now() > deadline) throw err;
     }
   }
   throw new Error('could not start a Membrane daemon');
@@ -417,12 +417,12 @@ async function benchDockerRun(options: BenchOptions, names: BenchNetworks, label
   const samples: Record<VariantKey, number[]> = { membrane: [], bridge: [], none: [] };
   const errors: Record<VariantKey, string[]> = { membrane: [], bridge: [], none: [] };
   const paired: number[] = [];
-  const deadline = Date.now() + (options.smoke ? 3 : 8) * 60_000;
+  const deadline = performance.now() + (options.smoke ? 3 : 8) * 60_000;
   let completed = 0;
   const total = options.warmupRounds + options.rounds;
   for (let round = 0; round < total; round++) {
     checkAborted();
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       console.error(`bench: docker run section hit its time limit after ${completed} rounds`);
       break;
     }
@@ -594,10 +594,10 @@ async function replayCycles(options: BenchOptions): Promise<Omit<PluginLatencyRe
     });
     networkCreated = true;
 
-    const deadline = Date.now() + (options.smoke ? 60_000 : 5 * 60_000);
+    const deadline = performance.now() + (options.smoke ? 60_000 : 5 * 60_000);
     for (let i = 0; i < options.cycles; i++) {
       checkAborted();
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         errors.push(`time limit reached after ${completed} cycles`);
         break;
       }
@@ -891,7 +891,7 @@ async function removeOwnResources(label: string): Promise<string[]> {
 }
 
 export async function runBench(options: BenchOptions): Promise<BenchResult> {
-  const started = Date.now();
+  const started = performance.now();
   const runId = `${process.pid.toString(36)}${randomBytes(3).toString('hex')}`;
   const benchLabel = `membrane.bench=${runId}`;
   const labels = [TEST_LABEL, benchLabel];
@@ -903,10 +903,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null,
     errors: [], durationSeconds: 0, phaseSeconds: {},
   };
-  let phaseStart = Date.now();
+  let phaseStart = performance.now();
   const phase = (name: string) => {
-    result.phaseSeconds[name] = round((Date.now() - phaseStart) / 1000, 1);
-    phaseStart = Date.now();
+    result.phaseSeconds[name] = round((performance.now() - phaseStart) / 1000, 1);
+    phaseStart = performance.now();
   };
   const want = (section: Section) => wants(options, section);
 
@@ -1019,7 +1019,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   } else {
     result.errors.push('interrupted');
   }
-  result.durationSeconds = Math.round((Date.now() - started) / 1000);
+  result.durationSeconds = Math.round((performance.now() - started) / 1000);
   return result;
 }
 

@@ -10,6 +10,7 @@ import { parsePrefix, prefixSize } from '../ipam/prefix.js';
 import type { BpfAddon } from '../kernel/native.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 import { EventMonitor, listBpfEndpoints, listConntrack, readMetrics } from '../datapath/inspect.js';
+import { kernelTimeToEpochMs } from '../clock.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import type { PolicyMaps } from '../datapath/policy-maps.js';
 import { addPolicyRoutes } from './policy-routes.js';
@@ -50,7 +51,7 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       calls[method] = { count: s.count, errors: s.errors, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99) };
     }
     res.json({
-      version: status.version, pid: process.pid, uptimeSeconds: Math.round((Date.now() - status.startedAt) / 1000),
+      version: status.version, pid: process.pid, uptimeSeconds: Math.round(process.uptime()),
       pluginSocket: status.pluginSocket, stateFile: status.stateFile, stateWrites: ctx.store.writes,
       ulaPrefix: ctx.state.ulaPrefix, networks: networks.list().length, endpoints: endpoints.list().length,
       pools: Object.keys(ctx.state.pools).length, dockerCalls: calls,
@@ -100,7 +101,9 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       const labels = event.policy ? {
         srcLabels: policy.describeIdentity(event.policy.srcIdentity), dstLabels: policy.describeIdentity(event.policy.dstIdentity),
       } : {};
-      res.write(`${JSON.stringify({ ...event, ...labels, tsNs: event.tsNs.toString() })}\n`);
+      // tsNs is the kernel's clock (ns since boot); time is the wall clock it corresponds to.
+      const time = new Date(kernelTimeToEpochMs(event.tsNs)).toISOString();
+      res.write(`${JSON.stringify({ time, ...event, ...labels, tsNs: event.tsNs.toString() })}\n`);
     });
     req.on('close', unsubscribe);
   });

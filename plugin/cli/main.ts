@@ -284,7 +284,7 @@ async function main(argv: string[]): Promise<void> {
         }
         const ports = (port: unknown) => (port ? `:${port}` : '');
         const flow = event.family ? `${event.proto} ${event.saddr}${ports(event.sport)} -> ${event.daddr}${ports(event.dport)}` : 'arp/other';
-        process.stdout.write(`${String(event.type).toUpperCase().padEnd(5)} ${String(event.reason).padEnd(18)} ${String(event.direction).padEnd(14)} ` +
+        process.stdout.write(`${String(event.time ?? '').slice(11, 23)} ${String(event.type).toUpperCase().padEnd(5)} ${String(event.reason).padEnd(18)} ${String(event.direction).padEnd(14)} ` +
           `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}${policyLine(event)}\n`);
       });
     });

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { native } from '../kernel/native.js';
 import { mapEntries } from './iterate.js';
+import { NS_PER_SECOND, kernelNowNs, nsAfter, nsBefore } from '../clock.js';
 import { EndpointMaps } from './endpoint-maps.js';
 import type { Datapath } from './loader.js';
 import {
@@ -77,8 +78,8 @@ test('spoofed source MAC or IP is dropped, counted, and reported as an event', a
   t.is(f.metric(65, 0), 1n, 'spoofed-mac');
   // Delivery waits for the kernel's irq_work wakeup, seen taking up to ~2.4 s here under a loaded
   // test run: bounded at 10 s, and every event must arrive.
-  const deadline = Date.now() + 10_000;
-  while (events.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const deadline = performance.now() + 10_000;
+  while (events.length < 3 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.is(events.length, 3);
   t.is(events[0]!.length, SIZES.event);
   const first = decodeEvent(events[0]!);
@@ -153,14 +154,26 @@ test('conntrack: UDP and ICMP echo over IPv4 and IPv6, and TCP over IPv6', (t) =
   t.like(f.ct({ family: 6, proto: 6, saddr: A.ipv6, daddr: B.ipv6, sport: 41000, dport: 8080 })!, { state: 'established', packetsReply: 1n });
 });
 
+test('the daemon reads the clock the datapath stamps with: a new flow\'s created_ns lies between two kernelNowNs() readings', (t) => {
+  const f = setup(t);
+  const before = kernelNowNs();
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', udp(7000, 53)), ETH_P_IP));
+  const after = kernelNowNs();
+  const entry = f.ct({ family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 7000, dport: 53 })!;
+  t.true(entry.createdNs >= before && entry.createdNs <= after, `${before} <= ${entry.createdNs} <= ${after}`);
+  t.is(entry.expiresNs - entry.createdNs, 60n * NS_PER_SECOND, 'UDP lives 60 s from its last packet');
+  t.log(`kernel clock at this test: ${Number(before / 1_000_000n) / 1000} s since boot`);
+});
+
 test('conntrack: an expired entry is no entry, in either direction', (t) => {
   const f = setup(t);
   const nl = native();
-  // A flow B -> A on port 9 that ended long ago (expired an hour ago), not yet collected.
+  // A flow B -> A on port 9 that ended long ago (an hour ago, or at boot on a host up for less
+  // than an hour: the kernel's clock starts at zero), not yet collected.
   const stale = { family: 4, proto: 17, saddr: '198.51.100.7', daddr: A.ipv4, sport: 5000, dport: 9 };
-  const now = process.hrtime.bigint();
+  const now = kernelNowNs();
   nl.bpfMapUpdate(f.map('mb_conntrack'), encodeCtKey(stale), encodeCtEntry({
-    expiresNs: now - 3600n * 1_000_000_000n, createdNs: 0n, packetsOrig: 5n, bytesOrig: 500n, packetsReply: 0n, bytesReply: 0n,
+    expiresNs: nsBefore(now, 3600n * NS_PER_SECOND), createdNs: 0n, packetsOrig: 5n, bytesOrig: 500n, packetsReply: 0n, bytesReply: 0n,
     endpointId: 9, state: 'established', tcpFlagsOrig: 0, tcpFlagsReply: 0,
   }), 0);
   // A's new flow is the stale one's reverse: it must get its own entry, not revive the old one.
@@ -180,8 +193,8 @@ test('with config.trace_sample = 1 every forwarded packet is reported as a trace
   const consumer = nl.ringbufConsume(f.map('mb_events'), (record) => events.push(record));
   t.teardown(() => consumer.close());
   f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(40000, 80, TCP_SYN)), ETH_P_IP));
-  const deadline = Date.now() + 10_000; // see the spoofing test about wakeup latency
-  while (events.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const deadline = performance.now() + 10_000; // see the spoofing test about wakeup latency
+  while (events.length < 1 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.like(decodeEvent(events[0]!), { type: 'trace', reason: 'redirect-peer', saddr: A.ipv4, daddr: B.ipv4, sport: 40000, dport: 80, proto: 'tcp' });
 });
 
@@ -221,11 +234,11 @@ test('the daemon\'s conntrack garbage collection deletes expired entries and kee
   const f = setup(t);
   const nl = native();
   const fd = f.map('mb_conntrack');
-  const now = process.hrtime.bigint();
+  const now = kernelNowNs();
   const entry = (expiresNs: bigint) => encodeCtEntry({ expiresNs, createdNs: 0n, packetsOrig: 1n, bytesOrig: 1n, packetsReply: 0n,
     bytesReply: 0n, endpointId: 1, state: 'established', tcpFlagsOrig: 0, tcpFlagsReply: 0 });
   const key = (sport: number) => encodeCtKey({ family: 6, proto: 6, saddr: A.ipv6, daddr: 'fd00:99::1', sport, dport: 443 });
-  for (let i = 0; i < 100; i++) nl.bpfMapUpdate(fd, key(1000 + i), entry(i % 2 ? now + 600n * 1_000_000_000n : now - 1n), 0);
+  for (let i = 0; i < 100; i++) nl.bpfMapUpdate(fd, key(1000 + i), entry(i % 2 ? nsAfter(now, 600n * NS_PER_SECOND) : nsBefore(now, 1n)), 0);
   // The collector reads the map through the Datapath; this object stands in for a loaded one.
   const maps = new EndpointMaps(nl, { map: (name: string) => f.map(name) } as unknown as Datapath);
   t.deepEqual(maps.collectConntrack(262144, now), { scanned: 100, deleted: 50 });

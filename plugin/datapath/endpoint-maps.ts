@@ -8,6 +8,7 @@ import {
 } from './codec.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
+import { hasExpired, kernelNowNs } from '../clock.js';
 import { gatewayFor } from '../network/plan.js';
 
 export class EndpointMaps {
@@ -81,14 +82,14 @@ export class EndpointMaps {
   }
 
   /**
-   * Removes conntrack entries whose expiry has passed. bpf_ktime_get_ns() is CLOCK_MONOTONIC,
-   * the same clock as process.hrtime. Bounded by the map's size.
+   * Removes conntrack entries whose expiry has passed, judged on the kernel's clock (see clock.ts)
+   * by the same rule as the datapath's lookup. Bounded by the map's size.
    */
-  collectConntrack(maxEntries: number, nowNs = process.hrtime.bigint()): { scanned: number; deleted: number } {
+  collectConntrack(maxEntries: number, nowNs = kernelNowNs()): { scanned: number; deleted: number } {
     const fd = this.datapath.map('mb_conntrack');
     const all = mapEntries(this.bpf, fd, maxEntries);
     const scanned = all.length;
-    const expired = all.filter(([, value]) => decodeCtEntry(value).expiresNs < nowNs).map(([key]) => key);
+    const expired = all.filter(([, value]) => hasExpired(decodeCtEntry(value).expiresNs, nowNs)).map(([key]) => key);
     const deleted = expired.length ? this.bpf.bpfMapDeleteBatch(fd, Buffer.concat(expired)) : 0;
     return { scanned, deleted };
   }

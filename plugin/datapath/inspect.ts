@@ -8,6 +8,7 @@ import {
 } from './codec.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
+import { hasExpired, kernelNowNs, secondsUntil } from '../clock.js';
 
 
 export function listBpfEndpoints(bpf: BpfAddon, dp: Datapath, limit = 65536) {
@@ -15,13 +16,13 @@ export function listBpfEndpoints(bpf: BpfAddon, dp: Datapath, limit = 65536) {
     .sort((a, b) => a.endpointId - b.endpointId);
 }
 
-export function listConntrack(bpf: BpfAddon, dp: Datapath, limit: number, nowNs = process.hrtime.bigint()) {
+export function listConntrack(bpf: BpfAddon, dp: Datapath, limit: number, nowNs = kernelNowNs()) {
   return mapEntries(bpf, dp.map('mb_conntrack'), limit).map(([key, value]) => {
     const k = decodeCtKey(key);
     const e = decodeCtEntry(value);
     return {
       family: k.family, proto: protocolName(k.proto), src: k.saddr, sport: k.sport, dst: k.daddr, dport: k.dport,
-      state: e.state, expiresInSeconds: Number((e.expiresNs - nowNs) / 1_000_000_000n),
+      state: hasExpired(e.expiresNs, nowNs) ? 'expired' : e.state, expiresInSeconds: secondsUntil(e.expiresNs, nowNs),
       packetsOriginal: e.packetsOrig.toString(), bytesOriginal: e.bytesOrig.toString(),
       packetsReply: e.packetsReply.toString(), bytesReply: e.bytesReply.toString(), endpointId: e.endpointId,
     };

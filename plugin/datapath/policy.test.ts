@@ -93,8 +93,8 @@ test('a policy drop is reported with both identities and the deciding rule; allo
   ]);
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(sport(), 22, TCP_SYN)))).retval, TC_ACT_SHOT);
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(sport(), 23, TCP_SYN)))).retval, TC_ACT_REDIRECT);
-  const deadline = Date.now() + 10_000;
-  while (events.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const deadline = performance.now() + 10_000;
+  while (events.length < 2 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   const [denied, allowed] = events.map((e) => decodeEvent(e));
   t.like(denied, { type: 'drop', reason: 'policy-denied', dport: 22, policy: { srcIdentity: f.ids.a, dstIdentity: f.ids.b, ruleId: 2, verdict: 'denied', audit: false, endpointId: 2, direction: 'ingress' } });
   t.like(allowed, { type: 'policy', dport: 23, policy: { verdict: 'allowed', ruleId: 1, direction: 'ingress', endpointId: 2 } });
@@ -217,8 +217,8 @@ test('audit mode lets a denied flow through and reports it as an audited deny', 
   t.teardown(() => consumer.close());
   f.apply([{ labels: [], endpointSelector: { matchLabels: { app: 'server' } }, ingress: [{ entities: ['host'] }] }], { audit: true });
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(sport(), 80, TCP_SYN)))).retval, TC_ACT_REDIRECT);
-  const deadline = Date.now() + 10_000;
-  while (events.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const deadline = performance.now() + 10_000;
+  while (events.length < 1 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.like(decodeEvent(events[0]!), { type: 'policy', reason: 'policy-default-denied', policy: { verdict: 'default-denied', audit: true } });
   t.is(f.metric(73, 0), 0n, 'nothing dropped');
 });

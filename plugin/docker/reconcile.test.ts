@@ -1,5 +1,5 @@
-// Reconciliation with Docker's view: what Docker no longer has and that predates this start is
-// released; what Docker has, or what arrived after the start, is kept.
+// Reconciliation with Docker's view: what Docker no longer has and that an earlier daemon run
+// created is released; what Docker has, or what this run created, is kept, whatever the clocks say.
 
 import test from 'ava';
 import fs from 'node:fs';
@@ -24,7 +24,16 @@ async function setup(t: { teardown: (fn: () => void) => void }) {
     fs.rmSync(procSys, { recursive: true, force: true });
   });
   const nl = new FakeNetlink();
-  const core = createCore({ ...DEFAULT_CONFIG, stateDir, ulaPrefix: 'fd11:2233:4455::/48' }, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys });
+  const config = { ...DEFAULT_CONFIG, stateDir, ulaPrefix: 'fd11:2233:4455::/48' };
+  const core = createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys });
+  await core.reconcileKernel();
+  /** A new daemon on the same state and kernel, as after a restart. */
+  const restart = async () => {
+    await core.ctx.store.commit();
+    const next = createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys });
+    await next.reconcileKernel();
+    return next;
+  };
   const call = (method: string, body: unknown) => core.routes[method]!(body as Record<string, unknown>) as Promise<Record<string, string>>;
   /** A network with a v4 pool and gateway, as Docker creates it. */
   const network = async (id: string) => {
@@ -39,11 +48,11 @@ async function setup(t: { teardown: (fn: () => void) => void }) {
     await call('NetworkDriver.Join', { NetworkID: networkId, EndpointID: id, SandboxKey: '/var/run/docker/netns/x', Options: {} });
     return Address!.split('/')[0]!;
   };
-  return { core, call, network, endpoint, nl };
+  return { core, call, network, endpoint, nl, restart };
 }
 
 test('releases endpoints, networks, pools and addresses Docker no longer has; keeps the rest', async (t) => {
-  const { core, call, network, endpoint, nl } = await setup(t);
+  const { core: first, call, network, endpoint, nl, restart } = await setup(t);
   const kept = hex(1);
   const gone = hex(2);
   const keptPool = await network(kept);
@@ -56,10 +65,11 @@ test('releases endpoints, networks, pools and addresses Docker no longer has; ke
   // A pool whose network create never happened.
   const orphanPool = (await call('IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '', SubPool: '', Options: {}, V6: false })).PoolID!;
 
-  const since = Date.now() + 1;
-  const gateway = core.networks.get(kept).ipv4[0]!.gateway!;
+  const gateway = first.networks.get(kept).ipv4[0]!.gateway!;
+  const core = await restart();
+  t.is(core.ctx.state.daemonRun, first.ctx.state.daemonRun! + 1, 'the run number is persisted and moves on');
   const view: DockerView = { networks: new Map([[kept, { endpoints: new Set([hex(11)]), addresses: new Set([live, gateway]) }]]) };
-  const report = await reconcileWithDockerView(view, since, core.ctx, core.networks, core.endpoints);
+  const report = await reconcileWithDockerView(view, core.ctx, core.networks, core.endpoints);
 
   t.deepEqual(report.endpointsReleased.sort(), [hex(12), hex(21)]);
   t.deepEqual(report.networksReleased, [gone]);
@@ -74,13 +84,15 @@ test('releases endpoints, networks, pools and addresses Docker no longer has; ke
   t.deepEqual(nl.userLinks().map((l) => l.name).filter((n) => n.startsWith('mbr')), [`mbr${hex(11).slice(0, 12)}`]);
 });
 
-test('nothing that arrived after the start is touched, even if Docker does not show it yet', async (t) => {
+test('nothing this run created is touched, even if Docker does not show it yet and the wall clock stepped back', async (t) => {
   const { core, network, endpoint } = await setup(t);
-  const since = Date.now() - 60_000;
   const id = hex(3);
   const pool = await network(id);
   await endpoint(id, pool, hex(31));
-  const report = await reconcileWithDockerView({ networks: new Map() }, since, core.ctx, core.networks, core.endpoints);
+  // NTP stepping the clock back by a day right after boot: the records look older than the start.
+  for (const record of [...core.networks.list(), ...core.endpoints.list(), ...Object.values(core.ctx.state.pools)]) record.createdAt -= 86_400_000;
+  for (const owner of Object.values(core.ctx.state.pools).flatMap((p) => Object.values(p.owners))) owner.since -= 86_400_000;
+  const report = await reconcileWithDockerView({ networks: new Map() }, core.ctx, core.networks, core.endpoints);
   t.deepEqual(report, { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] });
   t.is(core.endpoints.list().length, 1);
 });

@@ -2,14 +2,17 @@
 // request (dockerd holds locks while it waits for a plugin, and its API may not even be up when
 // the plugin starts). It releases what Docker no longer knows about: endpoints of containers
 // that are gone, networks removed while Membrane was down, pools and addresses whose request
-// Docker abandoned. Only records older than this daemon's start are considered, so a call that
-// is in flight right now can never be mistaken for a leftover.
+// Docker abandoned. Only records of earlier daemon runs are considered, so a call that is in
+// flight right now can never be mistaken for a leftover. "Earlier" is the run number each record
+// carries, never a clock: the wall clock may step backwards right after boot (NTP), and a
+// timestamp comparison would then release what this very run just created.
 
 import Docker from 'dockerode';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 import type { Context, NetworkManager } from '../network/networks.js';
 import type { EndpointManager } from '../endpoints/endpoints.js';
+import { fromEarlierRun } from '../state/model.js';
 
 export interface DockerView {
   /** Network id -> endpoint ids and addresses Docker has on it. */
@@ -49,23 +52,23 @@ export interface ReconcileReport {
   addressesReleased: string[];
 }
 
-/** Pure decision plus application: what Docker does not know and is older than `since` goes. */
-export async function reconcileWithDockerView(view: DockerView, since: number, ctx: Context,
+/** Pure decision plus application: what Docker does not know and an earlier daemon run created goes. */
+export async function reconcileWithDockerView(view: DockerView, ctx: Context,
   networks: NetworkManager, endpoints: EndpointManager): Promise<ReconcileReport> {
   const report: ReconcileReport = { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] };
   for (const endpoint of endpoints.list()) {
-    if (endpoint.createdAt >= since) continue;
+    if (!fromEarlierRun(endpoint, ctx.state)) continue;
     if (view.networks.get(endpoint.networkId)?.endpoints.has(endpoint.id)) continue;
     endpoints.releaseVanished(endpoint);
     report.endpointsReleased.push(endpoint.id);
   }
   for (const network of networks.list()) {
-    if (network.createdAt >= since || view.networks.has(network.id)) continue;
+    if (!fromEarlierRun(network, ctx.state) || view.networks.has(network.id)) continue;
     await networks.delete(network.id, (id) => endpoints.deleteNow(id));
     report.networksReleased.push(network.id);
   }
   for (const pool of Object.values(ctx.state.pools)) {
-    if (pool.createdAt >= since) continue;
+    if (!fromEarlierRun(pool, ctx.state)) continue;
     const network = pool.networkId ? view.networks.get(pool.networkId) : undefined;
     if (!network) {
       ctx.ipam.releasePool(pool.id);
@@ -74,7 +77,7 @@ export async function reconcileWithDockerView(view: DockerView, since: number, c
     }
     const held = new Set(endpoints.list().flatMap((e) => [e.ipv4, e.ipv6]).filter(Boolean));
     for (const [address, owner] of Object.entries(pool.owners)) {
-      if (owner.since >= since || held.has(address) || network.addresses.has(address)) continue;
+      if (!fromEarlierRun(owner, ctx.state) || held.has(address) || network.addresses.has(address)) continue;
       ctx.ipam.releaseAddress(pool.id, address);
       report.addressesReleased.push(address);
     }
@@ -84,7 +87,7 @@ export async function reconcileWithDockerView(view: DockerView, since: number, c
 }
 
 /** Waits for dockerd (it may start after us), then reconciles once. Stops when `signal` aborts. */
-export async function reconcileWithDocker(docker: Docker, driverName: string, since: number, ctx: Context,
+export async function reconcileWithDocker(docker: Docker, driverName: string, ctx: Context,
   networks: NetworkManager, endpoints: EndpointManager, log: Logger, signal: AbortSignal): Promise<ReconcileReport | undefined> {
   let delay = 500;
   while (!signal.aborted) {
@@ -100,7 +103,7 @@ export async function reconcileWithDocker(docker: Docker, driverName: string, si
   try {
     const view = await readDockerView(docker, driverName, new Set(Object.keys(ctx.state.networks)));
     if (signal.aborted) return undefined;
-    const report = await reconcileWithDockerView(view, since, ctx, networks, endpoints);
+    const report = await reconcileWithDockerView(view, ctx, networks, endpoints);
     log.info('reconciled with docker', report);
     return report;
   } catch (err) {

@@ -104,7 +104,7 @@ export class EndpointManager {
     const endpoint: EndpointRecord = {
       id: request.endpointId, networkId: network.id, hostIfName: hostIfName(request.endpointId),
       containerIfName: containerIfName(request.endpointId), mac, macGenerated, ipv4, ipv6, mtu: network.mtu,
-      joined: false, ports: request.ports.length ? request.ports : undefined, createdAt: Date.now(),
+      joined: false, ports: request.ports.length ? request.ports : undefined, createdAt: Date.now(), run: ctx.state.daemonRun,
       number: ctx.state.nextEndpointNumber ?? 1,
     };
     ctx.state.nextEndpointNumber = endpoint.number! + 1;

@@ -164,9 +164,9 @@ function watch(docker: FakeDocker, options: DockerLabelWatcherOptions = {}) {
 }
 
 async function until(condition: () => boolean, timeoutMs = 2_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = performance.now() + timeoutMs;
   while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
+    if (performance.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 2));
   }
 }
@@ -196,9 +196,9 @@ test.serial('close() stops the stream, the resync timer and pending retries: no 
   await until(() => docker.count(`inspectNetwork:${NET}`) >= 1);
   await settle(25);
   t.true(docker.count('listNetworks') >= 2, 'periodic resync ran');
-  const started = Date.now();
+  const started = performance.now();
   await watcher.close();
-  t.true(Date.now() - started < 500, 'close does not wait out back-off sleeps');
+  t.true(performance.now() - started < 500, 'close does not wait out back-off sleeps');
   t.is(timeouts(), baseline);
   t.true(docker.current().destroyed);
   await watcher.close(); // idempotent

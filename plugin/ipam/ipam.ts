@@ -107,7 +107,7 @@ export class Ipam {
     const allocator = new AddressAllocator({ pool: poolText, range: rangeText });
     const record: PoolRecord = {
       id, family, pool: poolText, range: rangeText, automatic, options: { ...request.options },
-      allocator: allocator.toState(), owners: {}, createdAt: this.now(),
+      allocator: allocator.toState(), owners: {}, createdAt: this.now(), run: this.state.daemonRun,
     };
     this.state.pools[id] = record;
     this.allocators.set(id, allocator);
@@ -156,7 +156,7 @@ export class Ipam {
       }
     }
     const kind: AddressOwner = isGateway ? 'gateway' : 'endpoint';
-    record.owners[allocated] = { kind, since: this.now() };
+    record.owners[allocated] = { kind, since: this.now(), run: this.state.daemonRun };
     const length = isGateway ? parsePrefix(record.pool).length : (record.family === 4 ? 32 : 128);
     return `${allocated}/${length}`;
   }

@@ -118,7 +118,7 @@ export class NetworkManager {
     while (usedTables.has(table)) table++;
     const network: NetworkRecord = {
       id: request.networkId, ipv4: families[0][2], ipv6: families[1][2], internal: request.internal, mtu, table,
-      options: { ...request.options }, createdAt: Date.now(), number: ctx.state.nextNetworkNumber ?? 1,
+      options: { ...request.options }, createdAt: Date.now(), run: ctx.state.daemonRun, number: ctx.state.nextNetworkNumber ?? 1,
     };
     ctx.state.nextNetworkNumber = network.number! + 1;
     for (const entry of [...network.ipv4, ...network.ipv6]) {

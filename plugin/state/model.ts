@@ -26,11 +26,14 @@ export interface PoolRecord {
   /** Docker's --ipam-opt map, remembered per pool (Docker never resends it). */
   options: Record<string, string>;
   allocator: AllocatorState;
-  /** Why each address is taken and since when (ms since epoch). */
-  owners: Record<string, { kind: AddressOwner; since: number }>;
+  /** Why each address is taken, since when (ms since epoch, for display) and by which daemon run. */
+  owners: Record<string, { kind: AddressOwner; since: number; run?: number }>;
   /** Set once CreateNetwork names this pool. */
   networkId?: string;
+  /** Wall-clock ms since the epoch: for display only (the clock steps, see plugin/clock.ts). */
   createdAt: number;
+  /** The daemon run that created it (MembraneState.daemonRun); absent means a run before runs were counted. */
+  run?: number;
 }
 
 export interface NetworkFamilyRecord {
@@ -55,7 +58,10 @@ export interface NetworkRecord {
   options: Record<string, string>;
   /** Docker's name for it, once learned from Docker (the plugin protocol never says). */
   name?: string;
+  /** Wall-clock ms since the epoch: for display only. */
   createdAt: number;
+  /** The daemon run that created it. */
+  run?: number;
 }
 
 /** One `-p` binding Docker asked for. */
@@ -91,7 +97,10 @@ export interface EndpointRecord {
   ports?: PortMapping[];
   /** True between ProgramExternalConnectivity and RevokeExternalConnectivity: ports are live. */
   published?: boolean;
+  /** Wall-clock ms since the epoch: for display only. */
   createdAt: number;
+  /** The daemon run that created it. */
+  run?: number;
   /** Security identity (ID_INIT = 5 until the container's labels are known). */
   identity?: number;
   /** Identity-relevant labels (`source:key=value`), once known from Docker. */
@@ -108,6 +117,13 @@ export interface EndpointRecord {
 
 export interface MembraneState {
   version: number;
+  /**
+   * How many daemons have started on this state, this one included. Records carry the run that
+   * created them, so "created before this daemon started" (what reconciliation with Docker may
+   * release) is decided without a clock: the wall clock steps (NTP, RTC corrections right after
+   * boot) and the monotonic clock restarts with every boot.
+   */
+  daemonRun?: number;
   /** The node's ULA /48 for automatic IPv6 pools. */
   ulaPrefix: string;
   /** Next /64 index inside the ULA to try for an automatic pool; only grows. */
@@ -132,4 +148,9 @@ export interface MembraneState {
 
 export function emptyState(ulaPrefix: string): MembraneState {
   return { version: STATE_VERSION, ulaPrefix, nextIPv6Subnet: 1, nextIPv4Subnet: 0, nextPoolSerial: 1, pools: {}, networks: {}, endpoints: {} };
+}
+
+/** True when the record was created by an earlier daemon run than the current one. */
+export function fromEarlierRun(record: { run?: number }, state: Pick<MembraneState, 'daemonRun'>): boolean {
+  return (record.run ?? 0) < (state.daemonRun ?? 0);
 }
