@@ -152,6 +152,26 @@ test('docker network rm leaves no veth, route, rule or state behind', async (t) 
   t.deepEqual(ipam.pools, []);
 });
 
+test('docker network create with a special-purpose or host-bit --subnet fails with Membrane\'s reason, and leaves nothing behind', async (t) => {
+  const poolsBefore = (await apiGet<{ pools: { pool: string }[] }>('/v1/ipam')).pools.map((p) => p.pool).sort();
+  const networksBefore = (await apiGet<{ id: string }[]>('/v1/networks')).map((n) => n.id).sort();
+  const cases: [string[], RegExp][] = [
+    [['--ipv6', '--subnet', '::1/112'], /subnet "::1\/112" has host bits set: the network it lies in is ::\/112/],
+    [['--ipv6', '--subnet', 'fe80::/64'], /fe80::\/10 \(link-local unicast, RFC 4291.*unique local \/64/],
+    [['--subnet', '224.1.0.0/24'], /224\.0\.0\.0\/4 \(multicast, RFC 5771.*private range/],
+    [['--subnet', '127.1.0.0/24'], /127\.0\.0\.0\/8 \(loopback/],
+  ];
+  for (const [args, message] of cases) {
+    const name = uniqueName('mbt-special');
+    const result = await dockerMayFail('network', 'create', '-d', 'membrane', '--ipam-driver', 'membrane', '--label', 'membrane.test=1', ...args, name);
+    t.not(result.code, 0, args.join(' '));
+    t.regex(result.stderr, message, args.join(' '));
+    t.is((await dockerMayFail('network', 'inspect', name)).code, 1, 'Docker has no such network');
+  }
+  t.deepEqual((await apiGet<{ pools: { pool: string }[] }>('/v1/ipam')).pools.map((p) => p.pool).sort(), poolsBefore, 'no pool left behind');
+  t.deepEqual((await apiGet<{ id: string }[]>('/v1/networks')).map((n) => n.id).sort(), networksBefore, 'no network left behind');
+});
+
 test('-o com.docker.network.driver.mtu sets the MTU on both ends of the veth', async (t) => {
   const net = uniqueName('mbt-mtu');
   await createNetwork(net, '--ipv6', '-o', 'com.docker.network.driver.mtu=1400');
@@ -179,12 +199,13 @@ test('membrane CLI: status, network list, endpoint list, ipam show, as tables an
   const status = await cli('status');
   t.regex(status, /^version\s+\S+/m);
   t.regex(status, /NetworkDriver\.CreateEndpoint\s+\d+\s+0\s+[\d.]+\s+[\d.]+/, 'per-call counts and p50/p99');
-  t.regex(await cli('network', 'list'), new RegExp(`^${netId.slice(0, 12)}\\s`, 'm'));
+  t.regex(await cli('network', 'list'), new RegExp(`^${netId.slice(0, 12)}\\s+${net}\\s`, 'm'));
   const endpoints = await cli('endpoint', 'list');
   t.regex(endpoints, /^ENDPOINT ID\s+NETWORK\s+CONTAINER\s+HOST IF\s+IPV4\s+IPV6\s+IDENTITY\s+POLICY IN\/OUT\s+LABELS\s+ERROR$/m);
   t.true(endpoints.includes(addr.ipv4!) && endpoints.includes(addr.ipv6!));
-  const json = JSON.parse(await cli('-o', 'json', 'endpoint', 'list')) as { ipv4: string; networkId: string }[];
-  t.true(json.some((e) => e.ipv4 === addr.ipv4 && e.networkId === netId));
+  t.regex(endpoints, new RegExp(`^[0-9a-f]{12}\\s+${net}\\s+${c}\\s`, 'm'), 'the NETWORK column shows the Docker network\'s name');
+  const json = JSON.parse(await cli('-o', 'json', 'endpoint', 'list')) as { ipv4: string; networkId: string; networkName: string }[];
+  t.true(json.some((e) => e.ipv4 === addr.ipv4 && e.networkId === netId && e.networkName === net), 'JSON has the id and the name');
   const ipam = JSON.parse(await cli('-o', 'json', 'ipam', 'show')) as { pools: { networkId: string; allocated: number }[] };
   t.true(ipam.pools.filter((p) => p.networkId === netId).every((p) => p.allocated >= 2), 'gateway and container allocated');
   t.regex(await cli('ipam', 'show'), /^node ULA prefix: fd/m);

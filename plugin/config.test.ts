@@ -158,3 +158,25 @@ test('a config file whose top level is not an object is an error naming the file
     t.true(err?.message.includes(file) ?? false, content);
   }
 });
+
+test('default ranges and the node ULA in special-purpose space, with host bits, or of the wrong family stop the daemon at start', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ defaultIPv4Ranges: ['127.16.0.0/16'] }, /^defaultIPv4Ranges entry 127\.16\.0\.0\/16 lies in special-purpose .*loopback.*private range/],
+    [{ defaultIPv4Ranges: ['10.0.0.0/8', '224.0.0.0/8'] }, /defaultIPv4Ranges entry 224\.0\.0\.0\/8 .*multicast/],
+    [{ defaultIPv4Ranges: ['169.254.0.0/16'] }, /link local/],
+    [{ defaultIPv4Ranges: ['10.1.2.3/16'] }, /host bits set: the network it lies in is 10\.1\.0\.0\/16/],
+    [{ defaultIPv4Ranges: ['fd00::/48'] }, /is not IPv4/],
+    [{ defaultIPv4Ranges: [] }, /defaultIPv4Ranges is empty/],
+    [{ ulaPrefix: 'fe80::/48' }, /^ulaPrefix fe80::\/48 lies in special-purpose .*link-local/],
+    [{ ulaPrefix: 'ff00::/48' }, /multicast/],
+    [{ ulaPrefix: 'fd00::1/48' }, /host bits set/],
+    [{ ulaPrefix: 'fd00::/64' }, /\/63 or shorter/],
+    [{ ulaPrefix: '10.0.0.0/8' }, /must be an IPv6 prefix/],
+  ];
+  for (const [settings, message] of cases) {
+    const err = t.throws(() => loadConfig(configFile(settings), env()), { instanceOf: InvalidArgumentError }, JSON.stringify(settings));
+    t.regex(err!.message, message, JSON.stringify(settings));
+  }
+  t.regex(t.throws(() => loadConfig(undefined, env({ MEMBRANE_DEFAULT_IPV4_RANGES: '0.0.0.0/8' })))!.message, /"this network"/);
+  t.notThrows(() => loadConfig(configFile({ defaultIPv4Ranges: ['172.20.0.0/14', '192.168.0.0/16'], ulaPrefix: 'fd12:3456:789a::/48' }), env()));
+});

@@ -3,6 +3,8 @@
 
 import fs from 'node:fs';
 import { InvalidArgumentError } from './errors.js';
+import { parseNetwork } from './ipam/prefix.js';
+import { assertUsableNetwork } from './ipam/special-purpose.js';
 
 export interface MembraneConfig {
   /** Where the state file lives. */
@@ -186,5 +188,32 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   if (config.defaultMtu < 1280 || config.defaultMtu > 65535) {
     throw new InvalidArgumentError(`defaultMtu must be between 1280 (IPv6 minimum) and 65535, got ${config.defaultMtu}`);
   }
+  checkAddressRanges(config);
   return config;
+}
+
+/**
+ * The ranges Membrane carves automatic pools from must be networks that can hold containers:
+ * checked here, at start, so a bad setting stops the daemon with a message instead of failing
+ * every later `docker network create`.
+ */
+function checkAddressRanges(config: MembraneConfig): void {
+  if (config.defaultIPv4Ranges.length === 0) {
+    throw new InvalidArgumentError('defaultIPv4Ranges is empty: give at least one private IPv4 range, e.g. ["10.210.0.0/16"]');
+  }
+  for (const range of config.defaultIPv4Ranges) {
+    const prefix = parseNetwork(range, 'defaultIPv4Ranges entry');
+    if (prefix.family !== 4) {
+      throw new InvalidArgumentError(`defaultIPv4Ranges entry ${range} is not IPv4; IPv6 pools come from ulaPrefix`);
+    }
+    assertUsableNetwork(prefix, 'defaultIPv4Ranges entry');
+  }
+  if (config.ulaPrefix) {
+    const prefix = parseNetwork(config.ulaPrefix, 'ulaPrefix');
+    if (prefix.family !== 6 || prefix.length > 63) {
+      throw new InvalidArgumentError(`ulaPrefix ${config.ulaPrefix} must be an IPv6 prefix of /63 or shorter (Membrane hands out ` +
+        '/64s from it), e.g. a /48 from fd00::/8; leave it out to have one generated');
+    }
+    assertUsableNetwork(prefix, 'ulaPrefix');
+  }
 }

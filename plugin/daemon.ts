@@ -18,6 +18,7 @@ import { JsonStore } from './state/store.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
 import { formatPrefix, generateUlaPrefix, parsePrefix, type Prefix } from './ipam/prefix.js';
+import { refusedBlocksOverlapping } from './ipam/special-purpose.js';
 import { Dataplane } from './network/dataplane.js';
 import { MEMBRANE_RTPROT } from './network/plan.js';
 import { Netfilter } from './netfilter/iptables.js';
@@ -149,6 +150,15 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     const ula = config.ulaPrefix ? parsePrefix(config.ulaPrefix) : generateUlaPrefix();
     state = emptyState(formatPrefix(ula));
     log.info('no state yet; generated node ULA prefix', { ulaPrefix: state.ulaPrefix });
+  }
+  // Pools persisted before special-purpose ranges were refused: kept (containers may use them),
+  // but said plainly, since new containers on them cannot get addresses.
+  for (const pool of Object.values(state.pools)) {
+    const blocks = refusedBlocksOverlapping(parsePrefix(pool.pool));
+    if (blocks.length) {
+      log.warn('a pool lies in special-purpose address space; containers on it cannot get addresses: recreate its network with another --subnet',
+        { pool: pool.pool, network: pool.networkId?.slice(0, 12), blocks: blocks.map((b) => `${b.cidr} (${b.name})`) });
+    }
   }
   // This daemon's run number: records it creates carry it (see fromEarlierRun). Committed with
   // the kernel reconciliation, before the plugin socket listens.
@@ -302,7 +312,15 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   // (dockerd may be waiting on this plugin while it holds the locks an inspect would need).
   const watcher = new DockerLabelWatcher(new Docker(), (update) => core.policy.endpointLabels(update).catch((err: unknown) => {
     log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
-  }), { driverName, log, isMembraneNetwork: (id, driver) => driver === driverName || id in ctx.state.networks });
+  }), {
+    driverName, log, isMembraneNetwork: (id, driver) => driver === driverName || id in ctx.state.networks,
+    onNetworkName: (id, name) => {
+      const network = ctx.state.networks[id];
+      if (!network || network.name === name) return;
+      network.name = name;
+      ctx.store.commit().catch((err: unknown) => log.warn('saving a network name failed', { error: String(err) }));
+    },
+  });
   void watcher.start();
   // The host's addresses are identity "host": follow them when they change (DHCP, new links).
   let knownHostAddresses = JSON.stringify(hostAddresses(nl).sort());

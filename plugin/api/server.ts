@@ -121,7 +121,7 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
     res.json(match[0]);
   });
   app.get('/v1/endpoints', (_req, res) => {
-    res.json(endpoints.list());
+    res.json(endpoints.list().map((e) => ({ ...e, networkName: ctx.state.networks[e.networkId]?.name ?? null })));
   });
   app.get('/v1/ipam', (_req, res) => {
     res.json({

@@ -171,11 +171,11 @@ async function main(argv: string[]): Promise<void> {
   network.command('list').alias('ls').description('list networks').action(async () => {
     const rows = await apiGet(api(), '/v1/networks') as Row[];
     print(rows, () => table(rows.map((n) => ({
-      ...n, id: short(n.id),
+      ...n, id: short(n.id), name: n.name ?? '-',
       ipv4: (n.ipv4 as Row[]).map((f) => `${f.pool} gw ${f.gateway ?? '-'}`),
       ipv6: (n.ipv6 as Row[]).map((f) => `${f.pool} gw ${f.gateway ?? '-'}`),
       internal: n.internal ? 'yes' : 'no',
-    })), [['id', 'NETWORK ID'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'], ['internal', 'INTERNAL'], ['mtu', 'MTU'], ['endpoints', 'ENDPOINTS']]));
+    })), [['id', 'NETWORK ID'], ['name', 'NAME'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'], ['internal', 'INTERNAL'], ['mtu', 'MTU'], ['endpoints', 'ENDPOINTS']]));
   });
 
   const endpoint = program.command('endpoint').description('container endpoints');
@@ -185,13 +185,14 @@ async function main(argv: string[]): Promise<void> {
       const listed = table(rows.map((e) => {
         const policy = e.policy as { ingress: boolean; egress: boolean; audit: boolean; revision: number } | undefined;
         return {
-          ...e, id: short(e.id), networkId: short(e.networkId), joined: e.joined ? 'yes' : 'no',
+          // People think in network names; the id is in -o json (networkId) and shown until Docker told the name.
+          ...e, id: short(e.id), network: e.networkName ?? short(e.networkId), joined: e.joined ? 'yes' : 'no',
           identity: e.identity === 5 || e.identity === undefined ? '5 (init)' : e.identity,
           enforcement: policy ? `${policy.ingress ? 'in' : '-'}/${policy.egress ? 'out' : '-'}${policy.audit ? ' audit' : ''}` : '-',
           labels: (e.labels as string[] | undefined)?.join(','),
           error: e.labelPolicyError ? 'LABEL POLICY INVALID' : '',
         };
-      }), [['id', 'ENDPOINT ID'], ['networkId', 'NETWORK'], ['containerName', 'CONTAINER'], ['hostIfName', 'HOST IF'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'],
+      }), [['id', 'ENDPOINT ID'], ['network', 'NETWORK'], ['containerName', 'CONTAINER'], ['hostIfName', 'HOST IF'], ['ipv4', 'IPV4'], ['ipv6', 'IPV6'],
         ['identity', 'IDENTITY'], ['enforcement', 'POLICY IN/OUT'], ['labels', 'LABELS'], ['error', 'ERROR']]);
       const errors = rows.filter((e) => e.labelPolicyError).map((e) => `${short(e.id)} ${String(e.containerName ?? '')}: ${String(e.labelPolicyError)}`);
       return errors.length ? `${listed}\n\nlabel policy errors (these endpoints deny everything not allowed by imported rules):\n${errors.join('\n')}` : listed;

@@ -756,3 +756,49 @@ test('stale reclaim: an endpoint that never joined is not reclaimed (Docker stil
   nl.removeLink(idle.hostIf);
   t.regex(await fails(t, call, 'IpamDriver.RequestAddress', { PoolID: net.v4!.poolId, Address: '10.210.0.60', Options: null }), /already allocated/);
 });
+
+test('RequestPool refuses special-purpose subnets and ranges in both families, and leaves no pool or state behind', async (t) => {
+  const { call, core } = await setup(t);
+  const before = JSON.stringify(core.ctx.state);
+  const writes = core.ctx.store.writes;
+  const refused: [pool: string, subPool: string, v6: boolean, message: RegExp][] = [
+    ['::1/112', '', true, /^subnet "::1\/112" has host bits set: the network it lies in is ::\/112/],
+    ['::/112', '', true, /^subnet ::\/112 lies in special-purpose address space .*::1\/128 \(loopback address.*unique local \/64/],
+    ['::/64', '', true, /::\/128 \(unspecified address/],
+    ['::ffff:0.0.0.0/104', '', true, /IPv4-mapped/],
+    ['fe80::/64', '', true, /fe80::\/10 \(link-local unicast, RFC 4291/],
+    ['ff00::/64', '', true, /ff00::\/8 \(multicast, RFC 4291/],
+    ['fd00:77::/64', 'fd00:77::9/125', true, /^--ip-range "fd00:77::9\/125" has host bits set/],
+    ['0.0.0.0/24', '', false, /0\.0\.0\.0\/8 \("this network", RFC 791/],
+    ['127.1.0.0/24', '', false, /127\.0\.0\.0\/8 \(loopback, RFC 1122/],
+    ['169.254.10.0/24', '', false, /169\.254\.0\.0\/16 \(link local, RFC 3927/],
+    ['224.1.0.0/24', '', false, /224\.0\.0\.0\/4 \(multicast, RFC 5771/],
+    ['240.0.0.0/24', '', false, /240\.0\.0\.0\/4 \(reserved/],
+    ['255.255.255.0/24', '', false, /255\.255\.255\.255\/32 \(limited broadcast/],
+    ['10.88.0.1/24', '', false, /host bits set: the network it lies in is 10\.88\.0\.0\/24/],
+  ];
+  for (const [pool, subPool, v6, message] of refused) {
+    const err = await fails(t, call, 'IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: pool, SubPool: subPool, Options: {}, V6: v6 });
+    t.regex(err, message, pool);
+  }
+  t.is(JSON.stringify(core.ctx.state), before, 'no pool, serial or anything else changed');
+  t.is(core.ctx.store.writes, writes, 'nothing was written');
+  // The same subnets' ordinary neighbours work.
+  await ok(t, call, 'IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: 'fd00:78::/64', SubPool: 'fd00:78::/120', Options: {}, V6: true });
+  await ok(t, call, 'IpamDriver.RequestPool', { AddressSpace: 'membrane-local', Pool: '192.0.2.0/24', SubPool: '', Options: {}, V6: false });
+});
+
+test('a pool persisted before the check keeps its containers, but hands out no special-purpose address', async (t) => {
+  const env = await setup(t);
+  const net = await createNetwork(t, env.call, { subnet4: '10.66.0.0/24', v6: false });
+  // What an older Membrane accepted: rewrite the pool as 224.1.0.0/24 in the state file.
+  const poolId = net.v4!.poolId.replaceAll('10.66.0.', '224.1.0.');
+  await env.core.ctx.store.commit();
+  const file = path.join(env.stateDir, 'state.json');
+  fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replaceAll('10.66.0.', '224.1.0.'));
+  const core = buildCore(env.config, env.nl, path.join(env.dir, 'proc-sys'));
+  const call = await serve(t, core, env.dir);
+  t.is(core.ctx.state.pools[poolId]!.pool, '224.1.0.0/24');
+  const err = await fails(t, call, 'IpamDriver.RequestAddress', { PoolID: poolId, Address: '224.1.0.9', Options: null });
+  t.regex(err, /^requested address \(--ip, --ip6 or --aux-address\) 224\.1\.0\.9 is a special-purpose address: 224\.0\.0\.0\/4 \(multicast/);
+});

@@ -15,8 +15,8 @@ import type { EndpointManager } from '../endpoints/endpoints.js';
 import { fromEarlierRun } from '../state/model.js';
 
 export interface DockerView {
-  /** Network id -> endpoint ids and addresses Docker has on it. */
-  networks: Map<string, { endpoints: Set<string>; addresses: Set<string> }>;
+  /** Network id -> its Docker name, and the endpoint ids and addresses Docker has on it. */
+  networks: Map<string, { name?: string; endpoints: Set<string>; addresses: Set<string> }>;
 }
 
 /**
@@ -40,7 +40,7 @@ export async function readDockerView(docker: Docker, driverName: string, knownNe
       if (config.Gateway) addresses.add(config.Gateway.split('/')[0]!.toLowerCase());
       for (const a of Object.values(config.AuxiliaryAddresses ?? {})) addresses.add(a.split('/')[0]!.toLowerCase());
     }
-    view.networks.set(summary.Id, { endpoints, addresses });
+    view.networks.set(summary.Id, { name: summary.Name, endpoints, addresses });
   }
   return view;
 }
@@ -56,6 +56,11 @@ export interface ReconcileReport {
 export async function reconcileWithDockerView(view: DockerView, ctx: Context,
   networks: NetworkManager, endpoints: EndpointManager): Promise<ReconcileReport> {
   const report: ReconcileReport = { endpointsReleased: [], networksReleased: [], poolsReleased: [], addressesReleased: [] };
+  // Names, for people: networks that have no container yet are named here, not by the label watcher.
+  for (const [id, seen] of view.networks) {
+    const network = ctx.state.networks[id];
+    if (network && seen.name) network.name = seen.name;
+  }
   for (const endpoint of endpoints.list()) {
     if (!fromEarlierRun(endpoint, ctx.state)) continue;
     if (view.networks.get(endpoint.networkId)?.endpoints.has(endpoint.id)) continue;

@@ -468,3 +468,16 @@ test('summaryAsInspect picks the container\'s own name among link aliases', (t) 
   t.is(s.Name, '/web-1');
   t.deepEqual(s.Config, { Labels: {} });
 });
+
+test.serial('the names of Membrane networks are reported as the watcher learns them; other drivers\' are not', async (t) => {
+  const docker = fakeHost(false);
+  const names: [string, string][] = [];
+  const { watcher } = watch(docker, { onNetworkName: (id, name) => names.push([id, name]) });
+  await watcher.start();
+  docker.push({ Type: 'network', Action: 'create', Actor: { ID: 'd'.repeat(64), Attributes: { name: 'fresh', type: 'membrane' } } });
+  docker.push({ Type: 'network', Action: 'create', Actor: { ID: 'e'.repeat(64), Attributes: { name: 'elsewhere', type: 'bridge' } } });
+  await until(() => names.length >= 1);
+  await settle();
+  t.deepEqual(names, [['d'.repeat(64), 'fresh']]);
+  await watcher.close();
+});

@@ -118,6 +118,8 @@ export interface DockerLabelWatcherOptions {
    * `docker network connect`) operation has finished.
    */
   endpointLookup?: 'network' | 'container';
+  /** Called with the Docker name of each Membrane network the watcher learns about (the plugin protocol never says it). */
+  onNetworkName?: (networkId: string, name: string) => void;
 }
 
 const EVENT_FILTERS = {
@@ -221,6 +223,15 @@ export class DockerLabelWatcher {
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10_000;
     this.prefetchOnCreate = options.prefetchOnCreate ?? true;
     this.endpointLookup = options.endpointLookup ?? 'network';
+    this.onNetworkName = options.onNetworkName;
+  }
+
+  private readonly onNetworkName?: (networkId: string, name: string) => void;
+
+  /** Caches a network's name and driver, and reports the name of a Membrane network. */
+  private rememberNetwork(id: string, info: { name: string; driver: string }): void {
+    this.networks.set(id, info);
+    if (this.onNetworkName && this.ours(id, info.driver)) this.onNetworkName(id, info.name);
   }
 
   private get closed(): boolean {
@@ -358,7 +369,7 @@ export class DockerLabelWatcher {
     }
     if (event.Type !== 'network') return;
     if (attributes.name !== undefined && attributes.type !== undefined) {
-      this.networks.set(id, { name: attributes.name, driver: attributes.type });
+      this.rememberNetwork(id, { name: attributes.name, driver: attributes.type });
     }
     const containerId = attributes.container;
     switch (event.Action) {
@@ -446,7 +457,7 @@ export class DockerLabelWatcher {
     try {
       const network = await this.docker.getNetwork(networkId).inspect();
       const info = { name: network.Name, driver: network.Driver };
-      this.networks.set(network.Id, info);
+      this.rememberNetwork(network.Id, info);
       return info;
     } catch (err) {
       this.log.debug('network inspect failed', { networkId, error: message(err) });

@@ -3,13 +3,14 @@
 
 import { AddressAllocator } from './allocator.js';
 import {
-  formatAddress, formatPrefix, nthSubnet, overlaps, parseAddress, parsePrefix, prefixContainsPrefix,
+  formatAddress, formatPrefix, nthSubnet, overlaps, parseAddress, parseNetwork, parsePrefix, prefixContainsPrefix,
   type Prefix,
 } from './prefix.js';
 import {
   AddressInUseError, InvalidArgumentError, IpamExhaustedError, NotFoundError, PoolOverlapError,
 } from '../errors.js';
 import type { AddressOwner, MembraneState, PoolRecord } from '../state/model.js';
+import { assertUsableAddress, assertUsableNetwork } from './special-purpose.js';
 
 export const LOCAL_ADDRESS_SPACE = 'membrane-local';
 export const GLOBAL_ADDRESS_SPACE = 'membrane-global';
@@ -80,10 +81,11 @@ export class Ipam {
     let prefix: Prefix;
     let automatic = false;
     if (request.pool) {
-      prefix = parsePrefix(request.pool);
+      prefix = parseNetwork(request.pool, 'subnet');
       if (prefix.family !== family) {
         throw new InvalidArgumentError(`subnet ${request.pool} is IPv${prefix.family} but Docker asked for an IPv${family} pool`);
       }
+      assertUsableNetwork(prefix, 'subnet');
       this.assertNoOverlap(prefix);
     } else {
       if (request.subPool) {
@@ -94,7 +96,8 @@ export class Ipam {
     }
     let range: Prefix | undefined;
     if (request.subPool) {
-      range = parsePrefix(request.subPool);
+      range = parseNetwork(request.subPool, '--ip-range');
+      assertUsableNetwork(range, '--ip-range');
       if (!prefixContainsPrefix(prefix, range)) {
         throw new InvalidArgumentError(`--ip-range ${request.subPool} is not inside --subnet ${formatPrefix(prefix)}`);
       }
@@ -135,6 +138,9 @@ export class Ipam {
     let preferred = address || undefined;
     if (preferred) {
       const parsed = parseAddress(preferred);
+      // Inside a pool that passed the same check this always holds; pools persisted before the
+      // check existed may still contain such addresses, and new containers must not get them.
+      assertUsableAddress(parsed, isGateway ? 'gateway' : 'requested address (--ip, --ip6 or --aux-address)');
       preferred = formatAddress(parsed.family, parsed.value);
     } else if (isGateway) {
       // Gateways take the first usable address, as Docker's own IPAM does.

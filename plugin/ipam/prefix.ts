@@ -1,15 +1,18 @@
-// Pure address arithmetic for IPv4 and IPv6 on bigint. No I/O, no state.
+// Address and prefix values for IPv4 and IPv6. Parsing, formatting and masking go through
+// `ip-address` (the design card's library); what is kept here is the representation the rest of
+// Membrane computes with, and strictness ip-address does not have on its own.
 //
 // An address is a (family, value) pair where value is the address as an unsigned integer
 // (32 bits for IPv4, 128 bits for IPv6). A prefix is a network value with its host bits zeroed and
-// a length. Parsing is strict (no leading zeros in IPv4 octets, no zone ids) and every failure is
-// an InvalidArgumentError whose message says what was wrong and what a valid value looks like.
-// IPv6 output is the RFC 5952 canonical form: lowercase, no leading zeros, the longest run (leftmost
-// on a tie) of two or more zero groups compressed to '::', and IPv4-mapped addresses (::ffff:0:0/96)
-// written with a dotted IPv4 tail, as Go's net/netip (and so Docker) prints them.
+// a length. Parsing is strict (no leading zeros in IPv4 octets, no zone ids, no leading zeros in a
+// prefix length) and every failure is an InvalidArgumentError whose message says what was wrong
+// and what a valid value looks like. IPv6 output is the RFC 5952 canonical form (ip-address's
+// correctForm), with IPv4-mapped addresses (::ffff:0:0/96) written with a dotted IPv4 tail, as
+// Go's net/netip (and so Docker) prints them.
 
 import { isIPv4, isIPv6 } from 'node:net';
 import { randomBytes } from 'node:crypto';
+import { Address4, Address6 } from 'ip-address';
 import { InvalidArgumentError } from '../errors.js';
 
 export type Family = 4 | 6;
@@ -44,62 +47,14 @@ function describe(s: unknown): string {
   return typeof s === 'string' ? JSON.stringify(s) : String(s);
 }
 
-function parseIPv4Value(s: string): bigint {
-  // Caller has checked isIPv4(s): four decimal octets 0..255, no leading zeros.
-  let v = 0n;
-  for (const part of s.split('.')) v = (v << 8n) | BigInt(Number(part));
-  return v;
-}
-
-function parseIPv6Value(s: string): bigint {
-  // Caller has checked isIPv6(s) and that there is no zone id; this only converts.
-  const toGroups = (side: string): number[] => {
-    if (side === '') return [];
-    const groups: number[] = [];
-    const parts = side.split(':');
-    parts.forEach((part, i) => {
-      if (part.includes('.')) {
-        if (i !== parts.length - 1 || !isIPv4(part)) throw new Error('bad embedded IPv4');
-        const v4 = Number(parseIPv4Value(part));
-        groups.push(v4 >>> 16, v4 & 0xffff);
-      } else {
-        if (!/^[0-9a-fA-F]{1,4}$/.test(part)) throw new Error('bad group');
-        groups.push(parseInt(part, 16));
-      }
-    });
-    return groups;
-  };
-  const halves = s.split('::');
-  if (halves.length > 2) throw new Error('more than one ::');
-  const head = toGroups(halves[0]!);
-  let groups: number[];
-  if (halves.length === 2) {
-    const tail = toGroups(halves[1]!);
-    const missing = 8 - head.length - tail.length;
-    if (missing < 1) throw new Error(':: stands for no groups');
-    groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
-  } else {
-    groups = head;
-  }
-  if (groups.length !== 8) throw new Error('wrong number of groups');
-  let v = 0n;
-  for (const g of groups) v = (v << 16n) | BigInt(g);
-  return v;
-}
-
 /** Parses a plain IPv4 or IPv6 address (no prefix length, no zone id). */
 export function parseAddress(s: string): Address {
   if (typeof s !== 'string') {
     throw new InvalidArgumentError(`expected an IP address string, got ${describe(s)}`);
   }
-  if (isIPv4(s)) return { family: 4, value: parseIPv4Value(s) };
-  if (isIPv6(s) && !s.includes('%')) {
-    try {
-      return { family: 6, value: parseIPv6Value(s) };
-    } catch {
-      // fall through to the error below
-    }
-  }
+  // node:net decides what is an address (strict dotted quads, no zone ids); ip-address converts.
+  if (isIPv4(s)) return { family: 4, value: new Address4(s).bigInt() };
+  if (isIPv6(s) && !s.includes('%')) return { family: 6, value: new Address6(s).bigInt() };
   let hint = 'expected an IPv4 address like 10.0.0.5 or an IPv6 address like fd00::5';
   if (s.includes('/')) hint += ', without a /prefix-length';
   else if (s.includes('%')) hint += ', without a %zone suffix';
@@ -107,10 +62,8 @@ export function parseAddress(s: string): Address {
   throw new InvalidArgumentError(`invalid IP address ${describe(s)}: ${hint}`);
 }
 
-function formatIPv4Value(v: bigint): string {
-  const n = Number(v);
-  return [(n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
+/** The upper 96 bits of an IPv4-mapped address (::ffff:0:0/96). */
+const MAPPED_PREFIX = 0xffffn;
 
 /** Formats an address value: dotted quad for IPv4, RFC 5952 canonical text for IPv6. */
 export function formatAddress(family: Family, value: bigint): string {
@@ -118,31 +71,39 @@ export function formatAddress(family: Family, value: bigint): string {
   if (typeof value !== 'bigint' || value < 0n || value > maxValue(family)) {
     throw new InvalidArgumentError(`value ${describe(value)} is not an IPv${family} address`);
   }
-  if (family === 4) return formatIPv4Value(value);
+  if (family === 4) return Address4.fromBigInt(value).correctForm();
+  const address = Address6.fromBigInt(value);
   // IPv4-mapped: ::ffff:a.b.c.d (RFC 5952 section 5).
-  if (value >> 32n === 0xffffn) return `::ffff:${formatIPv4Value(value & 0xffffffffn)}`;
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
-  // Longest run of zero groups, leftmost on a tie; only runs of two or more are compressed.
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(':');
-  if (bestLen < 2) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;
+  return value >> 32n === MAPPED_PREFIX ? address.to4in6() : address.correctForm();
 }
 
 /**
- * Parses 'address/length'. Host bits are masked off: '10.1.2.3/24' is 10.1.2.0/24.
+ * Parses 'address/length'. Host bits are masked off: '10.1.2.3/24' is 10.1.2.0/24 (policy CIDRs
+ * are read this way, as Cilium reads them). Pools use parseNetwork, which refuses them instead.
  * Throws InvalidArgumentError on anything else.
  */
 export function parsePrefix(cidr: string): Prefix {
+  const { address, length } = splitCidr(cidr);
+  const text = `${formatAddress(address.family, address.value)}/${length}`;
+  const network = (address.family === 4 ? new Address4(text) : new Address6(text)).startAddress().bigInt();
+  return { family: address.family, network, length };
+}
+
+/**
+ * Parses a network in CIDR notation whose host bits are all zero, as a --subnet or --ip-range must
+ * be: '::1/112' is refused, naming the network '::/112' it lies in, instead of being silently
+ * turned into it. `what` names the value in the message ('subnet', '--ip-range').
+ */
+export function parseNetwork(cidr: string, what = 'subnet'): Prefix {
+  const prefix = parsePrefix(cidr);
+  if (splitCidr(cidr).address.value !== prefix.network) {
+    throw new InvalidArgumentError(`${what} ${describe(cidr)} has host bits set: the network it lies in is ` +
+      `${formatPrefix(prefix)}; write that, or the network you meant, with every bit after the /${prefix.length} zero`);
+  }
+  return prefix;
+}
+
+function splitCidr(cidr: string): { address: Address; length: number } {
   if (typeof cidr !== 'string') {
     throw new InvalidArgumentError(`expected a subnet in CIDR notation, got ${describe(cidr)}`);
   }
@@ -153,21 +114,19 @@ export function parsePrefix(cidr: string): Prefix {
   }
   const addrText = cidr.slice(0, slash);
   const lenText = cidr.slice(slash + 1);
-  let addr: Address;
+  let address: Address;
   try {
-    addr = parseAddress(addrText);
+    address = parseAddress(addrText);
   } catch (err) {
     throw new InvalidArgumentError(`invalid subnet ${describe(cidr)}: ${describe(addrText)} is not an IP address; ${example}`,
       { cause: err });
   }
-  const bits = familyBits(addr.family);
+  const bits = familyBits(address.family);
   if (!/^(0|[1-9]\d{0,2})$/.test(lenText) || Number(lenText) > bits) {
     throw new InvalidArgumentError(`invalid subnet ${describe(cidr)}: prefix length must be a whole number from 0 to ${bits} ` +
-      `for IPv${addr.family}; ${example}`);
+      `for IPv${address.family}; ${example}`);
   }
-  const length = Number(lenText);
-  const host = BigInt(bits - length);
-  return { family: addr.family, network: (addr.value >> host) << host, length };
+  return { address, length: Number(lenText) };
 }
 
 /** 'network/length' with the network in canonical text. */
