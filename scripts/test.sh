@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, then integration tests against a real dockerd and the real
-# kernel. Installs what is missing, starts dockerd if none runs, builds the local test image.
+# The whole test suite: unit tests, the kernel-facing unit tests again inside a VM that has just
+# booted another kernel, then integration tests against a real dockerd and the real kernel.
+# Installs what is missing, starts dockerd if none runs, builds the local test image.
 # Ends with one line 'tests: N passed, N failed, N skipped'.
+#
+#   scripts/test.sh           the suite on this checkout
+#   scripts/test.sh --fresh   the suite as a new machine sees it: a clean clone of this checkout's
+#                             HEAD (no build outputs, node_modules or stamps of earlier runs) and
+#                             the test images rebuilt from nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --fresh ]; then
+  fresh=$(mktemp -d /var/tmp/membrane-fresh.XXXXXX)
+  trap 'rm -rf "$fresh"' EXIT
+  git clone --quiet --no-hardlinks . "$fresh/membrane"
+  echo "== fresh clone of $(git rev-parse --short HEAD) in $fresh/membrane"
+  if docker info >/dev/null 2>&1; then
+    docker image rm -f membrane-test:latest membrane-bench:latest >/dev/null 2>&1 || true
+  fi
+  bash "$fresh/membrane/scripts/test.sh"
+  exit $?
+fi
+
 bash scripts/install-deps.sh
 bash scripts/ensure-dockerd.sh
 if [ -S /run/membrane/membrane.sock ] && node dist/plugin/cli/main.js status >/dev/null 2>&1; then
@@ -13,17 +32,25 @@ fi
 bash integration/image/build.sh
 
 passed=0; failed=0; skipped=0; status=0
+# run_suite NAME COMMAND...: runs a TAP-producing command and adds up its results.
 run_suite() {
-  local name=$1 config=$2 out
+  local name=$1 out
+  shift
   out=$(mktemp)
   echo "== $name"
-  npx ava --config "$config" --tap 2>&1 | tee "$out" || status=1
+  "$@" 2>&1 | tee "$out" || status=1
   passed=$((passed + $(grep -cE '^ok [0-9]+' "$out" | tr -d ' ' || true) - $(grep -cE '^ok [0-9]+.*# SKIP' "$out" || true)))
   skipped=$((skipped + $(grep -cE '^ok [0-9]+.*# SKIP' "$out" || true)))
   failed=$((failed + $(grep -cE '^not ok [0-9]+' "$out" || true)))
   rm -f "$out"
 }
-run_suite unit ava.unit.config.js
-run_suite integration ava.integration.config.js
+run_suite unit npx ava --config ava.unit.config.js --tap
+# A machine that booted seconds ago (the kernel's clock near zero: conntrack expiry, event times)
+# on Debian 12's 6.1 LTS kernel (no tcx): the BPF fixtures and the clock arithmetic, in qemu.
+# MEMBRANE_SKIP_VM=1 leaves it out (say so when reporting a run).
+if [ "${MEMBRANE_SKIP_VM:-}" != 1 ]; then
+  run_suite "fresh boot, Linux 6.1 in qemu" integration/vm/run.sh --timeout 1200 -- bash integration/vm/fresh-boot-suite.sh
+fi
+run_suite integration npx ava --config ava.integration.config.js --tap
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]

@@ -82,7 +82,9 @@ test('allow by label on a port: that port gets through, others and other protoco
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, WORLD, tcp(sport(), 443, TCP_SYN)))).retval, TC_ACT_OK);
 });
 
-test('a policy drop is reported with both identities and the deciding rule; allowed new flows as policy verdicts', async (t) => {
+// Serial: a ring-buffer wait must not share the event loop with synchronous object loads
+// (under qemu's TCG they block it for longer than the wait).
+test.serial('a policy drop is reported with both identities and the deciding rule; allowed new flows as policy verdicts', async (t) => {
   const f = policySetup(t);
   const events: Buffer[] = [];
   const consumer = native().ringbufConsume(f.map('mb_events'), (record) => events.push(record));
@@ -210,7 +212,9 @@ test('an endpoint with the init identity sends and receives nothing but ARP/NDP 
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, B.ipv4, tcp(sport(), 80, TCP_SYN)))).retval, TC_ACT_REDIRECT, 'with its identity');
 });
 
-test('audit mode lets a denied flow through and reports it as an audited deny', async (t) => {
+// Serial: a ring-buffer wait must not share the event loop with synchronous object loads
+// (under qemu's TCG they block it for longer than the wait).
+test.serial('audit mode lets a denied flow through and reports it as an audited deny', async (t) => {
   const f = policySetup(t);
   const events: Buffer[] = [];
   const consumer = native().ringbufConsume(f.map('mb_events'), (record) => events.push(record));
