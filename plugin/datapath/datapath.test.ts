@@ -2,10 +2,10 @@
 // (unpinned) maps per test, real veths for the ifindexes the programs look up.
 
 import test from 'ava';
-import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { native } from '../kernel/native.js';
 import { mapEntries } from './iterate.js';
+import { STRUCTS } from './maps.js';
 import { NS_PER_SECOND, kernelNowNs, nsAfter, nsBefore } from '../clock.js';
 import { EndpointMaps } from './endpoint-maps.js';
 import type { Datapath } from './loader.js';
@@ -251,20 +251,33 @@ test('the daemon\'s conntrack garbage collection deletes expired entries and kee
   t.is(nl.bpfMapLookup(fd, key(1000)), null, 'an expired entry is gone');
 });
 
-test('codec sizes match the compiled object\'s BTF', (t) => {
-  const dump = execFileSync('bpftool', ['btf', 'dump', 'file', OBJECT]).toString();
-  // Structs clang leaves out of BTF (inner map types) have their sizes asserted in maps.h itself.
-  const mapsHeader = fs.readFileSync(new URL('../../../bpf/lib/maps.h', import.meta.url), 'utf8');
-  for (const [name, size] of Object.entries(SIZES)) {
-    if (name === 'event') continue; // only used through the ring buffer: checked by record length above
-    const asserted = mapsHeader.match(new RegExp(`_Static_assert\\(sizeof\\(struct ${name}\\) == (\\d+)`));
-    if (asserted) {
-      t.is(Number(asserted[1]), size, `struct ${name} (static assert in maps.h)`);
+test('every struct the daemon shares with the object matches its BTF member by member: name, offset, size', (t) => {
+  const btf = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJECT, 'format', 'raw', '-j']).toString()) as {
+    types: { id: number; kind: string; name?: string; size?: number; type_id?: number; nr_elems?: number;
+      members?: { name: string; type_id: number; bits_offset: number }[] }[];
+  };
+  const byId = new Map(btf.types.map((type) => [type.id, type]));
+  /** Byte size of a BTF type, through typedefs, qualifiers and arrays. */
+  const sizeOf = (id: number): number => {
+    const type = byId.get(id)!;
+    if (type.kind === 'ARRAY') return sizeOf((type as unknown as { type_id: number }).type_id) * type.nr_elems!;
+    if (type.size !== undefined) return type.size;
+    return sizeOf(type.type_id!);
+  };
+  for (const layout of STRUCTS) {
+    const type = btf.types.find((candidate) => candidate.kind === 'STRUCT' && candidate.name === layout.name);
+    if (!type) {
+      t.fail(`struct ${layout.name} is not in the object's BTF`);
       continue;
     }
-    const match = dump.match(new RegExp(`STRUCT '${name}' size=(\\d+)`));
-    t.truthy(match, `struct ${name} in BTF`);
-    t.is(Number(match![1]), size, `struct ${name}`);
+    t.is(type.size, layout.size, `struct ${layout.name}: size`);
+    t.deepEqual(type.members!.map((m) => m.name), layout.fields.map((f) => f.name), `struct ${layout.name}: members in order`);
+    for (const member of type.members!) {
+      const field = layout.fields.find((f) => f.name === member.name);
+      if (!field) continue;
+      t.is(member.bits_offset, field.offset * 8, `${layout.name}.${member.name}: offset`);
+      t.is(sizeOf(member.type_id), field.size, `${layout.name}.${member.name}: size`);
+    }
   }
-  t.true(fs.existsSync(OBJECT));
+  t.true(STRUCTS.length >= 12);
 });

@@ -2,9 +2,10 @@
 // (conntrack above all) outlives the daemon, and attaches its programs to endpoints through
 // pinned tcx links, so they outlive it too.
 //
-// A pinned map whose geometry differs from what this build wants (a new max_entries from the
-// configuration, a grown value) is never simply replaced: its pin is moved aside, the new map
-// is created, every entry that fits is copied over, and only then is the old pin removed.
+// Every map is declared once, in maps.ts. A pinned map whose geometry differs from its declaration
+// (a new max_entries from the configuration, a grown value) is never simply replaced: its pin is
+// moved aside, the new map is created, its content is carried over as the declaration's migration
+// rule says (conntrack is copied, never wiped), and only then is the old pin removed.
 // Programs are replaced atomically with BPF_LINK_UPDATE: no packet sees an interface without one.
 
 import fs from 'node:fs';
@@ -12,47 +13,18 @@ import path from 'node:path';
 import type { BpfAddon, BpfMapInfo, BpfObject, TcDirection } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import { NotSupportedError } from '../errors.js';
-import { SIZES, decodeConfig, encodeConfig, encodeIfindexKey } from './codec.js';
+import { decodeConfig, encodeConfig, encodeIfindexKey } from './codec.js';
+import { ALL_MAPS, maxEntriesOverrides, wantedShape, type Geometry, type MapDeclaration, type WantedMap } from './maps.js';
 import type { ProbeResult } from '../features.js';
 import { mapEntries } from './iterate.js';
 
 export const PIN_DIR = '/sys/fs/bpf/membrane';
 
-const BPF_MAP_TYPE_HASH = 1;
-const BPF_MAP_TYPE_ARRAY = 2;
-const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
-const BPF_MAP_TYPE_LRU_HASH = 9;
-const BPF_MAP_TYPE_LPM_TRIE = 11;
-const BPF_MAP_TYPE_HASH_OF_MAPS = 13;
-const BPF_MAP_TYPE_RINGBUF = 27;
+export { DEFAULT_GEOMETRY, type Geometry } from './maps.js';
 
-export interface Geometry {
-  conntrackMax: number;
-  endpointsMax: number;
-}
-
-export const DEFAULT_GEOMETRY: Geometry = { conntrackMax: 262144, endpointsMax: 65536 };
-
-interface WantedMap {
-  type: number;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-}
-
-/** What each map must look like, from the persisted geometry. */
+/** What each map must look like under a geometry, from its declaration in maps.ts. */
 export function wantedMaps(g: Geometry): Record<string, WantedMap> {
-  return {
-    mb_endpoints: { type: BPF_MAP_TYPE_HASH, keySize: SIZES.endpoint_key, valueSize: SIZES.endpoint_info, maxEntries: g.endpointsMax },
-    mb_endpoints_by_if: { type: BPF_MAP_TYPE_HASH, keySize: 4, valueSize: SIZES.endpoint_info, maxEntries: g.endpointsMax },
-    mb_conntrack: { type: BPF_MAP_TYPE_LRU_HASH, keySize: SIZES.ct_key, valueSize: SIZES.ct_entry, maxEntries: g.conntrackMax },
-    mb_metrics: { type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: SIZES.metric, maxEntries: 256 },
-    mb_events: { type: BPF_MAP_TYPE_RINGBUF, keySize: 0, valueSize: 0, maxEntries: 256 * 1024 },
-    mb_config: { type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: SIZES.config, maxEntries: 1 },
-    mb_ipcache: { type: BPF_MAP_TYPE_LPM_TRIE, keySize: SIZES.ipcache_key, valueSize: SIZES.ipcache_value, maxEntries: 65536 },
-    mb_policy: { type: BPF_MAP_TYPE_HASH_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: g.endpointsMax },
-    mb_policy_verdicts: { type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: SIZES.policy_counter, maxEntries: 65536 },
-  };
+  return Object.fromEntries(ALL_MAPS.map((d) => [d.name, wantedShape(d, g)]));
 }
 
 export function compatible(have: BpfMapInfo, want: WantedMap): boolean {
@@ -145,10 +117,7 @@ export class Datapath {
     try {
       this.obj = this.bpf.bpfObjectLoad(this.objectPath, {
         pinPaths,
-        maxEntries: {
-          mb_conntrack: geometry.conntrackMax, mb_endpoints: geometry.endpointsMax, mb_endpoints_by_if: geometry.endpointsMax,
-          mb_policy: geometry.endpointsMax,
-        },
+        maxEntries: maxEntriesOverrides(geometry),
       });
     } catch (err) {
       // Nothing was migrated: put the old maps back where the running programs expect them.
@@ -159,18 +128,20 @@ export class Datapath {
       throw err;
     }
     for (const { name, aside, info } of movedAside) {
-      this.migrations.push(this.migrate(name, aside, info, wanted[name]!));
+      this.migrations.push(this.migrate(ALL_MAPS.find((d) => d.name === name)!, aside, info, wanted[name]!));
     }
   }
 
-  /** Copies every entry of the map pinned at `aside` into the live map, then unpins the old one. */
-  private migrate(name: string, aside: string, info: BpfMapInfo, want: WantedMap): MigrationReport {
+  /**
+   * Carries a map's content over to its new geometry as its declaration says (maps.ts): `copy`
+   * copies every entry that fits into the live map, `rewrite` and `reset` copy nothing (the daemon
+   * rewrites the first from its state; the second starts empty). Then the old pin goes.
+   */
+  private migrate(declaration: MapDeclaration, aside: string, info: BpfMapInfo, want: WantedMap): MigrationReport {
+    const name = declaration.name;
     const report: MigrationReport = { map: name, from: { keySize: info.keySize, valueSize: info.valueSize, maxEntries: info.maxEntries }, to: want, copied: 0, skipped: 0 };
-    // Not copied: ring buffers (nothing to copy), per-CPU counters (they restart at zero), maps
-    // of maps (their values are fds: the daemon re-inserts every endpoint's policy map), and the
-    // ipcache (the daemon rewrites it from its state).
-    const copyable = info.type === want.type && info.keySize === want.keySize && info.valueSize <= want.valueSize &&
-      ![BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_HASH_OF_MAPS, BPF_MAP_TYPE_LPM_TRIE].includes(info.type);
+    const copyable = declaration.migration === 'copy' && info.type === want.type && info.keySize === want.keySize &&
+      info.valueSize <= want.valueSize;
     if (copyable) {
       const oldFd = this.bpf.bpfObjGet(aside);
       try {

@@ -15,10 +15,9 @@ import {
   type IpcacheValue, type PolicyEntry, type PolicyKey,
 } from './codec.js';
 import type { Datapath } from './loader.js';
+import { POLICY_TRIE } from './maps.js';
 import { mapEntries } from './iterate.js';
 
-const BPF_MAP_TYPE_LPM_TRIE = 11;
-const BPF_F_NO_PREALLOC = 1;
 
 /** One entry of an endpoint's compiled policy. */
 export interface PolicyMapEntry {
@@ -90,8 +89,8 @@ export class PolicyMaps {
       for (const [key, value] of mapEntries(this.bpf, fd, this.trieMaxEntries)) content.set(key.toString('hex'), value.toString('hex'));
     } else {
       fs.mkdirSync(path.dirname(pin), { recursive: true });
-      fd = this.bpf.bpfMapCreate(BPF_MAP_TYPE_LPM_TRIE, SIZES.policy_key, SIZES.policy_entry, this.trieMaxEntries,
-        { flags: BPF_F_NO_PREALLOC, name: `mb_pol_${endpointNumber}`.slice(0, 15) });
+      fd = this.bpf.bpfMapCreate(POLICY_TRIE.type, POLICY_TRIE.key.size, POLICY_TRIE.value.size, this.trieMaxEntries,
+        { flags: POLICY_TRIE.flags, name: `mb_pol_${endpointNumber}`.slice(0, 15) });
       this.bpf.bpfObjPin(fd, pin);
       content = new Map();
     }
