@@ -19,6 +19,7 @@
 #include "lib/neigh.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -68,18 +69,35 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt
 /*
  * Conntrack and policy for an IP packet. Policy judges a flow when it starts, and a known flow
  * again when config.policy_epoch has moved since it was last allowed (that is how a removed
- * allow stops established connections). Returns -1 to go on, or the drop verdict.
+ * allow stops established connections). `lb` says how the packet was translated to a service
+ * backend (a new flow keeps it in its entry); `reply` receives what a reply of a translated flow
+ * needs undone. A client that is its own backend (hairpin) talks to itself: policy does not judge
+ * that, as Kubernetes and Cilium do not. Returns -1 to go on, or the drop verdict.
  */
-ALWAYS_INLINE int admit(struct __sk_buff *skb, const struct pkt *p, __u32 direction, __u32 endpoint_id)
+struct admit_args {
+	__u64 now;
+	__u32 direction;
+	__u32 endpoint_id;
+	struct lb_result lb;    /* in: how the packet was translated */
+	struct lb_result reply; /* out: what a reply of a translated flow needs undone */
+};
+
+/* A function of its own (a BPF-to-BPF call), so that its stack frame and lb_translate's are never stacked. */
+static __noinline int admit(struct __sk_buff *skb, const struct pkt *p, struct admit_args *a)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = a->now;
+	__u32 direction = a->direction;
+	__u32 endpoint_id = a->endpoint_id;
+	const struct lb_result *lb = &a->lb;
+	struct lb_result *reply = &a->reply;
 	const struct config *cfg = config_get();
 	__u32 epoch = cfg ? cfg->policy_epoch : 0;
 	struct ct_entry *e;
 	int ct = ct_lookup(p, now, &e);
 	if (ct == CT_RESULT_UNTRACKED && icmp_is_error(p) && ct_related(skb, p, now))
 		return -1;
-	if (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch)) {
+	__u8 hairpin = (lb->lb_flags | (e ? e->lb_flags : 0)) & CT_LB_F_HAIRPIN;
+	if (!hairpin && (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch))) {
 		struct policy_flow f;
 		struct policy_verdict v;
 		policy_flow_of(p, ct == CT_RESULT_REPLY, &f);
@@ -92,10 +110,16 @@ ALWAYS_INLINE int admit(struct __sk_buff *skb, const struct pkt *p, __u32 direct
 			emit(EVENT_POLICY, v.audit ? (v.verdict == POLICY_DENY ? DROP_POLICY_DENY : DROP_POLICY_DEFAULT) : 0,
 			     direction, skb, endpoint_id, p, &v);
 	}
-	if (ct == CT_RESULT_NEW)
-		ct_create(p, skb->len, endpoint_id, epoch, now);
-	else if (e)
+	if (ct == CT_RESULT_NEW) {
+		ct_create(p, skb->len, endpoint_id, epoch, now, lb->frontend_id, lb->backend_id, lb->lb_flags);
+	} else if (e) {
 		ct_account(e, p, skb->len, ct == CT_RESULT_REPLY, now);
+		if (ct == CT_RESULT_REPLY && e->frontend_id) {
+			reply->frontend_id = e->frontend_id;
+			reply->backend_id = e->backend_id;
+			reply->lb_flags = e->lb_flags;
+		}
+	}
 	return -1;
 }
 
@@ -162,15 +186,37 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
+	__u64 now = bpf_ktime_get_ns();
+	struct admit_args a = { .now = now, .direction = DIR_FROM_CONTAINER, .endpoint_id = ep->endpoint_id };
+	const struct lb_result *lb = &a.lb;
+	int verdict = lb_translate(skb, &p, ep, now, &a.lb);
+	if (verdict >= 0)
+		return verdict;
+	if (lb->refuse)
+		return lb_refuse(skb, &p, ep, lb->refuse, lb->frontend_id);
+
 	struct endpoint_key dst_key = { .addr = p.daddr, .family = p.family };
 	const struct endpoint_info *dst = bpf_map_lookup_elem(&mb_endpoints, &dst_key);
 	/* The routing rules isolate networks for traffic through the stack; this is the same rule. */
 	if (dst && dst->network_id != ep->network_id)
 		return drop(skb, DROP_CROSS_NETWORK, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
 
-	int verdict = admit(skb, &p, DIR_FROM_CONTAINER, ep->endpoint_id);
+	verdict = admit(skb, &p, &a);
 	if (verdict >= 0)
 		return verdict;
+	const struct lb_result *reply = &a.reply;
+	if (lb->new_flow) {
+		const struct lb_config *lbc = lb_config_get();
+		if (lbc && (lbc->flags & LB_CONFIG_F_EVENTS))
+			emit_lb(EVENT_SERVICE, REASON_FORWARD_STACK, DIR_FROM_CONTAINER, skb, ep->endpoint_id, &p, lb->frontend_id, lb->backend_id);
+	}
+	/* A reply of a translated flow comes from the VIP by the time it reaches its client. */
+	if (reply->frontend_id) {
+		if (lb_reverse(skb, &p, reply))
+			return drop(skb, DROP_INVALID, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
+		dst_key.addr = p.daddr;
+		dst = bpf_map_lookup_elem(&mb_endpoints, &dst_key);
+	}
 
 	if (dst) {
 		verdict = deliver_local(skb, &p, dst);
@@ -203,7 +249,8 @@ int to_container(struct __sk_buff *skb)
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
 		parsed = parse_ipv6(data, data_end, &p);
 	if (parsed == 0 && !is_link_scope(&p)) {
-		int verdict = admit(skb, &p, DIR_TO_CONTAINER, endpoint_id);
+		struct admit_args a = { .now = bpf_ktime_get_ns(), .direction = DIR_TO_CONTAINER, .endpoint_id = endpoint_id };
+		int verdict = admit(skb, &p, &a);
 		if (verdict >= 0)
 			return verdict;
 	}

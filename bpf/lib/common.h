@@ -48,6 +48,8 @@ enum reason {
 	DROP_NDP = 71,              /* NDP the program does not answer (DAD probes, malformed) */
 	DROP_POLICY_DENY = 72,      /* a deny rule matched */
 	DROP_POLICY_DEFAULT = 73,   /* policy is enforced and no rule allows it (includes ID_INIT endpoints) */
+	DROP_NO_SERVICE_BACKEND = 74, /* to a VIP without a ready backend: answered with a reset or ICMP unreachable */
+	DROP_SERVICE_BACKEND_GONE = 75, /* a translated TCP flow whose backend was removed: reset so the client reconnects */
 	REASON_COUNT = 128,
 };
 

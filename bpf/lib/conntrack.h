@@ -185,10 +185,17 @@ ALWAYS_INLINE bool ct_related(struct __sk_buff *skb, const struct pkt *p, __u64 
 	return ct_lookup_live(&key, now) != 0;
 }
 
-/* Starts tracking a new flow (policy allowed it at `policy_epoch`). */
-ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch, __u64 now)
+/*
+ * Starts tracking a new flow (policy allowed it at `policy_epoch`). A flow to a service carries
+ * its frontend and backend, so that its replies are rewritten to come from the VIP.
+ */
+ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch, __u64 now,
+			     __u32 frontend_id, __u32 backend_id, __u8 lb_flags)
 {
 	struct ct_entry fresh = {
+		.frontend_id = frontend_id,
+		.backend_id = backend_id,
+		.lb_flags = lb_flags,
 		.created_ns = now,
 		.packets_orig = 1,
 		.bytes_orig = len,

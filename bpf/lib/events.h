@@ -16,8 +16,8 @@ ALWAYS_INLINE void count(__u32 reason, __u32 direction, __u32 len)
 	}
 }
 
-ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
-			const struct pkt *p, const struct policy_verdict *v)
+ALWAYS_INLINE void emit_full(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
+			     const struct pkt *p, const struct policy_verdict *v, __u32 frontend_id, __u32 backend_id)
 {
 	struct event *e = bpf_ringbuf_reserve(&mb_events, sizeof(*e), 0);
 	if (!e)
@@ -47,7 +47,22 @@ ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_bu
 		e->policy_direction = v->direction;
 		e->policy_endpoint = v->endpoint_id;
 	}
+	e->frontend_id = frontend_id;
+	e->backend_id = backend_id;
 	bpf_ringbuf_submit(e, 0);
+}
+
+ALWAYS_INLINE void emit(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
+			const struct pkt *p, const struct policy_verdict *v)
+{
+	emit_full(type, reason, direction, skb, endpoint_id, p, v, 0, 0);
+}
+
+/* An event about a flow to a service: which frontend, and which backend if one was chosen. */
+ALWAYS_INLINE void emit_lb(__u8 type, __u32 reason, __u32 direction, struct __sk_buff *skb, __u32 endpoint_id,
+			   const struct pkt *p, __u32 frontend_id, __u32 backend_id)
+{
+	emit_full(type, reason, direction, skb, endpoint_id, p, 0, frontend_id, backend_id);
 }
 
 /* Counts and reports a drop, and returns the verdict. */

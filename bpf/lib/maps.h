@@ -73,8 +73,16 @@ struct ct_key {
 	__be16 dport;
 	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 */
 	__u8 family; /* FAMILY_IPV4 or FAMILY_IPV6 */
-	__u8 pad[2];
+	__u8 flags;  /* CT_KEY_F_*: 0 for the flow itself */
+	__u8 pad;
 }; /* 40 bytes */
+
+/*
+ * A service entry: the flow as the client sent it, to the VIP, before translation. It remembers
+ * the backend chosen for it, so every packet of the flow goes to the same one whatever the table
+ * does meanwhile. The translated flow (client to backend) has an ordinary entry of its own.
+ */
+#define CT_KEY_F_SERVICE 1
 
 /* TCP states tracked (ct_entry.state). */
 enum ct_state {
@@ -94,10 +102,15 @@ struct ct_entry {
 	__u8 state;         /* enum ct_state */
 	__u8 tcp_flags_orig;  /* OR of TCP flags seen in the original direction */
 	__u8 tcp_flags_reply; /* ... and in the reply direction */
-	__u8 pad;
+	__u8 lb_flags;      /* CT_LB_F_*: how the flow was translated */
 	__u32 policy_epoch; /* config.policy_epoch when policy last allowed the flow; another value: check again */
-	__u32 pad2;
-}; /* 64 bytes */
+	__u32 frontend_id;  /* a translated flow: the service frontend (replies come from its VIP); 0 otherwise */
+	__u32 backend_id;   /* ... and the backend chosen for it */
+	__u32 pad;
+}; /* 72 bytes */
+
+#define CT_LB_F_TRANSLATED 1 /* the destination was a VIP, rewritten to a backend */
+#define CT_LB_F_HAIRPIN 2    /* the client is its own backend: its source was rewritten to the VIP too */
 
 /*
  * mb_conntrack: every flow through a Membrane endpoint, IPv4 and IPv6. LRU so a full table
@@ -132,6 +145,7 @@ struct {
 #define EVENT_DROP 1
 #define EVENT_TRACE 2
 #define EVENT_POLICY 3 /* a policy verdict on a new flow, or on a known flow after a policy change */
+#define EVENT_SERVICE 4 /* a new flow to a service VIP was given a backend (socket or packet level) */
 
 struct event {
 	__u8 type;      /* EVENT_DROP or EVENT_TRACE */
@@ -158,7 +172,10 @@ struct event {
 	__u8 pad2;
 	__u32 policy_endpoint; /* endpoint_id whose policy decided */
 	__u32 pad3;
-}; /* 88 bytes */
+	/* Service translations (EVENT_SERVICE, and any event of a translated flow); zero otherwise. */
+	__u32 frontend_id;
+	__u32 backend_id;
+}; /* 96 bytes */
 
 /*
  * mb_events: drop notifications and sampled trace events for `membrane monitor`. Ring buffer of

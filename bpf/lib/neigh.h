@@ -75,14 +75,6 @@ struct nd_msg {
 #define ND_OPT_TARGET_LL 2
 #define NA_FLAGS_ROUTER_SOLICITED_OVERRIDE bpf_htonl(0xe0000000)
 
-ALWAYS_INLINE __u16 csum_fold(__u64 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
 /* True when the packet is an ICMPv6 neighbour solicitation (the caller checked IPv6). */
 ALWAYS_INLINE bool is_neighbour_solicitation(const struct pkt *p)
 {

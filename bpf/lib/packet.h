@@ -23,6 +23,15 @@ struct pkt {
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* Folds a 32-bit one's-complement sum (from bpf_csum_diff) into a 16-bit checksum. */
+ALWAYS_INLINE __u16 csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
 ALWAYS_INLINE bool mac_equal(const __u8 *a, const __u8 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5];

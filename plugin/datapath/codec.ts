@@ -57,8 +57,9 @@ export const SIZES = {
   policy_counter: POLICY_COUNTER.size,
 } as const;
 
-/** Size of event records written by builds before policy (they still sit in a ring after an upgrade). */
+/** Sizes of event records written by older builds (they still sit in a ring after an upgrade). */
 const EVENT_SIZE_BEFORE_POLICY = 64;
+const EVENT_SIZE_BEFORE_SERVICES = 88;
 
 /** enum reason in bpf/lib/common.h. */
 export const REASONS: Record<number, string> = {
@@ -77,6 +78,8 @@ export const REASONS: Record<number, string> = {
   71: 'ndp-not-answered',
   72: 'policy-denied',
   73: 'policy-default-denied',
+  74: 'service-no-backend',
+  75: 'service-backend-gone',
 };
 export const FIRST_DROP_REASON = 64;
 export const REASON_COUNT = 128;
@@ -153,6 +156,8 @@ export interface CtKey {
   daddr: string;
   sport: number;
   dport: number;
+  /** CT_KEY_F_SERVICE for a service entry. */
+  flags?: number;
 }
 
 export function encodeCtKey(k: CtKey): Buffer {
@@ -176,6 +181,10 @@ export interface CtEntry {
   tcpFlagsReply: number;
   /** config.policy_epoch when policy last allowed the flow. */
   policyEpoch?: number;
+  /** A translated flow (or a service entry): its frontend and backend, CT_LB_F_* flags. */
+  frontendId?: number;
+  backendId?: number;
+  lbFlags?: number;
 }
 
 export function encodeCtEntry(e: CtEntry): Buffer {
@@ -230,9 +239,11 @@ export interface DatapathEvent {
     endpointId: number;
     direction: 'ingress' | 'egress';
   };
+  /** Flows to a service: the frontend, and the backend once chosen. */
+  service?: { frontendId: number; backendId: number };
 }
 
-const EVENT_TYPES: Record<number, string> = { 1: 'drop', 2: 'trace', 3: 'policy' };
+const EVENT_TYPES: Record<number, string> = { 1: 'drop', 2: 'trace', 3: 'policy', 4: 'service' };
 
 export function decodeEvent(b: Buffer): DatapathEvent {
   if (b.length < EVENT_SIZE_BEFORE_POLICY) throw new TypeError(`event record is ${b.length} bytes, expected ${SIZES.event}`);
@@ -244,13 +255,14 @@ export function decodeEvent(b: Buffer): DatapathEvent {
     family: e.family, ifindex: e.ifindex, endpointId: e.endpointId, proto: protocolName(e.proto),
     saddr: e.saddr, daddr: e.daddr, sport: e.sport, dport: e.dport, len: e.len, tsNs: e.tsNs,
   };
-  if (b.length >= SIZES.event && e.verdict !== 0) {
+  if (b.length >= EVENT_SIZE_BEFORE_SERVICES && e.verdict !== 0) {
     event.policy = {
       srcIdentity: e.srcIdentity, dstIdentity: e.dstIdentity, ruleId: e.ruleId,
       verdict: VERDICTS[e.verdict] ?? `verdict_${e.verdict}`, audit: e.audit === 1,
       direction: e.policyDirection === POLICY_EGRESS ? 'egress' : 'ingress', endpointId: e.policyEndpoint,
     };
   }
+  if (e.frontendId) event.service = { frontendId: e.frontendId, backendId: e.backendId };
   return event;
 }
 

@@ -32,14 +32,21 @@ export const ENDPOINT_INFO = struct('endpoint_info', {
 });
 
 export const CT_KEY = struct('ct_key', {
-  saddr: addrOf('family'), daddr: addrOf('family'), sport: be16, dport: be16, proto: u8, family: u8, pad: pad(2),
+  saddr: addrOf('family'), daddr: addrOf('family'), sport: be16, dport: be16, proto: u8, family: u8, flags: u8, pad: pad(1),
 });
+
+/** ct_key.flags: a service entry (the flow as sent to the VIP) rather than the flow itself. */
+export const CT_KEY_F_SERVICE = 1;
 
 export const CT_ENTRY = struct('ct_entry', {
   expires_ns: u64, created_ns: u64, packets_orig: u64, bytes_orig: u64, packets_reply: u64, bytes_reply: u64,
-  endpoint_id: u32, state: enum8(CT_STATES), tcp_flags_orig: u8, tcp_flags_reply: u8, pad: pad(1),
-  policy_epoch: u32, pad2: pad(4),
+  endpoint_id: u32, state: enum8(CT_STATES), tcp_flags_orig: u8, tcp_flags_reply: u8, lb_flags: u8,
+  policy_epoch: u32, frontend_id: u32, backend_id: u32, pad: pad(4),
 });
+
+/** ct_entry.lb_flags. */
+export const CT_LB_F_TRANSLATED = 1;
+export const CT_LB_F_HAIRPIN = 2;
 
 export const METRIC = struct('metric', { packets: u64, bytes: u64 });
 
@@ -47,7 +54,7 @@ export const EVENT = struct('event', {
   type: u8, reason: u8, direction: u8, family: u8, ifindex: u32, endpoint_id: u32, proto: u8, pad: pad(3),
   saddr: addrOf('family'), daddr: addrOf('family'), sport: be16, dport: be16, len: u32, ts_ns: u64,
   src_identity: u32, dst_identity: u32, rule_id: u32, verdict: u8, audit: u8, policy_direction: u8, pad2: pad(1),
-  policy_endpoint: u32, pad3: pad(4),
+  policy_endpoint: u32, pad3: pad(4), frontend_id: u32, backend_id: u32,
 });
 
 export const CONFIG = struct('config', { trace_sample: u32, policy_epoch: u32, flags: u32, pad: pad(4) });
@@ -59,10 +66,27 @@ export const POLICY_KEY = struct('policy_key', { prefixlen: u32, identity: u32, 
 export const POLICY_ENTRY = struct('policy_entry', { rule_id: u32, verdict: u8, pad: pad(3) });
 export const POLICY_COUNTER = struct('policy_counter', { allowed: u64, denied: u64 });
 
+// ---- structs (bpf/lib/lb_maps.h) -------------------------------------------------------------
+
+export const LB_BACKEND_STATES = ['active', 'terminating', 'quarantined'] as const;
+
+export const LB_FRONTEND_KEY = struct('lb_frontend_key', { vip: addrOf('family'), port: be16, proto: u8, family: u8 });
+export const LB_FRONTEND = struct('lb_frontend', { frontend_id: u32, backend_count: u32, network_id: u32, flags: u32 });
+export const LB_BACKEND = struct('lb_backend', {
+  addr: addrOf('family'), port: be16, family: u8, state: enum8(LB_BACKEND_STATES), frontend_id: u32, endpoint_id: u32,
+});
+export const LB_REVNAT = struct('lb_revnat', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1) });
+export const LB_SOCK_KEY = struct('lb_sock_key', { cookie: u64, addr: addrOf('family'), port: be16, family: u8, pad: pad(5) });
+export const LB_SOCK_VALUE = struct('lb_sock_value', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1), frontend_id: u32 });
+export const LB_CONFIG = struct('lb_config', { flags: u32, pad: pad(4) });
+
+export const LB_CONFIG_F_SOCKET = 1 << 0;
+export const LB_CONFIG_F_EVENTS = 1 << 1;
+
 /** Every struct the object shares with the daemon, for the BTF check. */
 export const STRUCTS: StructLayout[] = [
   ENDPOINT_KEY, ENDPOINT_INFO, CT_KEY, CT_ENTRY, METRIC, EVENT, CONFIG, IPCACHE_KEY, IPCACHE_VALUE, POLICY_KEY, POLICY_ENTRY,
-  POLICY_COUNTER,
+  POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG,
 ];
 
 // ---- maps --------------------------------------------------------------------------------------
@@ -137,11 +161,40 @@ export const MAPS = {
     name: 'mb_policy_verdicts', type: BPF_MAP_TYPE_PERCPU_ARRAY, key: U32_KEY, value: POLICY_COUNTER, maxEntries: 65536,
     migration: 'reset', why: 'flows allowed and denied per rule',
   },
+  mb_lb_frontends: {
+    name: 'mb_lb_frontends', type: BPF_MAP_TYPE_HASH, key: LB_FRONTEND_KEY, value: LB_FRONTEND, maxEntries: 65536,
+    migration: 'rewrite', why: 'service frontends (VIP, port, protocol)',
+  },
+  mb_lb_backends: {
+    name: 'mb_lb_backends', type: BPF_MAP_TYPE_HASH, key: U32_KEY, value: LB_BACKEND, maxEntries: 262144,
+    migration: 'copy', why: 'service backends by stable id (draining ones too)',
+  },
+  mb_lb_revnat: {
+    name: 'mb_lb_revnat', type: BPF_MAP_TYPE_HASH, key: U32_KEY, value: LB_REVNAT, maxEntries: 65536,
+    migration: 'copy', why: 'frontend id -> the VIP and port replies come from',
+  },
+  mb_lb_maglev: {
+    name: 'mb_lb_maglev', type: BPF_MAP_TYPE_HASH_OF_MAPS, key: U32_KEY, valueSize: 4, maxEntries: 65536,
+    migration: 'rewrite', why: 'each frontend\'s Maglev table (element 0: its size)',
+  },
+  mb_lb_sock: {
+    name: 'mb_lb_sock', type: BPF_MAP_TYPE_LRU_HASH, key: LB_SOCK_KEY, value: LB_SOCK_VALUE, maxEntries: 262144,
+    migration: 'copy', why: 'socket cookie and backend -> the VIP getpeername and recvmsg show',
+  },
+  mb_lb_config: {
+    name: 'mb_lb_config', type: BPF_MAP_TYPE_ARRAY, key: U32_KEY, value: LB_CONFIG, maxEntries: 1, migration: 'rewrite',
+    why: 'load balancer switches (socket level on, events)',
+  },
 } as const satisfies Record<string, MapDeclaration>;
 
 export type MapName = keyof typeof MAPS;
 
 export const ALL_MAPS: MapDeclaration[] = Object.values(MAPS);
+
+/** One frontend's Maglev table (created by the daemon, held in mb_lb_maglev): M + 1 u32, element 0 = M. */
+export const MAGLEV_TABLE = {
+  type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: 4, flags: BPF_F_INNER_MAP,
+} as const;
 
 /** The policy trie of one endpoint (created by the daemon, held in mb_policy). */
 export const POLICY_TRIE = {

@@ -2,6 +2,7 @@
 // ARP, IPv4, IPv6, TCP, UDP, ICMP echo and NDP, with correct checksums.
 
 import { encodeAddr } from './codec.js';
+import { formatAddress } from '../ipam/prefix.js';
 
 export const ETH_P_IP = 0x0800;
 export const ETH_P_ARP = 0x0806;
@@ -196,4 +197,67 @@ export function icmpv6ChecksumOk(frame: Buffer): boolean {
 /** Verifies an IPv4 header checksum inside an Ethernet frame. */
 export function ipv4ChecksumOk(frame: Buffer): boolean {
   return checksum(frame.subarray(14, 34)) === 0;
+}
+
+/** What a test needs to know of an Ethernet + IPv4/IPv6 + TCP/UDP/ICMP frame the program produced. */
+export interface ParsedFrame {
+  dstMac: string;
+  srcMac: string;
+  family: 4 | 6;
+  saddr: string;
+  daddr: string;
+  proto: number;
+  ttl: number;
+  sport: number;
+  dport: number;
+  tcpFlags: number;
+  seq: number;
+  ack: number;
+  /** ICMP/ICMPv6 type and code, and the quoted packet of an error. */
+  icmpType: number;
+  icmpCode: number;
+  quoted: Buffer;
+  /** The IPv4 header checksum (true for IPv6, which has none) and the L4 checksum verify. */
+  ipChecksumOk: boolean;
+  l4ChecksumOk: boolean;
+  length: number;
+}
+
+function formatMac(b: Buffer): string {
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+function text4(b: Buffer): string {
+  return [...b].join('.');
+}
+
+function text6(b: Buffer): string {
+  return formatAddress(6, (b.readBigUInt64BE(0) << 64n) | b.readBigUInt64BE(8));
+}
+
+export function parseFrame(frame: Buffer): ParsedFrame {
+  const type = frame.readUInt16BE(12);
+  const ip = frame.subarray(14);
+  const v4 = type === ETH_P_IP;
+  const headerLength = v4 ? (ip[0]! & 0x0f) * 4 : 40;
+  const totalL4 = v4 ? ip.readUInt16BE(2) - headerLength : ip.readUInt16BE(4);
+  const proto = v4 ? ip[9]! : ip[6]!;
+  const l4 = ip.subarray(headerLength, headerLength + totalL4);
+  const src = v4 ? ip.subarray(12, 16) : ip.subarray(8, 24);
+  const dst = v4 ? ip.subarray(16, 20) : ip.subarray(24, 40);
+  const pseudo = v4
+    ? Buffer.concat([src, dst, Buffer.from([0, proto, totalL4 >> 8, totalL4 & 0xff])])
+    : Buffer.concat([src, dst, Buffer.from([0, 0, totalL4 >> 8, totalL4 & 0xff, 0, 0, 0, proto])]);
+  const icmp = proto === 1 || proto === 58;
+  const udpNoChecksum = proto === 17 && v4 && l4.readUInt16BE(6) === 0;
+  return {
+    dstMac: formatMac(frame.subarray(0, 6)), srcMac: formatMac(frame.subarray(6, 12)), family: v4 ? 4 : 6,
+    saddr: v4 ? text4(src) : text6(src), daddr: v4 ? text4(dst) : text6(dst), proto, ttl: v4 ? ip[8]! : ip[7]!,
+    sport: icmp ? 0 : l4.readUInt16BE(0), dport: icmp ? 0 : l4.readUInt16BE(2),
+    tcpFlags: proto === 6 ? l4[13]! : 0, seq: proto === 6 ? l4.readUInt32BE(4) : 0, ack: proto === 6 ? l4.readUInt32BE(8) : 0,
+    icmpType: icmp ? l4[0]! : 0, icmpCode: icmp ? l4[1]! : 0, quoted: icmp ? Buffer.from(l4.subarray(8)) : Buffer.alloc(0),
+    ipChecksumOk: v4 ? checksum(ip.subarray(0, headerLength)) === 0 : true,
+    l4ChecksumOk: udpNoChecksum || checksum(proto === 1 ? Buffer.alloc(0) : pseudo, l4) === 0,
+    length: frame.length,
+  };
 }

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The service load balancer's maps. A service frontend is a virtual IP, a port and a protocol
+ * (one per family: the IPv4 VIP and the IPv6 VIP of a service are two frontends). Its backends
+ * have stable ids, and a Maglev table per frontend maps a flow's hash to one of them. The layouts
+ * are declared once more, with the same names, in plugin/datapath/maps.ts (checked against BTF).
+ * Pinned under /sys/fs/bpf/membrane/ like every map; the daemon is their only writer
+ * (plugin/datapath/lb-maps.ts).
+ */
+#ifndef MEMBRANE_LB_MAPS_H
+#define MEMBRANE_LB_MAPS_H
+
+#include "maps.h"
+
+struct lb_frontend_key {
+	union addr vip; /* network order */
+	__be16 port;    /* network order */
+	__u8 proto;     /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;    /* FAMILY_IPV4 or FAMILY_IPV6 */
+}; /* 20 bytes */
+
+struct lb_frontend {
+	__u32 frontend_id;   /* >= 1: key of mb_lb_maglev and mb_lb_revnat, kept in conntrack */
+	__u32 backend_count; /* backends in the table (ready, weight > 0); 0: new flows are refused */
+	__u32 network_id;    /* the service's Docker network: only its endpoints are translated per packet */
+	__u32 flags;         /* none yet */
+}; /* 16 bytes */
+
+/* Backend states (lb_backend.state): only the Maglev table decides new flows; these are for people. */
+enum lb_backend_state {
+	LB_BACKEND_ACTIVE = 0,      /* in the table */
+	LB_BACKEND_TERMINATING = 1, /* `docker stop` began, or weight 0: out of the table, its flows go on */
+	LB_BACKEND_QUARANTINED = 2, /* unhealthy, or not healthy yet: out of the table, its flows go on */
+};
+
+struct lb_backend {
+	union addr addr;    /* network order */
+	__be16 port;        /* target port, network order */
+	__u8 family;
+	__u8 state;         /* enum lb_backend_state */
+	__u32 frontend_id;  /* the frontend it serves */
+	__u32 endpoint_id;  /* its Membrane endpoint */
+}; /* 28 bytes */
+
+struct lb_revnat {
+	union addr vip; /* what replies must come from */
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+}; /* 20 bytes */
+
+/* mb_lb_frontends: every service frontend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_frontend_key);
+	__type(value, struct lb_frontend);
+} mb_lb_frontends SEC(".maps");
+
+/*
+ * mb_lb_backends: backends by id (u32). A backend stays here while it drains (terminating or
+ * quarantined), so established flows keep reaching it; it goes when its container dies.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+} mb_lb_backends SEC(".maps");
+
+/* mb_lb_revnat: frontend id (u32) -> the VIP and port replies are rewritten to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct lb_revnat);
+} mb_lb_revnat SEC(".maps");
+
+/*
+ * One frontend's Maglev table: an array of M + 1 u32, M prime. Element 0 holds M, elements
+ * 1..M backend ids, so a table and its size are swapped in together. BPF_F_INNER_MAP lets
+ * every frontend have its own M (small services stay small).
+ */
+struct lb_maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* mb_lb_maglev: frontend id (u32) -> its table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__array(values, struct lb_maglev_table);
+} mb_lb_maglev SEC(".maps");
+
+/*
+ * The socket-level balancer rewrites connect() and sendmsg() destinations; recvmsg() and
+ * getpeername() must show the VIP again. Keyed by the socket's cookie and the backend it was
+ * sent to.
+ */
+struct lb_sock_key {
+	__u64 cookie;
+	union addr addr; /* the backend, network order */
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+}; /* 32 bytes */
+
+struct lb_sock_value {
+	union addr vip;
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 frontend_id;
+}; /* 24 bytes */
+
+/* mb_lb_sock: LRU, so sockets that closed long ago make room by themselves. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct lb_sock_key);
+	__type(value, struct lb_sock_value);
+} mb_lb_sock SEC(".maps");
+
+#define LB_CONFIG_F_SOCKET (1U << 0) /* the cgroup programs translate connect() and sendmsg() */
+#define LB_CONFIG_F_EVENTS (1U << 1) /* an EVENT_SERVICE for every new translated flow */
+
+struct lb_config {
+	__u32 flags; /* LB_CONFIG_F_* */
+	__u32 pad;
+}; /* 8 bytes */
+
+/* mb_lb_config: array of one struct lb_config at key 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+} mb_lb_config SEC(".maps");
+
+#endif

@@ -1,0 +1,261 @@
+// The one writer of the load balancer's maps (mb_lb_*): makes them hold a planned set of
+// frontends and backends, as differences against what they hold, in an order in which no packet
+// or connect() ever sees a frontend whose table names a backend that is not there yet:
+//
+//   1. backends that are new or changed;  2. reverse NAT entries;  3. Maglev tables (changed slots
+//   in one batch, or a new inner map swapped in whole when the size changes);  4. frontends;
+//   then, for what goes away: 5. frontends;  6. their tables and reverse NAT;  7. backends.
+//
+// The content of every map is cached after the first read (or write), so a change costs map
+// writes for what changed only.
+
+import type { BpfAddon } from '../kernel/native.js';
+import type { Datapath } from './loader.js';
+import { mapEntries } from './iterate.js';
+import { U32_KEY } from './layout.js';
+import {
+  LB_BACKEND, LB_BACKEND_STATES, LB_CONFIG, LB_CONFIG_F_EVENTS, LB_CONFIG_F_SOCKET, LB_FRONTEND, LB_FRONTEND_KEY, LB_REVNAT,
+  MAGLEV_TABLE,
+} from './maps.js';
+
+export type LbProtocol = 'tcp' | 'udp';
+const PROTOCOL_NUMBERS: Record<LbProtocol, number> = { tcp: 6, udp: 17 };
+const PROTOCOL_NAMES: Record<number, LbProtocol> = { 6: 'tcp', 17: 'udp' };
+
+export interface PlannedFrontend {
+  frontendId: number;
+  vip: string;
+  port: number;
+  protocol: LbProtocol;
+  networkId: number;
+  /** The Maglev table: M backend ids (M prime); all zero when no backend is ready. */
+  table: Uint32Array;
+  /** Backends with a share of the table. */
+  backendCount: number;
+}
+
+export interface PlannedBackend {
+  backendId: number;
+  frontendId: number;
+  address: string;
+  port: number;
+  state: (typeof LB_BACKEND_STATES)[number];
+  endpointId: number;
+}
+
+export interface LbPlan {
+  frontends: PlannedFrontend[];
+  backends: PlannedBackend[];
+}
+
+export interface LbApplyReport {
+  backendsWritten: number;
+  backendsDeleted: number;
+  frontendsWritten: number;
+  frontendsDeleted: number;
+  /** Table slots written in place, and tables created (new frontends, or a new size). */
+  slotsWritten: number;
+  tablesCreated: number;
+}
+
+interface CachedTable {
+  fd: number;
+  table: Uint32Array;
+}
+
+const hex = (b: Buffer) => b.toString('hex');
+
+export class LbMaps {
+  private backends: Map<string, string> | undefined;
+  private frontends: Map<string, string> | undefined;
+  private revnat: Map<string, string> | undefined;
+  private readonly tables = new Map<number, CachedTable>();
+
+  constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath) {}
+
+  private content(name: string): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map(name), 1_000_000)) out.set(hex(key), hex(value));
+    return out;
+  }
+
+  /** Makes the maps hold exactly `plan`. */
+  apply(plan: LbPlan): LbApplyReport {
+    this.backends ??= this.content('mb_lb_backends');
+    this.frontends ??= this.content('mb_lb_frontends');
+    this.revnat ??= this.content('mb_lb_revnat');
+    const report: LbApplyReport = { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, tablesCreated: 0 };
+
+    const wantBackends = new Map<string, Buffer>();
+    for (const b of plan.backends) {
+      wantBackends.set(hex(U32_KEY.encode({ value: b.backendId })), LB_BACKEND.encode({
+        addr: b.address, port: b.port, state: b.state, frontendId: b.frontendId, endpointId: b.endpointId,
+      }));
+    }
+    const wantFrontends = new Map<string, Buffer>();
+    const wantRevnat = new Map<string, Buffer>();
+    for (const f of plan.frontends) {
+      wantFrontends.set(hex(LB_FRONTEND_KEY.encode({ vip: f.vip, port: f.port, proto: PROTOCOL_NUMBERS[f.protocol] })),
+        LB_FRONTEND.encode({ frontendId: f.frontendId, backendCount: f.backendCount, networkId: f.networkId }));
+      wantRevnat.set(hex(U32_KEY.encode({ value: f.frontendId })), LB_REVNAT.encode({ vip: f.vip, port: f.port }));
+    }
+
+    report.backendsWritten = this.writeChanged('mb_lb_backends', this.backends, wantBackends);
+    this.writeChanged('mb_lb_revnat', this.revnat, wantRevnat);
+    for (const f of plan.frontends) {
+      const { slots, created } = this.writeTable(f.frontendId, f.table);
+      report.slotsWritten += slots;
+      report.tablesCreated += created ? 1 : 0;
+    }
+    report.frontendsWritten = this.writeChanged('mb_lb_frontends', this.frontends, wantFrontends);
+
+    report.frontendsDeleted = this.deleteMissing('mb_lb_frontends', this.frontends, wantFrontends);
+    const liveIds = new Set(plan.frontends.map((f) => f.frontendId));
+    for (const id of this.tableIds()) if (!liveIds.has(id)) this.removeTable(id);
+    this.deleteMissing('mb_lb_revnat', this.revnat, wantRevnat);
+    report.backendsDeleted = this.deleteMissing('mb_lb_backends', this.backends, wantBackends);
+    return report;
+  }
+
+  private writeChanged(name: string, current: Map<string, string>, want: Map<string, Buffer>): number {
+    const fd = this.datapath.map(name);
+    let written = 0;
+    for (const [key, value] of want) {
+      const text = hex(value);
+      if (current.get(key) === text) continue;
+      this.bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
+      current.set(key, text);
+      written++;
+    }
+    return written;
+  }
+
+  private deleteMissing(name: string, current: Map<string, string>, want: Map<string, Buffer>): number {
+    const fd = this.datapath.map(name);
+    let deleted = 0;
+    for (const key of [...current.keys()]) {
+      if (want.has(key)) continue;
+      this.bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
+      current.delete(key);
+      deleted++;
+    }
+    return deleted;
+  }
+
+  /** Frontend ids that have a table in the kernel (the cache, filled from mb_lb_maglev on first use). */
+  private tableIds(): number[] {
+    this.loadTables();
+    return [...this.tables.keys()];
+  }
+
+  private tablesLoaded = false;
+
+  private loadTables(): void {
+    if (this.tablesLoaded) return;
+    this.tablesLoaded = true;
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_maglev'), 1_000_000)) {
+      const id = U32_KEY.decode(key).value;
+      const fd = this.bpf.bpfMapGetFdById(value.readUInt32LE(0));
+      this.tables.set(id, { fd, table: this.readTable(fd) });
+    }
+  }
+
+  private readTable(fd: number): Uint32Array {
+    const size = this.bpf.bpfMapLookup(fd, U32_KEY.encode({ value: 0 }))?.readUInt32LE(0) ?? 0;
+    const table = new Uint32Array(size);
+    if (size === 0) return table;
+    const { count, keys, values } = this.bpf.bpfMapLookupBatch(fd, size + 1);
+    for (let i = 0; i < count; i++) {
+      const index = keys.readUInt32LE(i * 4);
+      if (index >= 1 && index <= size) table[index - 1] = values.readUInt32LE(i * 4);
+    }
+    return table;
+  }
+
+  /**
+   * Makes a frontend's table hold `table`: the changed slots in one batch, or, when the size
+   * changes (or there is none yet), a new inner map filled first and then swapped in, so a packet
+   * sees the old table or the new one, never a mix, and never a size that does not fit it.
+   */
+  private writeTable(frontendId: number, table: Uint32Array): { slots: number; created: boolean } {
+    this.loadTables();
+    const cached = this.tables.get(frontendId);
+    if (cached && cached.table.length === table.length) {
+      const changed: number[] = [];
+      for (let i = 0; i < table.length; i++) if (cached.table[i] !== table[i]) changed.push(i);
+      if (changed.length === 0) return { slots: 0, created: false };
+      const keys = Buffer.alloc(changed.length * 4);
+      const values = Buffer.alloc(changed.length * 4);
+      changed.forEach((slot, i) => {
+        keys.writeUInt32LE(slot + 1, i * 4);
+        values.writeUInt32LE(table[slot]!, i * 4);
+      });
+      this.bpf.bpfMapUpdateBatch(cached.fd, keys, values, 0);
+      cached.table = table.slice();
+      return { slots: changed.length, created: false };
+    }
+    const fd = this.bpf.bpfMapCreate(MAGLEV_TABLE.type, MAGLEV_TABLE.keySize, MAGLEV_TABLE.valueSize, table.length + 1,
+      { flags: MAGLEV_TABLE.flags, name: `mb_lut_${frontendId}`.slice(0, 15) });
+    const keys = Buffer.alloc((table.length + 1) * 4);
+    const values = Buffer.alloc((table.length + 1) * 4);
+    values.writeUInt32LE(table.length, 0);
+    for (let i = 0; i <= table.length; i++) keys.writeUInt32LE(i, i * 4);
+    for (let i = 0; i < table.length; i++) values.writeUInt32LE(table[i]!, (i + 1) * 4);
+    this.bpf.bpfMapUpdateBatch(fd, keys, values, 0);
+    const outerValue = Buffer.alloc(4);
+    outerValue.writeUInt32LE(fd, 0);
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_maglev'), U32_KEY.encode({ value: frontendId }), outerValue, 0);
+    if (cached) this.bpf.bpfClose(cached.fd);
+    this.tables.set(frontendId, { fd, table: table.slice() });
+    return { slots: table.length, created: true };
+  }
+
+  private removeTable(frontendId: number): void {
+    this.bpf.bpfMapDelete(this.datapath.map('mb_lb_maglev'), U32_KEY.encode({ value: frontendId }));
+    const cached = this.tables.get(frontendId);
+    if (cached) this.bpf.bpfClose(cached.fd);
+    this.tables.delete(frontendId);
+  }
+
+  /** The load balancer's switches (mb_lb_config). */
+  setConfig(config: { socket: boolean; events: boolean }): void {
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_config'), U32_KEY.encode({ value: 0 }),
+      LB_CONFIG.encode({ flags: (config.socket ? LB_CONFIG_F_SOCKET : 0) | (config.events ? LB_CONFIG_F_EVENTS : 0) }), 0);
+  }
+
+  /** What the kernel holds, decoded (for `membrane bpf lb list`); tables are summarised per backend. */
+  read(): {
+    frontends: { vip: string; port: number; protocol: string; frontendId: number; backendCount: number; networkId: number;
+      tableSize: number; slotsPerBackend: Record<number, number> }[];
+    backends: (PlannedBackend & { family: number })[];
+  } {
+    this.loadTables();
+    const frontends = mapEntries(this.bpf, this.datapath.map('mb_lb_frontends'), 1_000_000).map(([key, value]) => {
+      const k = LB_FRONTEND_KEY.decode(key);
+      const v = LB_FRONTEND.decode(value);
+      const fd = this.tables.get(v.frontendId)?.fd;
+      const table = fd === undefined ? new Uint32Array(0) : this.readTable(fd);
+      const slotsPerBackend: Record<number, number> = {};
+      for (const id of table) if (id) slotsPerBackend[id] = (slotsPerBackend[id] ?? 0) + 1;
+      return {
+        vip: k.vip, port: k.port, protocol: PROTOCOL_NAMES[k.proto] ?? String(k.proto), frontendId: v.frontendId,
+        backendCount: v.backendCount, networkId: v.networkId, tableSize: table.length, slotsPerBackend,
+      };
+    });
+    const backends = mapEntries(this.bpf, this.datapath.map('mb_lb_backends'), 1_000_000).map(([key, value]) => {
+      const b = LB_BACKEND.decode(value);
+      return {
+        backendId: U32_KEY.decode(key).value, frontendId: b.frontendId, address: b.addr, port: b.port,
+        state: b.state as PlannedBackend['state'], endpointId: b.endpointId, family: b.family,
+      };
+    });
+    return { frontends, backends };
+  }
+
+  close(): void {
+    for (const { fd } of this.tables.values()) this.bpf.bpfClose(fd);
+    this.tables.clear();
+    this.tablesLoaded = false;
+    this.backends = this.frontends = this.revnat = undefined;
+  }
+}
