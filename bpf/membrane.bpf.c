@@ -20,6 +20,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/lb.h"
+#include "lib/sock_lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -256,4 +257,89 @@ int to_container(struct __sk_buff *skb)
 	}
 	forwarded(skb, REASON_TO_CONTAINER, DIR_TO_CONTAINER, endpoint_id, parsed == 0 ? &p : 0);
 	return TC_ACT_OK;
+}
+
+/*
+ * Socket level (lib/sock_lb.h): attached with links at the root of the cgroup-v2 hierarchy, so
+ * they see every process's sockets, the host's and every container's.
+ */
+SEC("cgroup/connect4")
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_translate4(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_translate4(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_reverse4(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_reverse4(ctx);
+}
+
+SEC("cgroup/connect6")
+int sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_translate6(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_translate6(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_reverse6(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return sock_lb_reverse6(ctx);
+}
+
+/*
+ * Socket iterators, run by the daemon inside each endpoint's network namespace and the host's:
+ * connected sockets whose peer is a removed backend are destroyed (TCP sends its peer a reset and
+ * the application sees ECONNABORTED), so clients reconnect through the VIP. Listening, closing and
+ * unconnected sockets are never touched.
+ */
+SEC("iter/tcp")
+int sock_destroy_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *sk = ctx->sk_common;
+	if (!sk)
+		return 0;
+	unsigned char state = sk->skc_state;
+	if (state == TCP_LISTEN_STATE || state == TCP_TIME_WAIT_STATE || state == TCP_NEW_SYN_RECV_STATE || state == TCP_CLOSE_STATE)
+		return 0;
+	sock_lb_destroy_if_doomed(ctx->meta, sk, IPPROTO_TCP);
+	return 0;
+}
+
+SEC("iter/udp")
+int sock_destroy_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+	if (!udp)
+		return 0;
+	struct sock_common *sk = (struct sock_common *)udp;
+	/* Connected UDP sockets only: an unconnected one has no peer to lose. */
+	if (sk->skc_state != TCP_ESTABLISHED_STATE)
+		return 0;
+	sock_lb_destroy_if_doomed(ctx->meta, sk, IPPROTO_UDP);
+	return 0;
 }

@@ -243,8 +243,18 @@ export function useMembrane(test: { before: (fn: () => Promise<void>) => void; a
   test.after.always(async () => {
     await cleanupDocker();
     await membrane.stop();
+    detachSocketPrograms();
   });
   return membrane;
+}
+
+/**
+ * The socket-level load balancer stays attached to the root cgroup after the daemon stops (as
+ * endpoint programs stay on their veths): a test file that started a daemon takes it off again,
+ * so no program it loaded outlives it on the host's sockets.
+ */
+export function detachSocketPrograms(pinDir = '/sys/fs/bpf/membrane'): void {
+  fs.rmSync(path.join(pinDir, 'sock'), { recursive: true, force: true });
 }
 
 /** A Membrane network with two test containers on it (httpd on :8080), and their addresses. */

@@ -18,6 +18,7 @@
         'src/bpf.cc',
         'src/tc.cc',
         'src/ringbuf.cc',
+        'src/sock.cc',
       ],
       'include_dirs': [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import { InvalidArgumentError } from './errors.js';
-import { parseNetwork } from './ipam/prefix.js';
+import { parseNetwork, prefixContainsPrefix } from './ipam/prefix.js';
 import { assertUsableNetwork } from './ipam/special-purpose.js';
 
 export interface MembraneConfig {
@@ -66,6 +66,20 @@ export interface MembraneConfig {
   labelExclude: string[];
   /** Emit a policy verdict event for every new flow (`membrane monitor --type policy`); drops are always reported. */
   policyVerdictEvents: boolean;
+  /** Where IPv4 service VIPs come from. They never leave the host: a range nothing else on the host routes. */
+  serviceIPv4Range: string;
+  /** Where IPv6 service VIPs come from; empty: the first /112 of the node ULA's subnet 0 (which pools never use). */
+  serviceIPv6Range: string;
+  /** The DNS zone of service names: NAME.<zone> resolves to a service's VIPs. */
+  serviceZone: string;
+  /** Answer NAME.<zone> for containers (their queries to any DNS server are caught on their veth). */
+  serviceDns: boolean;
+  /** Port of the daemon's DNS responder (on the host's addresses; queries are redirected to it). */
+  serviceDnsPort: number;
+  /** Translate connect() and sendmsg() to VIPs in the socket layer (cgroup programs); per packet otherwise. */
+  serviceSocketLB: boolean;
+  /** An event for every new flow to a service (`membrane monitor --type service`). */
+  serviceEvents: boolean;
 }
 
 export const DEFAULT_CONFIG: MembraneConfig = {
@@ -92,6 +106,13 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   labelInclude: [],
   labelExclude: [],
   policyVerdictEvents: true,
+  serviceIPv4Range: '10.211.0.0/16',
+  serviceIPv6Range: '',
+  serviceZone: 'svc.membrane',
+  serviceDns: true,
+  serviceDnsPort: 15353,
+  serviceSocketLB: true,
+  serviceEvents: true,
 };
 
 const ENV: Record<string, keyof MembraneConfig> = {
@@ -116,6 +137,13 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_LABEL_INCLUDE: 'labelInclude',
   MEMBRANE_LABEL_EXCLUDE: 'labelExclude',
   MEMBRANE_POLICY_VERDICT_EVENTS: 'policyVerdictEvents',
+  MEMBRANE_SERVICE_IPV4_RANGE: 'serviceIPv4Range',
+  MEMBRANE_SERVICE_IPV6_RANGE: 'serviceIPv6Range',
+  MEMBRANE_SERVICE_ZONE: 'serviceZone',
+  MEMBRANE_SERVICE_DNS: 'serviceDns',
+  MEMBRANE_SERVICE_DNS_PORT: 'serviceDnsPort',
+  MEMBRANE_SERVICE_SOCKET_LB: 'serviceSocketLB',
+  MEMBRANE_SERVICE_EVENTS: 'serviceEvents',
 };
 
 function coerce(key: keyof MembraneConfig, raw: unknown, where: string): unknown {
@@ -207,6 +235,31 @@ function checkAddressRanges(config: MembraneConfig): void {
       throw new InvalidArgumentError(`defaultIPv4Ranges entry ${range} is not IPv4; IPv6 pools come from ulaPrefix`);
     }
     assertUsableNetwork(prefix, 'defaultIPv4Ranges entry');
+  }
+  const service4 = parseNetwork(config.serviceIPv4Range, 'serviceIPv4Range');
+  if (service4.family !== 4 || service4.length > 30) {
+    throw new InvalidArgumentError(`serviceIPv4Range ${config.serviceIPv4Range} must be an IPv4 network of /30 or larger, e.g. 10.211.0.0/16`);
+  }
+  assertUsableNetwork(service4, 'serviceIPv4Range');
+  for (const range of config.defaultIPv4Ranges) {
+    const pools = parseNetwork(range, 'defaultIPv4Ranges entry');
+    if (prefixContainsPrefix(pools, service4) || prefixContainsPrefix(service4, pools)) {
+      throw new InvalidArgumentError(`serviceIPv4Range ${config.serviceIPv4Range} overlaps defaultIPv4Ranges entry ${range}: ` +
+        'VIPs and container addresses must not share addresses; move one of them');
+    }
+  }
+  if (config.serviceIPv6Range) {
+    const service6 = parseNetwork(config.serviceIPv6Range, 'serviceIPv6Range');
+    if (service6.family !== 6 || service6.length > 126) {
+      throw new InvalidArgumentError(`serviceIPv6Range ${config.serviceIPv6Range} must be an IPv6 network of /126 or larger, e.g. fd00:96::/112`);
+    }
+    assertUsableNetwork(service6, 'serviceIPv6Range');
+  }
+  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(config.serviceZone) || config.serviceZone.length > 60) {
+    throw new InvalidArgumentError(`serviceZone ${JSON.stringify(config.serviceZone)} is not a DNS name of lowercase labels (at most 60 characters), e.g. svc.membrane`);
+  }
+  if (config.serviceDnsPort < 1 || config.serviceDnsPort > 65535) {
+    throw new InvalidArgumentError(`serviceDnsPort must be a port from 1 to 65535, got ${config.serviceDnsPort}`);
   }
   if (config.ulaPrefix) {
     const prefix = parseNetwork(config.ulaPrefix, 'ulaPrefix');

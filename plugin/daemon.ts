@@ -10,8 +10,8 @@ import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
 import { native, type Family, type NativeAddon, type NetlinkAddon } from './kernel/native.js';
-import { probeTcx, type ProbeResult } from './features.js';
-import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
+import { findCgroup2Root, probeKfunc, probeTcx, type ProbeResult } from './features.js';
+import { Datapath, DEFAULT_GEOMETRY, SOCKET_DESTROY_PROGRAMS } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
 import { JsonStore } from './state/store.js';
@@ -19,6 +19,9 @@ import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js'
 import { Ipam } from './ipam/ipam.js';
 import { formatPrefix, generateUlaPrefix, parsePrefix, type Prefix } from './ipam/prefix.js';
 import { refusedBlocksOverlapping } from './ipam/special-purpose.js';
+import { LbMaps } from './datapath/lb-maps.js';
+import { ServiceManager } from './lb/services.js';
+import { SocketCloser, type DoomedBackend } from './lb/sockets.js';
 import { Dataplane } from './network/dataplane.js';
 import { MEMBRANE_RTPROT } from './network/plan.js';
 import { Netfilter } from './netfilter/iptables.js';
@@ -110,12 +113,17 @@ export interface MembraneCore {
   policyMaps?: PolicyMaps;
   /** Kernel features the datapath probed and what it chose (filled by reconcileKernel). */
   features: Record<string, string>;
+  /** Services and the load balancer. */
+  services: ServiceManager;
+  lbMaps?: LbMaps;
   /** Makes the kernel match the state; returns what it changed. */
   reconcileKernel(): Promise<Record<string, unknown>>;
 }
 
 export interface CoreDependencies {
   nl: NetlinkAddon;
+  /** Closes connected sockets to removed service backends (the daemon's socket-destroy iterator). */
+  destroySockets?: (backends: { address: string; port: number; protocol: 'tcp' | 'udp' }[]) => void;
   /** The whole addon for the BPF datapath (it also probes with veths); without it Membrane runs 'routing' (unit tests). */
   bpf?: NativeAddon;
   log: Logger;
@@ -127,6 +135,15 @@ export interface CoreDependencies {
  * Builds every part of Membrane around one state file, without opening sockets: the daemon
  * serves it, unit tests drive it with a fake netlink.
  */
+/** The VIP ranges: configured, or for IPv6 the first /112 of the node ULA's subnet 0 (pools never use it). */
+export function serviceRangesOf(config: MembraneConfig, ulaPrefix: string): { ipv4: Prefix; ipv6: Prefix } {
+  const ula = parsePrefix(ulaPrefix);
+  return {
+    ipv4: parsePrefix(config.serviceIPv4Range),
+    ipv6: config.serviceIPv6Range ? parsePrefix(config.serviceIPv6Range) : { family: 6, network: ula.network, length: 112 },
+  };
+}
+
 export function createCore(config: MembraneConfig, deps: CoreDependencies): MembraneCore {
   const { nl, log } = deps;
   const stateFile = path.join(config.stateDir, 'state.json');
@@ -167,7 +184,9 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
+  const serviceRanges = serviceRangesOf(config, state.ulaPrefix);
   ipam = new Ipam(state, {
+    reserved: (family) => [family === 4 ? serviceRanges.ipv4 : serviceRanges.ipv6],
     defaultIPv4Ranges: config.defaultIPv4Ranges,
     defaultIPv4PoolLength: config.defaultIPv4PoolLength,
     hostPrefixes: (family) => hostPrefixes(nl, family),
@@ -190,6 +209,8 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   }
   let endpointMaps: EndpointMaps | undefined;
   let policyMaps: PolicyMaps | undefined;
+  let lbMaps: LbMaps | undefined;
+  let socketCloser: SocketCloser | undefined;
   let tcxProbe: ((tcProgFd: number) => ProbeResult) | undefined;
   const bpfAddon = deps.bpf;
   if (config.datapath === 'bpf' && bpfAddon) {
@@ -197,8 +218,23 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     const datapath = new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir);
     endpointMaps = new EndpointMaps(bpfAddon, datapath);
     policyMaps = new PolicyMaps(bpfAddon, datapath, config.bpfPinDir);
+    lbMaps = new LbMaps(bpfAddon, datapath);
+    socketCloser = new SocketCloser(bpfAddon, datapath, log);
     tcxProbe = (fd) => probeTcx(bpfAddon, fd);
   }
+  // Closing sockets of removed backends: in the host's namespace and every container's.
+  const closeSockets = deps.destroySockets ?? (socketCloser ? (backends: DoomedBackend[]) => {
+    const namespaces = new Set(['/proc/self/ns/net']);
+    for (const e of Object.values(state.endpoints)) if (e.joined && e.sandboxKey && fs.existsSync(e.sandboxKey)) namespaces.add(e.sandboxKey);
+    if (features.socketDestroy === 'yes') socketCloser!.close(backends, [...namespaces]);
+  } : undefined);
+  dataplane.serviceRanges = [formatPrefix(serviceRanges.ipv4), formatPrefix(serviceRanges.ipv6)];
+  const services = new ServiceManager(ctx, {
+    lb: lbMaps, log, ipv4Range: serviceRanges.ipv4, ipv6Range: serviceRanges.ipv6, zone: config.serviceZone,
+    destroySockets: closeSockets,
+  });
+  endpoints.services = services;
+  networks.onDeleted = (id) => services.networkRemoved(id);
   const policy = new PolicyEngine(ctx, {
     enforcement: config.policyEnforcement, audit: config.policyAudit, initFailOpen: config.initPolicy === 'allow',
     labelFilter: { include: config.labelInclude, exclude: config.labelExclude.length ? config.labelExclude : [...DEFAULT_LABEL_EXCLUDES] },
@@ -213,7 +249,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   };
 
   return {
-    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features, policy, policyMaps,
+    ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features, policy, policyMaps, services, lbMaps,
     async reconcileKernel() {
       dataplane.ensureForwarding();
       let migrations: unknown[] = [];
@@ -224,20 +260,34 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
           log.warn('conntrackMax changed; migrating the conntrack map', { from: state.datapathGeometry.conntrackMax, to: geometry.conntrackMax });
         }
         state.datapathGeometry = geometry;
+        // Closing sockets of removed backends needs bpf_sock_destroy (Linux 6.5+): without it those programs stay out.
+        features.socketDestroy = probeKfunc('bpf_sock_destroy');
+        socketCloser?.reset();
         Object.assign(features, endpointMaps.datapath.start({
           geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
           policyVerdictEvents: config.policyVerdictEvents,
+          skipPrograms: features.socketDestroy === 'yes' ? [] : [...SOCKET_DESTROY_PROGRAMS],
         }));
+        const cgroupRoot = findCgroup2Root();
+        if (cgroupRoot) {
+          endpointMaps.datapath.attachSockets(cgroupRoot);
+          features.socketLB = config.serviceSocketLB ? `cgroup-v2 at ${cgroupRoot}` : `off (serviceSocketLB: false), programs at ${cgroupRoot}`;
+        } else {
+          features.socketLB = 'no cgroup-v2 mount: services are translated per packet, and the host cannot reach VIPs';
+          log.warn('no cgroup-v2 mount found: the socket-level service load balancer is off (per-packet translation only)');
+        }
         migrations = endpointMaps.datapath.migrations;
         dataplane.bpfMaps = endpointMaps;
         policyMaps!.close();
         policyMaps!.prune(new Set(endpoints!.list().map((e) => e.number!)));
       }
+      lbMaps?.setConfig({ socket: config.serviceSocketLB, events: config.serviceEvents });
       // Identities and policy before any endpoint entry is (re)written: entries carry both.
       const policyReport = await policy.regenerate();
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
       for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
       const networkReport = dataplane.syncNetworks(networks.list());
+      await services.start();
       await store.commit();
       await networks.syncNetfilter();
       return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), migrations, policy: policyReport,
@@ -287,7 +337,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       features: { ...core.features, redirect: 'bpf_redirect_peer', conntrack: 'LRU hash', events: 'ring buffer' },
     } : undefined,
   };
-  const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status, core.policy, core.policyMaps));
+  const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status, core.policy, core.policyMaps, core.services, core.lbMaps));
   fs.mkdirSync(path.dirname(config.apiSocket), { recursive: true, mode: 0o700 });
   await listenUnix(apiServer, config.apiSocket, 0o600);
   log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
@@ -310,9 +360,17 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   const driverName = path.basename(config.pluginSocket).replace(/\.sock$/, '');
   // Container labels -> identities: from Docker's event stream, never inside a plugin handler
   // (dockerd may be waiting on this plugin while it holds the locks an inspect would need).
-  const watcher = new DockerLabelWatcher(new Docker(), (update) => core.policy.endpointLabels(update).catch((err: unknown) => {
-    log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
-  }), {
+  const watcher = new DockerLabelWatcher(new Docker(), async (update) => {
+    await core.policy.endpointLabels(update).catch((err: unknown) => {
+      log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
+    });
+    await core.services.endpointLabels(update).catch((err: unknown) => {
+      log.error('applying container service labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
+    });
+  }, {
+    onContainerEvent: (event) => {
+      core.services.containerEvent(event).catch((err: unknown) => log.error('applying a container event to its services failed', { ...event, error: String(err) }));
+    },
     driverName, log, isMembraneNetwork: (id, driver) => driver === driverName || id in ctx.state.networks,
     onNetworkName: (id, name) => {
       const network = ctx.state.networks[id];

@@ -2,6 +2,7 @@
 // probe itself could not decide (inconclusive results are not cached).
 
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import os from 'node:os';
 import type { NativeAddon } from './kernel/native.js';
 
@@ -60,4 +61,29 @@ export function tcxForTests(nl: NativeAddon, objectPath: string): ProbeResult {
   } finally {
     obj.close();
   }
+}
+
+/**
+ * A kernel function BPF programs may call (a kfunc such as bpf_sock_destroy, Linux 6.5+): present
+ * when the kernel's BTF names it. 'no' when the BTF lacks it; an exception when there is no BTF
+ * to read (inconclusive: Membrane's object needs BTF anyway).
+ */
+export function probeKfunc(name: string, vmlinux = '/sys/kernel/btf/vmlinux'): ProbeResult {
+  const key = `kfunc:${name}`;
+  const cached = cache.get(key);
+  if (cached) return cached;
+  const btf = fs.readFileSync(vmlinux);
+  // BTF names live in its string section, each NUL-terminated.
+  const result: ProbeResult = btf.includes(Buffer.from(`\0${name}\0`)) ? 'yes' : 'no';
+  cache.set(key, result);
+  return result;
+}
+
+/** The cgroup-v2 mount the socket-level programs attach to: /sys/fs/cgroup, or .../unified on a hybrid host. */
+export function findCgroup2Root(mounts = '/proc/self/mounts'): string | undefined {
+  for (const line of fs.readFileSync(mounts, 'utf8').split('\n')) {
+    const [, mountPoint, type] = line.split(' ');
+    if (type === 'cgroup2' && mountPoint) return mountPoint.replace(/\\040/g, ' ');
+  }
+  return undefined;
 }

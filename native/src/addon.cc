@@ -42,6 +42,9 @@ Napi::Value TcAttach(const Napi::CallbackInfo& info);
 Napi::Value TcDetach(const Napi::CallbackInfo& info);
 Napi::Value TcxQuery(const Napi::CallbackInfo& info);
 Napi::Value RingbufConsume(const Napi::CallbackInfo& info);
+Napi::Value CgroupLinkCreate(const Napi::CallbackInfo& info);
+Napi::Value IterLinkCreate(const Napi::CallbackInfo& info);
+Napi::Value IterRun(const Napi::CallbackInfo& info);
 
 namespace {
 
@@ -73,6 +76,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
       {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
       {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},
+      // sockets (sock.cc)
+      {"cgroupLinkCreate", CgroupLinkCreate}, {"iterLinkCreate", IterLinkCreate}, {"iterRun", IterRun},
   };
   for (const Entry& e : entries) {
     // Every function gets the environment's netlink socket; the bpf ones ignore it.

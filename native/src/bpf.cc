@@ -208,6 +208,7 @@ Napi::Value BpfObjectLoad(const Napi::CallbackInfo& info) {
   Napi::Object opts;
   NamedValues<std::string> pin_paths;
   NamedValues<uint32_t> max_entries;
+  NamedValues<bool> autoload;
   Napi::Buffer<uint8_t> rodata;
   bool has_rodata = false;
   if (!ArgString(env, info[0], "bpfObjectLoad: path", &path) ||
@@ -219,6 +220,15 @@ Napi::Value BpfObjectLoad(const Napi::CallbackInfo& info) {
       !OptRecord(env, opts, "maxEntries", "bpfObjectLoad: options.maxEntries", &max_entries,
                  [&](const Napi::Value& v, const std::string& what, uint32_t* out) {
                    return !v.IsEmpty() && ArgU32(env, v, what.c_str(), out);
+                 }) ||
+      !OptRecord(env, opts, "autoload", "bpfObjectLoad: options.autoload", &autoload,
+                 [&](const Napi::Value& v, const std::string& what, bool* out) {
+                   if (v.IsEmpty() || !v.IsBoolean()) {
+                     ThrowType(env, what + " must be true or false");
+                     return false;
+                   }
+                   *out = v.As<Napi::Boolean>().Value();
+                   return true;
                  }) ||
       !OptBuffer(env, opts, "rodata", "bpfObjectLoad: options.rodata", &has_rodata, &rodata)) {
     return env.Undefined();
@@ -235,6 +245,13 @@ Napi::Value BpfObjectLoad(const Napi::CallbackInfo& info) {
     // or pins the map it creates.
     int r = bpf_map__set_pin_path(map, pin.c_str());
     if (r < 0) return ThrowLoad(env, r, "bpf_map__set_pin_path " + name + " " + pin, log);
+  }
+  // Programs a kernel lacks the hooks or helpers for are not loaded (the caller probed).
+  for (const auto& [name, load] : autoload) {
+    bpf_program* prog = bpf_object__find_program_by_name(obj.get(), name.c_str());
+    if (!prog) return ThrowLoad(env, ENOENT, "bpf_object__find_program_by_name " + name + " in " + path, log);
+    int r = bpf_program__set_autoload(prog, load);
+    if (r < 0) return ThrowLoad(env, r, "bpf_program__set_autoload " + name, log);
   }
   for (const auto& [name, n] : max_entries) {
     bpf_map* map = bpf_object__find_map_by_name(obj.get(), name.c_str());

@@ -14,6 +14,9 @@ import { kernelTimeToEpochMs } from '../clock.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import type { PolicyMaps } from '../datapath/policy-maps.js';
 import { addPolicyRoutes } from './policy-routes.js';
+import { addServiceRoutes } from './service-routes.js';
+import type { ServiceManager } from '../lb/services.js';
+import type { LbMaps } from '../datapath/lb-maps.js';
 
 export interface DatapathSource {
   bpf: BpfAddon;
@@ -41,7 +44,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: EndpointManager, status: StatusSource,
-  policy: PolicyEngine, policyMaps?: PolicyMaps): express.Express {
+  policy: PolicyEngine, policyMaps?: PolicyMaps, services?: ServiceManager, lbMaps?: LbMaps): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.get('/v1/status', (_req, res) => {
@@ -101,9 +104,11 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       const labels = event.policy ? {
         srcLabels: policy.describeIdentity(event.policy.srcIdentity), dstLabels: policy.describeIdentity(event.policy.dstIdentity),
       } : {};
+      // A flow to a service: which service and port the frontend is.
+      const service = event.service && services ? { service: { ...event.service, ...services.describeFrontend(event.service.frontendId) } } : {};
       // tsNs is the kernel's clock (ns since boot); time is the wall clock it corresponds to.
       const time = new Date(kernelTimeToEpochMs(event.tsNs)).toISOString();
-      res.write(`${JSON.stringify({ time, ...event, ...labels, tsNs: event.tsNs.toString() })}\n`);
+      res.write(`${JSON.stringify({ time, ...event, ...labels, ...service, tsNs: event.tsNs.toString() })}\n`);
     });
     req.on('close', unsubscribe);
   });
@@ -137,6 +142,9 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
     });
   });
   addPolicyRoutes(app, policy, policyMaps);
+  if (services) {
+    addServiceRoutes(app, services, status.datapath && lbMaps ? { bpf: status.datapath.bpf, datapath: status.datapath.maps.datapath, lb: lbMaps } : undefined);
+  }
   app.use((req: Request, res: Response) => {
     res.status(404).json({ code: 'MEMBRANE_NOT_FOUND', message: `no API route ${req.method} ${req.path}; see /v1/status, /v1/networks, /v1/endpoints, /v1/ipam, /v1/policy, /v1/identities` });
   });

@@ -39,7 +39,7 @@ function apiRequest(socket: string, method: string, path: string, body?: string,
           reject(new Error(`management API answered ${res.statusCode} with non-JSON: ${body.slice(0, 200)}`));
           return;
         }
-        if (res.statusCode !== 200) {
+        if ((res.statusCode ?? 500) >= 300) {
           reject(new Error((parsed as { message?: string }).message ?? `management API answered ${res.statusCode}`));
           return;
         }
@@ -76,6 +76,13 @@ function policyLine(event: Row): string {
   const audit = p.audit ? ' (audit: let through)' : '';
   return `  ${event.srcLabels ?? p.srcIdentity} -> ${event.dstLabels ?? p.dstIdentity}  ${p.verdict}${audit} by ${p.direction} ` +
     `policy of endpoint ${p.endpointId}, rule ${p.ruleId || 'none (default deny)'}`;
+}
+
+/** The service of a translated flow: `service api 80/tcp -> backend 12`. */
+function serviceLine(event: Row): string {
+  const s = event.service as Row | undefined;
+  if (!s) return '';
+  return `  service ${s.service ?? `frontend ${s.frontendId}`}${s.port ? ` ${s.port}/${s.protocol}` : ''}${s.backendId ? ` -> backend ${s.backendId}` : ' (no backend)'}`;
 }
 
 /** Follows an NDJSON stream from the API, one parsed object per line, until the process is interrupted. */
@@ -276,7 +283,7 @@ async function main(argv: string[]): Promise<void> {
     });
 
   program.command('monitor').description('stream datapath events (drops with their reason, sampled traces) until interrupted')
-    .addOption(new Option('--type <type>', 'only this kind of event').choices(['drop', 'trace', 'policy']))
+    .addOption(new Option('--type <type>', 'only this kind of event').choices(['drop', 'trace', 'policy', 'service']))
     .action(async (opts: { type?: string }) => {
       await apiStream(api(), `/v1/monitor${opts.type ? `?type=${opts.type}` : ''}`, (event: Row) => {
         if (output() === 'json') {
@@ -286,7 +293,7 @@ async function main(argv: string[]): Promise<void> {
         const ports = (port: unknown) => (port ? `:${port}` : '');
         const flow = event.family ? `${event.proto} ${event.saddr}${ports(event.sport)} -> ${event.daddr}${ports(event.dport)}` : 'arp/other';
         process.stdout.write(`${String(event.time ?? '').slice(11, 23)} ${String(event.type).toUpperCase().padEnd(5)} ${String(event.reason).padEnd(18)} ${String(event.direction).padEnd(14)} ` +
-          `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}${policyLine(event)}\n`);
+          `endpoint ${event.endpointId} if ${event.ifindex}  ${flow}  len ${event.len}${policyLine(event)}${serviceLine(event)}\n`);
       });
     });
 
@@ -315,11 +322,61 @@ async function main(argv: string[]): Promise<void> {
         table(result.entries, [['direction', 'DIRECTION'], ['identity', 'IDENTITY'], ['peer', 'PEER LABELS'], ['protocol', 'PROTO'], ['port', 'PORT'],
           ['verdict', 'VERDICT'], ['ruleId', 'RULE']]));
     });
+  bpf.command('lb').description('the load balancer\'s maps').command('list').alias('ls')
+    .description('frontends with their Maglev tables (slots per backend) and backends, as the kernel holds them')
+    .action(async () => {
+      const data = await apiGet(api(), '/v1/bpf/lb') as { frontends: Row[]; backends: Row[] };
+      print(data, () => `${table(data.frontends.map((f) => ({
+        ...f, frontend: `${f.vip}:${f.port}/${f.protocol}`, service: (f.service as Row | null)?.service,
+        slots: Object.entries(f.slotsPerBackend as Record<string, number>).map(([id, n]) => `${id}:${n}`),
+      })), [['frontendId', 'ID'], ['frontend', 'FRONTEND'], ['service', 'SERVICE'], ['backendCount', 'BACKENDS'], ['tableSize', 'TABLE SIZE'], ['slots', 'SLOTS BY BACKEND ID']])}\n\n` +
+        table(data.backends.map((b) => ({ ...b, backend: `${b.address}:${b.port}` })),
+          [['backendId', 'BACKEND ID'], ['frontendId', 'FRONTEND'], ['backend', 'ADDRESS'], ['state', 'STATE'], ['endpointId', 'ENDPOINT']]));
+    });
   bpf.command('metrics').description('packets and bytes by verdict reason and direction').action(async () => {
     const rows = await apiGet(api(), '/v1/bpf/metrics') as Row[];
     print(rows, () => table(rows.map((r) => ({ ...r, verdict: r.drop ? 'drop' : 'forward' })),
       [['verdict', 'VERDICT'], ['reason', 'REASON'], ['direction', 'DIRECTION'], ['packets', 'PACKETS'], ['bytes', 'BYTES']]));
   });
+
+  const service = program.command('service').description('services: virtual IPs balanced over containers');
+  const portsText = (ports: Row[]) => ports.map((p) => `${p.port}/${p.protocol}${p.targetPort !== p.port ? `@${p.targetPort}` : ''}`);
+  const serviceTable = (rows: Row[]) => table(rows.map((s) => ({
+    ...s, network: s.networkName ?? short(s.network),
+    vips: [s.vip4, s.vip6].filter(Boolean), ports: portsText(s.ports as Row[]),
+    backends: (s.backends as Row[]).map((b) => `${b.container ?? short(b.endpointId)}(w${b.weight} ${b.state}${b.connections === null ? '' : ` ${b.connections} conn`})`),
+  })), [['name', 'NAME'], ['network', 'NETWORK'], ['vips', 'VIPS'], ['ports', 'PORTS'], ['origin', 'ORIGIN'], ['backends', 'BACKENDS (WEIGHT STATE CONNECTIONS)']]);
+  service.command('create').description('a service balanced over the endpoints a selector picks')
+    .argument('<name>', 'service name (a DNS label: it resolves as NAME.svc.membrane)')
+    .requiredOption('--selector <labels>', 'the endpoints it balances over, e.g. app=api,tier=web')
+    .option('--port <port>', 'frontend port PORT[/tcp|/udp][@TARGET_PORT] (repeatable)', (v: string, all: string[]) => [...all, v], [] as string[])
+    .option('--network <network>', 'the Docker network (name or id); needed when there is more than one')
+    .option('--vip <address>', 'ask for this IPv4 or IPv6 VIP (repeatable) instead of one Membrane picks', (v: string, all: string[]) => [...all, v], [] as string[])
+    .action(async (name: string, opts: { selector: string; port: string[]; network?: string; vip: string[] }) => {
+      const vip4 = opts.vip.find((v) => !v.includes(':'));
+      const vip6 = opts.vip.find((v) => v.includes(':'));
+      const body = JSON.stringify({ name, selector: opts.selector, ports: opts.port, network: opts.network, vip4, vip6 });
+      const created = await apiRequest(api(), 'POST', '/v1/services', body, 'application/json') as Row;
+      print(created, () => serviceTable([created]));
+    });
+  service.command('list').alias('ls').description('every service: VIPs, ports, backends with weight, state and connections')
+    .action(async () => {
+      const rows = await apiGet(api(), '/v1/services') as Row[];
+      print(rows, () => serviceTable(rows));
+    });
+  service.command('get').description('one service').argument('<name>').option('--network <network>')
+    .action(async (name: string, opts: { network?: string }) => {
+      const row = await apiGet(api(), `/v1/services/${encodeURIComponent(name)}${opts.network ? `?network=${encodeURIComponent(opts.network)}` : ''}`) as Row;
+      print(row, () => `${serviceTable([row])}
+
+dns name: ${row.dnsName}${row.selector ? `
+selector: ${row.selector}` : ''}`);
+    });
+  service.command('delete').alias('rm').description('delete a service').argument('<name>').option('--network <network>')
+    .action(async (name: string, opts: { network?: string }) => {
+      const row = await apiRequest(api(), 'DELETE', `/v1/services/${encodeURIComponent(name)}${opts.network ? `?network=${encodeURIComponent(opts.network)}` : ''}`) as Row;
+      print(row, () => `deleted service ${row.name} (${[row.vip4, row.vip6].filter(Boolean).join(', ')})`);
+    });
 
   const ipam = program.command('ipam').description('address management');
   ipam.command('show').description('pools and their allocations').action(async () => {

@@ -5,7 +5,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { native } from '../kernel/native.js';
 import { mapEntries } from './iterate.js';
-import { STRUCTS } from './maps.js';
+import { ALL_MAPS, DEFAULT_GEOMETRY, STRUCTS, wantedShape } from './maps.js';
 import { NS_PER_SECOND, kernelNowNs, nsAfter, nsBefore } from '../clock.js';
 import { EndpointMaps } from './endpoint-maps.js';
 import type { Datapath } from './loader.js';
@@ -249,6 +249,51 @@ test('the daemon\'s conntrack garbage collection deletes expired entries and kee
   t.is(nl.bpfMapLookupBatch(fd, 1000).count, 50);
   t.truthy(nl.bpfMapLookup(fd, key(1001)), 'a live entry stays');
   t.is(nl.bpfMapLookup(fd, key(1000)), null, 'an expired entry is gone');
+});
+
+test('every map of the object is declared once in maps.ts, and its declaration matches the object\'s BTF: type, key, value, size', (t) => {
+  const btf = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJECT, 'format', 'raw', '-j']).toString()) as {
+    types: { id: number; kind: string; name?: string; size?: number; type_id?: number; nr_elems?: number;
+      members?: { name: string; type_id: number }[]; vars?: { type_id: number }[] }[];
+  };
+  const byId = new Map(btf.types.map((type) => [type.id, type]));
+  const resolve = (id: number) => {
+    let type = byId.get(id)!;
+    while (type.kind === 'TYPEDEF' || type.kind === 'CONST' || type.kind === 'VOLATILE') type = byId.get(type.type_id!)!;
+    return type;
+  };
+  const sizeOf = (id: number): number => {
+    const type = resolve(id);
+    return type.kind === 'ARRAY' ? sizeOf(type.type_id!) * type.nr_elems! : type.size!;
+  };
+  const maps = btf.types.find((type) => type.kind === 'DATASEC' && type.name === '.maps')!;
+  const inObject = new Set<string>();
+  for (const v of maps.vars!) {
+    const variable = byId.get(v.type_id)!;
+    const name = variable.name!;
+    inObject.add(name);
+    const declared = ALL_MAPS.find((d) => d.name === name);
+    if (!declared) {
+      t.fail(`map ${name} is in the object but not declared in maps.ts`);
+      continue;
+    }
+    // libbpf's map definition: __uint(x, n) is a pointer to an array of n elements, __type(x, T) a pointer to T.
+    const members = new Map(resolve(variable.type_id!).members!.map((m) => [m.name, byId.get(m.type_id)!]));
+    const count = (member: string) => resolve(members.get(member)!.type_id!).nr_elems;
+    t.is(count('type'), declared.type, `${name}: map type`);
+    const want = wantedShape(declared, DEFAULT_GEOMETRY);
+    if (members.has('max_entries')) t.is(count('max_entries'), want.maxEntries, `${name}: max_entries`);
+    for (const [part, layout, size] of [['key', declared.key, want.keySize], ['value', declared.value, want.valueSize]] as const) {
+      if (members.has(part)) {
+        const type = resolve(members.get(part)!.type_id!);
+        t.is(sizeOf(members.get(part)!.type_id!), size, `${name}: ${part} size`);
+        if (layout && type.kind === 'STRUCT') t.is(type.name, layout.name, `${name}: ${part} is struct ${layout.name}`);
+      } else if (members.has(`${part}_size`)) {
+        t.is(count(`${part}_size`), size, `${name}: ${part}_size`);
+      }
+    }
+  }
+  t.deepEqual([...inObject].sort(), ALL_MAPS.map((d) => d.name).sort(), 'maps.ts declares exactly the object\'s maps');
 });
 
 test('every struct the daemon shares with the object matches its BTF member by member: name, offset, size', (t) => {

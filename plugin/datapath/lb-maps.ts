@@ -65,87 +65,117 @@ interface CachedTable {
 
 const hex = (b: Buffer) => b.toString('hex');
 
+export interface LbUpdate {
+  /** Frontends to write (new or changed: unchanged ones cost nothing). */
+  frontends: PlannedFrontend[];
+  backends: PlannedBackend[];
+  /** Frontends and backends to remove. */
+  removeFrontendIds: number[];
+  removeBackendIds: number[];
+}
+
 export class LbMaps {
-  private backends: Map<string, string> | undefined;
+  /** Backend id -> value written (hex). */
+  private backends: Map<number, string> | undefined;
+  /** Frontend key (hex) -> value written (hex), and frontend id -> its key. */
   private frontends: Map<string, string> | undefined;
-  private revnat: Map<string, string> | undefined;
+  private frontendKeys = new Map<number, string>();
+  /** Frontend id -> reverse NAT value written (hex). */
+  private revnat: Map<number, string> | undefined;
   private readonly tables = new Map<number, CachedTable>();
 
   constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath) {}
 
-  private content(name: string): Map<string, string> {
-    const out = new Map<string, string>();
-    for (const [key, value] of mapEntries(this.bpf, this.datapath.map(name), 1_000_000)) out.set(hex(key), hex(value));
-    return out;
+  private load(): void {
+    if (this.backends) return;
+    this.backends = new Map();
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_backends'), 1_000_000)) this.backends.set(U32_KEY.decode(key).value, hex(value));
+    this.frontends = new Map();
+    this.frontendKeys = new Map();
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_frontends'), 1_000_000)) {
+      this.frontends.set(hex(key), hex(value));
+      this.frontendKeys.set(LB_FRONTEND.decode(value).frontendId, hex(key));
+    }
+    this.revnat = new Map();
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_revnat'), 1_000_000)) this.revnat.set(U32_KEY.decode(key).value, hex(value));
+    this.loadTables();
   }
 
-  /** Makes the maps hold exactly `plan`. */
+  /** Makes the maps hold exactly `plan` (at start: whatever the kernel holds that the plan does not, goes). */
   apply(plan: LbPlan): LbApplyReport {
-    this.backends ??= this.content('mb_lb_backends');
-    this.frontends ??= this.content('mb_lb_frontends');
-    this.revnat ??= this.content('mb_lb_revnat');
+    this.load();
+    const frontendIds = new Set(plan.frontends.map((f) => f.frontendId));
+    const backendIds = new Set(plan.backends.map((b) => b.backendId));
+    const staleFrontends = new Set([...this.frontendKeys.keys(), ...this.revnat!.keys(), ...this.tables.keys()].filter((id) => !frontendIds.has(id)));
+    return this.update({
+      ...plan, removeFrontendIds: [...staleFrontends], removeBackendIds: [...this.backends!.keys()].filter((id) => !backendIds.has(id)),
+    });
+  }
+
+  /** Writes and removes what `changes` says, in the order the top of this file gives. */
+  update(changes: LbUpdate): LbApplyReport {
+    this.load();
     const report: LbApplyReport = { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, tablesCreated: 0 };
-
-    const wantBackends = new Map<string, Buffer>();
-    for (const b of plan.backends) {
-      wantBackends.set(hex(U32_KEY.encode({ value: b.backendId })), LB_BACKEND.encode({
-        addr: b.address, port: b.port, state: b.state, frontendId: b.frontendId, endpointId: b.endpointId,
-      }));
+    const backendsFd = this.datapath.map('mb_lb_backends');
+    const frontendsFd = this.datapath.map('mb_lb_frontends');
+    const revnatFd = this.datapath.map('mb_lb_revnat');
+    for (const b of changes.backends) {
+      const value = LB_BACKEND.encode({ addr: b.address, port: b.port, state: b.state, frontendId: b.frontendId, endpointId: b.endpointId });
+      if (this.backends!.get(b.backendId) === hex(value)) continue;
+      this.bpf.bpfMapUpdate(backendsFd, U32_KEY.encode({ value: b.backendId }), value, 0);
+      this.backends!.set(b.backendId, hex(value));
+      report.backendsWritten++;
     }
-    const wantFrontends = new Map<string, Buffer>();
-    const wantRevnat = new Map<string, Buffer>();
-    for (const f of plan.frontends) {
-      wantFrontends.set(hex(LB_FRONTEND_KEY.encode({ vip: f.vip, port: f.port, proto: PROTOCOL_NUMBERS[f.protocol] })),
-        LB_FRONTEND.encode({ frontendId: f.frontendId, backendCount: f.backendCount, networkId: f.networkId }));
-      wantRevnat.set(hex(U32_KEY.encode({ value: f.frontendId })), LB_REVNAT.encode({ vip: f.vip, port: f.port }));
+    for (const f of changes.frontends) {
+      const value = LB_REVNAT.encode({ vip: f.vip, port: f.port });
+      if (this.revnat!.get(f.frontendId) === hex(value)) continue;
+      this.bpf.bpfMapUpdate(revnatFd, U32_KEY.encode({ value: f.frontendId }), value, 0);
+      this.revnat!.set(f.frontendId, hex(value));
     }
-
-    report.backendsWritten = this.writeChanged('mb_lb_backends', this.backends, wantBackends);
-    this.writeChanged('mb_lb_revnat', this.revnat, wantRevnat);
-    for (const f of plan.frontends) {
+    for (const f of changes.frontends) {
       const { slots, created } = this.writeTable(f.frontendId, f.table);
       report.slotsWritten += slots;
       report.tablesCreated += created ? 1 : 0;
     }
-    report.frontendsWritten = this.writeChanged('mb_lb_frontends', this.frontends, wantFrontends);
-
-    report.frontendsDeleted = this.deleteMissing('mb_lb_frontends', this.frontends, wantFrontends);
-    const liveIds = new Set(plan.frontends.map((f) => f.frontendId));
-    for (const id of this.tableIds()) if (!liveIds.has(id)) this.removeTable(id);
-    this.deleteMissing('mb_lb_revnat', this.revnat, wantRevnat);
-    report.backendsDeleted = this.deleteMissing('mb_lb_backends', this.backends, wantBackends);
+    for (const f of changes.frontends) {
+      const key = hex(LB_FRONTEND_KEY.encode({ vip: f.vip, port: f.port, proto: PROTOCOL_NUMBERS[f.protocol] }));
+      const value = LB_FRONTEND.encode({ frontendId: f.frontendId, backendCount: f.backendCount, networkId: f.networkId });
+      // A frontend whose VIP, port or protocol changed leaves its old key.
+      const oldKey = this.frontendKeys.get(f.frontendId);
+      if (oldKey !== undefined && oldKey !== key) this.deleteFrontendKey(frontendsFd, oldKey);
+      this.frontendKeys.set(f.frontendId, key);
+      if (this.frontends!.get(key) === hex(value)) continue;
+      this.bpf.bpfMapUpdate(frontendsFd, Buffer.from(key, 'hex'), value, 0);
+      this.frontends!.set(key, hex(value));
+      report.frontendsWritten++;
+    }
+    for (const id of changes.removeFrontendIds) {
+      const key = this.frontendKeys.get(id);
+      if (key !== undefined) {
+        this.deleteFrontendKey(frontendsFd, key);
+        this.frontendKeys.delete(id);
+        report.frontendsDeleted++;
+      }
+    }
+    for (const id of changes.removeFrontendIds) {
+      if (this.tables.has(id)) this.removeTable(id);
+      if (this.revnat!.has(id)) {
+        this.bpf.bpfMapDelete(revnatFd, U32_KEY.encode({ value: id }));
+        this.revnat!.delete(id);
+      }
+    }
+    for (const id of changes.removeBackendIds) {
+      if (!this.backends!.has(id)) continue;
+      this.bpf.bpfMapDelete(backendsFd, U32_KEY.encode({ value: id }));
+      this.backends!.delete(id);
+      report.backendsDeleted++;
+    }
     return report;
   }
 
-  private writeChanged(name: string, current: Map<string, string>, want: Map<string, Buffer>): number {
-    const fd = this.datapath.map(name);
-    let written = 0;
-    for (const [key, value] of want) {
-      const text = hex(value);
-      if (current.get(key) === text) continue;
-      this.bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-      current.set(key, text);
-      written++;
-    }
-    return written;
-  }
-
-  private deleteMissing(name: string, current: Map<string, string>, want: Map<string, Buffer>): number {
-    const fd = this.datapath.map(name);
-    let deleted = 0;
-    for (const key of [...current.keys()]) {
-      if (want.has(key)) continue;
-      this.bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
-      current.delete(key);
-      deleted++;
-    }
-    return deleted;
-  }
-
-  /** Frontend ids that have a table in the kernel (the cache, filled from mb_lb_maglev on first use). */
-  private tableIds(): number[] {
-    this.loadTables();
-    return [...this.tables.keys()];
+  private deleteFrontendKey(fd: number, key: string): void {
+    this.bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
+    this.frontends!.delete(key);
   }
 
   private tablesLoaded = false;
@@ -256,6 +286,9 @@ export class LbMaps {
     for (const { fd } of this.tables.values()) this.bpf.bpfClose(fd);
     this.tables.clear();
     this.tablesLoaded = false;
-    this.backends = this.frontends = this.revnat = undefined;
+    this.backends = undefined;
+    this.frontends = undefined;
+    this.revnat = undefined;
+    this.frontendKeys = new Map();
   }
 }

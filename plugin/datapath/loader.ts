@@ -46,6 +46,12 @@ const TC_PRIORITY = 1;
 
 export type AttachMode = 'tcx' | 'clsact';
 
+/** The socket-level programs' hooks; program `sock_<hook>` goes on hook <hook>. */
+export const SOCKET_HOOKS = ['connect4', 'connect6', 'sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6', 'getpeername4', 'getpeername6'] as const;
+
+/** Programs that close sockets of removed backends: they need bpf_sock_destroy (Linux 6.5+). */
+export const SOCKET_DESTROY_PROGRAMS = ['sock_destroy_tcp', 'sock_destroy_udp'] as const;
+
 export class Datapath {
   obj: BpfObject | undefined;
   migrations: MigrationReport[] = [];
@@ -71,9 +77,11 @@ export class Datapath {
    * Loads the object (migrating pinned maps to `geometry`), picks how programs attach (a tcx
    * probe unless clsact is configured) and writes mb_config. Returns what it chose, for status.
    */
-  start(options: { geometry: Geometry; attachMode: 'auto' | AttachMode; traceSample: number; policyVerdictEvents?: boolean; probeTcx: (tcProgFd: number) => ProbeResult }): { attach: string } {
+  start(options: { geometry: Geometry; attachMode: 'auto' | AttachMode; traceSample: number; policyVerdictEvents?: boolean; probeTcx: (tcProgFd: number) => ProbeResult;
+    /** Programs to leave out (hooks or helpers the kernel lacks), by name. */
+    skipPrograms?: string[] }): { attach: string } {
     this.close();
-    this.load(options.geometry);
+    this.load(options.geometry, options.skipPrograms);
     const tcx = options.attachMode === 'clsact' ? undefined : options.probeTcx(this.program('from_container'));
     if (options.attachMode === 'tcx' && tcx === 'no') {
       throw new NotSupportedError('tcx', 'attachMode is "tcx" but this kernel has no tcx links (Linux 6.6+); use "auto" or "clsact"');
@@ -91,7 +99,7 @@ export class Datapath {
   }
 
   /** Loads the object, reusing compatible pinned maps and migrating incompatible ones. */
-  load(geometry: Geometry): void {
+  load(geometry: Geometry, skipPrograms: string[] = []): void {
     fs.mkdirSync(path.join(this.pinDir, 'links'), { recursive: true });
     const wanted = wantedMaps(geometry);
     const pinPaths: Record<string, string> = {};
@@ -118,6 +126,7 @@ export class Datapath {
       this.obj = this.bpf.bpfObjectLoad(this.objectPath, {
         pinPaths,
         maxEntries: maxEntriesOverrides(geometry),
+        autoload: Object.fromEntries(skipPrograms.map((name) => [name, false])),
       });
     } catch (err) {
       // Nothing was migrated: put the old maps back where the running programs expect them.
@@ -226,6 +235,43 @@ export class Datapath {
         // none there: the usual case
       }
     }
+  }
+
+  /**
+   * Attaches the socket-level load balancer (connect, sendmsg, recvmsg, getpeername; IPv4 and
+   * IPv6) at the root of the cgroup-v2 hierarchy through links pinned under <pin dir>/sock/. A
+   * link pinned by an earlier run gets this build's program atomically, as endpoint links do.
+   */
+  attachSockets(cgroupRoot: string): void {
+    const dir = path.join(this.pinDir, 'sock');
+    fs.mkdirSync(dir, { recursive: true });
+    for (const hook of SOCKET_HOOKS) {
+      const pin = path.join(dir, hook);
+      const prog = this.program(`sock_${hook}`);
+      if (fs.existsSync(pin)) {
+        const linkFd = this.bpf.bpfObjGet(pin);
+        try {
+          this.bpf.bpfLinkUpdate(linkFd, prog);
+          continue;
+        } catch (err) {
+          fs.rmSync(pin, { force: true });
+          this.log.debug('stale socket link pin replaced', { pin, error: (err as Error).message });
+        } finally {
+          this.bpf.bpfClose(linkFd);
+        }
+      }
+      const linkFd = this.bpf.cgroupLinkCreate(cgroupRoot, prog, hook);
+      try {
+        this.bpf.bpfObjPin(linkFd, pin);
+      } finally {
+        this.bpf.bpfClose(linkFd);
+      }
+    }
+  }
+
+  /** Detaches the socket-level programs (their pins are the links' last references). */
+  detachSockets(): void {
+    fs.rmSync(path.join(this.pinDir, 'sock'), { recursive: true, force: true });
   }
 
   /** Removes the pinned links of a veth (deleting the veth already detached them). */

@@ -79,6 +79,7 @@ export const LB_REVNAT = struct('lb_revnat', { vip: addrOf('family'), port: be16
 export const LB_SOCK_KEY = struct('lb_sock_key', { cookie: u64, addr: addrOf('family'), port: be16, family: u8, pad: pad(5) });
 export const LB_SOCK_VALUE = struct('lb_sock_value', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1), frontend_id: u32 });
 export const LB_CONFIG = struct('lb_config', { flags: u32, pad: pad(4) });
+export const LB_DOOMED_KEY = struct('lb_doomed_key', { addr: addrOf('family'), port: be16, proto: u8, family: u8 });
 
 export const LB_CONFIG_F_SOCKET = 1 << 0;
 export const LB_CONFIG_F_EVENTS = 1 << 1;
@@ -86,7 +87,7 @@ export const LB_CONFIG_F_EVENTS = 1 << 1;
 /** Every struct the object shares with the daemon, for the BTF check. */
 export const STRUCTS: StructLayout[] = [
   ENDPOINT_KEY, ENDPOINT_INFO, CT_KEY, CT_ENTRY, METRIC, EVENT, CONFIG, IPCACHE_KEY, IPCACHE_VALUE, POLICY_KEY, POLICY_ENTRY,
-  POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG,
+  POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG, LB_DOOMED_KEY,
 ];
 
 // ---- maps --------------------------------------------------------------------------------------
@@ -184,6 +185,14 @@ export const MAPS = {
   mb_lb_config: {
     name: 'mb_lb_config', type: BPF_MAP_TYPE_ARRAY, key: U32_KEY, value: LB_CONFIG, maxEntries: 1, migration: 'rewrite',
     why: 'load balancer switches (socket level on, events)',
+  },
+  mb_lb_doomed: {
+    name: 'mb_lb_doomed', type: BPF_MAP_TYPE_HASH, key: LB_DOOMED_KEY, valueSize: 1, maxEntries: 4096, migration: 'reset',
+    why: 'removed backends whose connected sockets the iterators close (filled only during a run)',
+  },
+  mb_lb_scratch: {
+    name: 'mb_lb_scratch', type: BPF_MAP_TYPE_PERCPU_ARRAY, keySize: 4, valueSize: 192, maxEntries: 1, migration: 'reset',
+    why: 'per-CPU room to build a refusal (a reset, an ICMP unreachable) off the 512-byte stack',
   },
 } as const satisfies Record<string, MapDeclaration>;
 

@@ -56,9 +56,16 @@ export interface EndpointPolicyHooks {
   forget(endpoint: EndpointRecord): Promise<void>;
 }
 
+/** What the endpoint lifecycle tells the service load balancer (plugin/lb/services.ts). */
+export interface EndpointServiceHooks {
+  /** The endpoint is gone: it backs nothing now, and its clients' sockets to it are closed. */
+  endpointRemoved(endpoint: EndpointRecord): Promise<void>;
+}
+
 export class EndpointManager {
   /** Set by the daemon when policy is on; unit tests of the plugin protocol run without. */
   policy: EndpointPolicyHooks | undefined;
+  services: EndpointServiceHooks | undefined;
 
   constructor(private readonly ctx: Context, private readonly networks: NetworkManager) {}
 
@@ -203,6 +210,8 @@ export class EndpointManager {
     delete this.ctx.state.endpoints[endpointId];
     this.policy?.forget(endpoint).catch((err: unknown) =>
       this.ctx.log.warn('removing a deleted endpoint\'s policy failed', { endpoint: endpointId, error: String(err) }));
+    this.services?.endpointRemoved(endpoint).catch((err: unknown) =>
+      this.ctx.log.warn('removing a deleted endpoint from its services failed', { endpoint: endpointId, error: String(err) }));
     this.ctx.log.info('endpoint deleted', { endpoint: endpointId, network: endpoint.networkId });
   }
 

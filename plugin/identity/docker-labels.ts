@@ -20,7 +20,7 @@ export interface ContainerInspectLike {
   /** The image id (`sha256:...`). */
   Image?: string;
   Config?: { Labels?: Record<string, string> | null } | null;
-  State?: { Running?: boolean; Restarting?: boolean } | null;
+  State?: { Running?: boolean; Restarting?: boolean; Health?: { Status?: string } | null } | null;
   NetworkSettings?: { Networks?: Record<string, NetworkAttachmentLike> | null } | null;
 }
 
@@ -33,7 +33,7 @@ export interface NetworkAttachmentLike {
 /** The parts of `GET /images/{id}/json` used here. */
 export interface ImageInspectLike {
   Id?: string;
-  Config?: { Labels?: Record<string, string> | null } | null;
+  Config?: { Labels?: Record<string, string> | null; Healthcheck?: { Test?: string[] | null } | null } | null;
 }
 
 export const COMPOSE_PROJECT_LABEL = 'com.docker.compose.project';
@@ -66,4 +66,22 @@ export function labelsFor(container: ContainerInspectLike, image: ImageInspectLi
 /** Docker's `/name` without the slash. */
 export function containerName(container: Pick<ContainerInspectLike, 'Name' | 'Id'>): string {
   return (container.Name ?? '').replace(/^\//, '') || container.Id.slice(0, 12);
+}
+
+/** A container's health as Docker reports it: 'none' without a HEALTHCHECK. */
+export type ContainerHealth = 'none' | 'starting' | 'healthy' | 'unhealthy';
+
+/**
+ * From an inspect (State.Health.Status), or from a container list entry, whose only trace of
+ * health is its status text (`Up 3 seconds (health: starting)`, `(healthy)`, `(unhealthy)`:
+ * what `docker ps` shows, built by the daemon from the same state).
+ */
+export function healthOf(source: { State?: { Health?: { Status?: string } | null } | null; Status?: string }): ContainerHealth {
+  const status = source.State?.Health?.Status;
+  if (status === 'starting' || status === 'healthy' || status === 'unhealthy') return status;
+  const text = source.Status ?? '';
+  if (text.includes('(health: starting)')) return 'starting';
+  if (text.includes('(unhealthy)')) return 'unhealthy';
+  if (text.includes('(healthy)')) return 'healthy';
+  return 'none';
 }

@@ -27,8 +27,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { silentLogger, type Logger } from '../log.js';
 import type { Label } from '../policy/types.js';
 import {
-  containerName, labelsFor, mergedContainerLabels,
-  type ContainerInspectLike, type ImageInspectLike, type NetworkAttachmentLike,
+  containerName, healthOf, labelsFor, mergedContainerLabels,
+  type ContainerHealth, type ContainerInspectLike, type ImageInspectLike, type NetworkAttachmentLike,
 } from './docker-labels.js';
 
 /** What the callback receives: one endpoint and everything Docker says about its container. */
@@ -46,7 +46,9 @@ export interface EndpointLabels {
   /** The container's labels as `docker inspect` shows them (image labels included). */
   containerLabels: Record<string, string>;
   /** What made the watcher look. */
-  trigger: 'connect' | 'start' | 'rename' | 'resync';
+  trigger: 'connect' | 'start' | 'rename' | 'resync' | 'health';
+  /** Docker's health of the container ('none' without a HEALTHCHECK). */
+  health: ContainerHealth;
   /** performance.now() when the triggering event was read (resync: when the resync began). */
   receivedAt: number;
   /** performance.now() just before the callback was called. */
@@ -67,6 +69,8 @@ export interface DockerEvent {
 /** One entry of GET /containers/json. */
 export interface ContainerSummaryLike {
   Id: string;
+  /** `Up 3 seconds (health: starting)`: the only health a list entry carries. */
+  Status?: string;
   Names?: string[];
   ImageID?: string;
   Labels?: Record<string, string> | null;
@@ -120,11 +124,22 @@ export interface DockerLabelWatcherOptions {
   endpointLookup?: 'network' | 'container';
   /** Called with the Docker name of each Membrane network the watcher learns about (the plugin protocol never says it). */
   onNetworkName?: (networkId: string, name: string) => void;
+  /** Called for the lifecycle events the load balancer follows: start, kill (`docker stop` begins), die, health_status. */
+  onContainerEvent?: (event: ContainerEvent) => void;
+}
+
+export interface ContainerEvent {
+  containerId: string;
+  action: 'start' | 'kill' | 'die' | 'health_status';
+  /** health_status only. */
+  health?: 'healthy' | 'unhealthy';
+  /** kill only: the signal number Docker sent (`docker stop` sends the stop signal, then SIGKILL). */
+  signal?: number;
 }
 
 const EVENT_FILTERS = {
   type: ['container', 'network'] as Array<'container' | 'network'>,
-  event: ['create', 'start', 'die', 'destroy', 'rename', 'connect', 'disconnect'],
+  event: ['create', 'start', 'die', 'destroy', 'rename', 'connect', 'disconnect', 'kill', 'health_status'],
 };
 
 /** Container/image caches are bounded so a host churning through containers cannot grow them. */
@@ -153,7 +168,11 @@ export function takeLines(pending: string, chunk: string): { lines: string[]; re
 export function summaryAsInspect(summary: ContainerSummaryLike): ContainerInspectLike {
   // With legacy links a container has several names (`/other/alias`); its own has one slash.
   const name = summary.Names?.find((n) => n.lastIndexOf('/') === 0) ?? summary.Names?.[0];
-  return { Id: summary.Id, Name: name, Image: summary.ImageID, Config: { Labels: summary.Labels ?? {} }, NetworkSettings: summary.NetworkSettings ?? {} };
+  const health = healthOf(summary);
+  return {
+    Id: summary.Id, Name: name, Image: summary.ImageID, Config: { Labels: summary.Labels ?? {} }, NetworkSettings: summary.NetworkSettings ?? {},
+    State: health === 'none' ? undefined : { Health: { Status: health } },
+  };
 }
 
 /** Map with a size bound: the oldest insertion goes first. */
@@ -179,7 +198,7 @@ function message(err: unknown): string {
 }
 
 /** The labels-side of a container: everything but its network attachments, which change. */
-type ContainerLabelsSource = Pick<ContainerInspectLike, 'Id' | 'Name' | 'Image' | 'Config'>;
+type ContainerLabelsSource = Pick<ContainerInspectLike, 'Id' | 'Name' | 'Image' | 'Config' | 'State'>;
 
 export class DockerLabelWatcher {
   private readonly docker: DockerClient;
@@ -224,9 +243,20 @@ export class DockerLabelWatcher {
     this.prefetchOnCreate = options.prefetchOnCreate ?? true;
     this.endpointLookup = options.endpointLookup ?? 'network';
     this.onNetworkName = options.onNetworkName;
+    this.onContainerEvent = options.onContainerEvent;
   }
 
   private readonly onNetworkName?: (networkId: string, name: string) => void;
+  private readonly onContainerEvent?: (event: ContainerEvent) => void;
+
+  private containerEvent(event: ContainerEvent): void {
+    if (!this.onContainerEvent) return;
+    try {
+      this.onContainerEvent(event);
+    } catch (err) {
+      this.log.warn('container event callback failed', { containerId: event.containerId, error: message(err) });
+    }
+  }
 
   /** Caches a network's name and driver, and reports the name of a Membrane network. */
   private rememberNetwork(id: string, info: { name: string; driver: string }): void {
@@ -349,6 +379,17 @@ export class DockerLabelWatcher {
     const attributes = event.Actor?.Attributes ?? {};
     if (!id) return;
     if (event.Type === 'container') {
+      // "health_status: healthy" is the action; the event filter matches its first word.
+      const action = event.Action ?? '';
+      if (action.startsWith('health_status')) {
+        const health = action.includes('unhealthy') ? 'unhealthy' : action.includes('healthy') ? 'healthy' : undefined;
+        if (health) this.containerEvent({ containerId: id, action: 'health_status', health });
+        return;
+      }
+      if (action === 'kill' || action === 'die' || action === 'start') {
+        const signal = action === 'kill' && attributes.signal !== undefined ? Number(attributes.signal) : undefined;
+        this.containerEvent({ containerId: id, action, signal: Number.isInteger(signal) ? signal : undefined });
+      }
       switch (event.Action) {
         case 'create':
           if (this.prefetchOnCreate) this.prefetch(id);
@@ -591,13 +632,18 @@ export class DockerLabelWatcher {
     if (!this.stillWanted(containerId, since)) return false;
     const labels = labelsFor(source, image, endpoint.networkName);
     const name = containerName(source);
-    const signature = JSON.stringify([endpoint.endpointId, name, labels]);
+    // A list entry made before the start knows no health yet: an image HEALTHCHECK means "starting"
+    // (the start event's inspect then says exactly).
+    let health = healthOf(source);
+    const check = image?.Config?.Healthcheck?.Test;
+    if (health === 'none' && trigger === 'connect' && check?.length && check[0] !== 'NONE') health = 'starting';
+    const signature = JSON.stringify([endpoint.endpointId, name, labels, health]);
     let perNetwork = this.emitted.get(containerId);
     if (!force && perNetwork?.get(endpoint.networkId) === signature) return false;
     if (!perNetwork) this.emitted.set(containerId, perNetwork = new Map());
     perNetwork.set(endpoint.networkId, signature);
     const update: EndpointLabels = {
-      ...endpoint, containerId, containerName: name, labels,
+      ...endpoint, containerId, containerName: name, labels, health,
       containerLabels: mergedContainerLabels(source, image), trigger, receivedAt, emittedAt: performance.now(),
     };
     this.log.debug('endpoint labels', { endpointId: update.endpointId, containerId, trigger, latencyMs: +(update.emittedAt - receivedAt).toFixed(1) });

@@ -35,6 +35,8 @@ export interface IpamOptions {
    */
   reclaim?: (pool: PoolRecord, address: string) => boolean;
   now?: () => number;
+  /** Prefixes pools must never overlap (the service VIP ranges). */
+  reserved?: (family: 4 | 6) => Prefix[];
 }
 
 export class Ipam {
@@ -202,6 +204,11 @@ export class Ipam {
   }
 
   private assertNoOverlap(prefix: Prefix): void {
+    for (const reserved of this.options.reserved?.(prefix.family) ?? []) {
+      if (overlaps(reserved, prefix)) {
+        throw new PoolOverlapError(formatPrefix(prefix), formatPrefix(reserved), 'the service VIP range (serviceIPv4Range / serviceIPv6Range)');
+      }
+    }
     for (const record of Object.values(this.state.pools)) {
       if (record.family !== prefix.family) continue;
       const existing = parsePrefix(record.pool);
@@ -216,7 +223,7 @@ export class Ipam {
     for (const record of Object.values(this.state.pools)) {
       if (record.family === prefix.family && overlaps(parsePrefix(record.pool), prefix)) return false;
     }
-    for (const hostPrefix of this.options.hostPrefixes(prefix.family)) {
+    for (const hostPrefix of [...this.options.hostPrefixes(prefix.family), ...(this.options.reserved?.(prefix.family) ?? [])]) {
       if (overlaps(hostPrefix, prefix)) return false;
     }
     return true;

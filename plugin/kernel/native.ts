@@ -167,6 +167,8 @@ export interface BpfObjectOptions {
   maxEntries?: Record<string, number>;
   /** Bytes for the .rodata section (load-time constants), replacing its initial value; must match its size. */
   rodata?: Buffer;
+  /** Program name -> false to leave a program out of the load (a hook or helper the kernel lacks). */
+  autoload?: Record<string, boolean>;
 }
 
 export interface BpfObject {
@@ -188,6 +190,17 @@ export interface ProgTestRunResult {
 }
 
 export type TcDirection = 'ingress' | 'egress';
+
+export type CgroupHook = 'connect4' | 'connect6' | 'sendmsg4' | 'sendmsg6' | 'recvmsg4' | 'recvmsg6' | 'getpeername4' | 'getpeername6';
+
+export interface IterRunResult {
+  path: string;
+  /** What the iterator wrote (bpf_seq_write); absent when the namespace could not be entered. */
+  output?: Buffer;
+  errno?: number;
+  code?: string;
+  message?: string;
+}
 
 export interface RingbufConsumer {
   /** Stops polling and frees the ring buffer manager. */
@@ -271,6 +284,12 @@ export interface BpfAddon {
   tcxQuery(ifindex: number, direction: TcDirection): number[];
   /** Consumes a BPF ringbuf map: `onRecord` gets a copy of each record, from the event loop (uv_poll on the epoll fd; no busy polling). */
   ringbufConsume(mapFd: number, onRecord: (record: Buffer) => void): RingbufConsumer;
+  /** BPF_LINK_CREATE of a cgroup sock_addr program on the cgroup-v2 directory `cgroupPath`; the caller pins or closes the link. */
+  cgroupLinkCreate(cgroupPath: string, progFd: number, hook: CgroupHook): number;
+  /** BPF_LINK_CREATE of an iterator program (iter/tcp, iter/udp). */
+  iterLinkCreate(progFd: number): number;
+  /** Runs the iterator to its end once inside each network namespace (on a thread of its own); its output or the error per namespace. */
+  iterRun(linkFd: number, netnsPaths: string[]): IterRunResult[];
 }
 
 export type NativeAddon = NetlinkAddon & BpfAddon;

@@ -39,6 +39,8 @@ export interface SyncReport {
 export class Dataplane {
   /** The BPF datapath, when Membrane runs with datapath 'bpf'. */
   bpfMaps: EndpointMaps | undefined;
+  /** The service VIP ranges (CIDR): unreachable in the main table. */
+  serviceRanges: string[] = [];
 
   constructor(private readonly nl: NetlinkAddon, private readonly log: Logger, private readonly rulePriority: number,
     private readonly procSys = '/proc/sys') {}
@@ -144,7 +146,7 @@ export class Dataplane {
 
   /** Makes the per-network routes and rules match `networks` exactly. */
   syncNetworks(networks: NetworkRecord[]): Pick<SyncReport, 'routesAdded' | 'routesRemoved' | 'rulesAdded' | 'rulesRemoved'> {
-    const plan = planNetworks(networks, this.rulePriority);
+    const plan = planNetworks(networks, this.rulePriority, this.serviceRanges);
     const report = { routesAdded: 0, routesRemoved: 0, rulesAdded: 0, rulesRemoved: 0 };
     const wanted = new Map(plan.routes.map((r) => [routeKey(r), r]));
     for (const family of [4, 6] as Family[]) {

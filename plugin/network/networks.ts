@@ -51,6 +51,9 @@ function stripLength(address: string | undefined): string | undefined {
 }
 
 export class NetworkManager {
+  /** Called after a network is deleted (its services go with it). */
+  onDeleted: ((networkId: string) => Promise<void>) | undefined;
+
   constructor(private readonly ctx: Context) {}
 
   list(): NetworkRecord[] {
@@ -153,6 +156,7 @@ export class NetworkManager {
     await ctx.store.commit();
     this.applyAll();
     await this.syncNetfilter();
+    await this.onDeleted?.(networkId);
     ctx.log.info('network deleted', { network: networkId });
   }
 

@@ -8,7 +8,9 @@
 //   - `unreachable <pool>` in the main table, so host traffic to an unused address of a pool
 //     fails at once instead of leaking out of the default route;
 //   - a rule `from <pool> lookup <table>` whose table prohibits every other Membrane pool (the
-//     isolation between networks) and, for --internal networks, everything but its own pool.
+//     isolation between networks) and, for --internal networks, everything but its own pool;
+//   - `unreachable <service range>` in the main table: VIPs are translated before they reach a
+//     route, so anything still addressed to one (a port no service has) fails at once too.
 
 import { createHash } from 'node:crypto';
 import type { Family, RouteSpec, RuleSpec } from '../kernel/native.js';
@@ -59,10 +61,12 @@ function pools(network: NetworkRecord, family: Family): string[] {
   return (family === 4 ? network.ipv4 : network.ipv6).map((f) => f.pool);
 }
 
-export function planNetworks(networks: NetworkRecord[], rulePriority: number): KernelPlan {
+export function planNetworks(networks: NetworkRecord[], rulePriority: number, serviceRanges: readonly string[] = []): KernelPlan {
   const routes: PlannedRoute[] = [];
   const rules: RuleSpec[] = [];
   const base = { protocol: MEMBRANE_RTPROT } as const;
+  // Only while there is a network: a host without Membrane networks keeps no trace of Membrane.
+  if (networks.length) for (const range of serviceRanges) routes.push({ ...base, ...split(range), table: MAIN_TABLE, type: 'unreachable' });
   for (const network of networks) {
     for (const family of [4, 6] as const) {
       const own = pools(network, family);

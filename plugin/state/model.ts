@@ -4,6 +4,8 @@
 import type { AllocatorState } from '../ipam/allocator.js';
 import type { IdentityState } from '../identity/identities.js';
 import type { PolicyState } from '../policy/repository.js';
+import type { ServiceDeclaration } from '../lb/labels.js';
+import type { BackendLifecycle, ServicesState } from '../lb/services.js';
 
 export const STATE_VERSION = 1;
 
@@ -113,6 +115,10 @@ export interface EndpointRecord {
   policy?: { ingress: boolean; egress: boolean; audit: boolean; revision: number; identity?: number };
   /** Why its label policy was refused (it then stays default-deny in both directions). */
   labelPolicyError?: string;
+  /** The services its container's membrane.service labels declare, its weight, or why they are invalid. */
+  serviceLabels?: { services: ServiceDeclaration[]; weight: number; error?: string };
+  /** Whether it may get new service flows (HEALTHCHECK, `docker stop`); absent: ready. */
+  lifecycle?: BackendLifecycle;
 }
 
 export interface MembraneState {
@@ -144,6 +150,8 @@ export interface MembraneState {
   identities?: IdentityState;
   /** Every policy rule, and the revision. */
   policy?: PolicyState;
+  /** Services, their VIPs, and the stable frontend and backend ids. */
+  services?: ServicesState;
 }
 
 export function emptyState(ulaPrefix: string): MembraneState {
