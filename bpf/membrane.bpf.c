@@ -21,6 +21,7 @@
 #include "lib/policy.h"
 #include "lib/lb.h"
 #include "lib/sock_lb.h"
+#include "lib/dns.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -97,8 +98,9 @@ static __noinline int admit(struct __sk_buff *skb, const struct pkt *p, struct a
 	int ct = ct_lookup(p, now, &e);
 	if (ct == CT_RESULT_UNTRACKED && icmp_is_error(p) && ct_related(skb, p, now))
 		return -1;
-	__u8 hairpin = (lb->lb_flags | (e ? e->lb_flags : 0)) & CT_LB_F_HAIRPIN;
-	if (!hairpin && (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch))) {
+	/* A client that is its own backend talks to itself; a query for service names goes to Membrane's responder. */
+	__u8 unjudged = (lb->lb_flags | (e ? e->lb_flags : 0)) & (CT_LB_F_HAIRPIN | CT_LB_F_DNS);
+	if (!unjudged && (ct == CT_RESULT_NEW || ct == CT_RESULT_UNTRACKED || (e && e->policy_epoch != epoch))) {
 		struct policy_flow f;
 		struct policy_verdict v;
 		policy_flow_of(p, ct == CT_RESULT_REPLY, &f);
@@ -115,7 +117,7 @@ static __noinline int admit(struct __sk_buff *skb, const struct pkt *p, struct a
 		ct_create(p, skb->len, endpoint_id, epoch, now, lb->frontend_id, lb->backend_id, lb->lb_flags);
 	} else if (e) {
 		ct_account(e, p, skb->len, ct == CT_RESULT_REPLY, now);
-		if (ct == CT_RESULT_REPLY && e->frontend_id) {
+		if (ct == CT_RESULT_REPLY && e->lb_flags) {
 			reply->frontend_id = e->frontend_id;
 			reply->backend_id = e->backend_id;
 			reply->lb_flags = e->lb_flags;
@@ -190,9 +192,14 @@ int from_container(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	struct admit_args a = { .now = now, .direction = DIR_FROM_CONTAINER, .endpoint_id = ep->endpoint_id };
 	const struct lb_result *lb = &a.lb;
-	int verdict = lb_translate(skb, &p, ep, now, &a.lb);
+	int verdict = dns_intercept(skb, &p, ep, &a.lb);
 	if (verdict >= 0)
 		return verdict;
+	if (!(lb->lb_flags & CT_LB_F_DNS)) {
+		verdict = lb_translate(skb, &p, ep, now, &a.lb);
+		if (verdict >= 0)
+			return verdict;
+	}
 	if (lb->refuse)
 		return lb_refuse(skb, &p, ep, lb->refuse, lb->frontend_id);
 
@@ -212,7 +219,7 @@ int from_container(struct __sk_buff *skb)
 			emit_lb(EVENT_SERVICE, REASON_FORWARD_STACK, DIR_FROM_CONTAINER, skb, ep->endpoint_id, &p, lb->frontend_id, lb->backend_id);
 	}
 	/* A reply of a translated flow comes from the VIP by the time it reaches its client. */
-	if (reply->frontend_id) {
+	if (reply->lb_flags & CT_LB_F_TRANSLATED) {
 		if (lb_reverse(skb, &p, reply))
 			return drop(skb, DROP_INVALID, DIR_FROM_CONTAINER, ep->endpoint_id, &p);
 		dst_key.addr = p.daddr;
@@ -254,6 +261,9 @@ int to_container(struct __sk_buff *skb)
 		int verdict = admit(skb, &p, &a);
 		if (verdict >= 0)
 			return verdict;
+		/* The responder's answer to a redirected query comes from the server it was sent to. */
+		if ((a.reply.lb_flags & CT_LB_F_DNS) && dns_reverse(skb, &p))
+			return drop(skb, DROP_INVALID, DIR_TO_CONTAINER, endpoint_id, &p);
 	}
 	forwarded(skb, REASON_TO_CONTAINER, DIR_TO_CONTAINER, endpoint_id, parsed == 0 ? &p : 0);
 	return TC_ACT_OK;

@@ -22,6 +22,7 @@ import { refusedBlocksOverlapping } from './ipam/special-purpose.js';
 import { LbMaps } from './datapath/lb-maps.js';
 import { ServiceManager } from './lb/services.js';
 import { SocketCloser, type DoomedBackend } from './lb/sockets.js';
+import { DnsResponder } from './lb/dns-responder.js';
 import { Dataplane } from './network/dataplane.js';
 import { MEMBRANE_RTPROT } from './network/plan.js';
 import { Netfilter } from './netfilter/iptables.js';
@@ -281,7 +282,10 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         policyMaps!.close();
         policyMaps!.prune(new Set(endpoints!.list().map((e) => e.number!)));
       }
-      lbMaps?.setConfig({ socket: config.serviceSocketLB, events: config.serviceEvents });
+      lbMaps?.setConfig({
+        socket: config.serviceSocketLB, events: config.serviceEvents,
+        dns: config.serviceDns ? { zone: config.serviceZone, port: config.serviceDnsPort } : undefined,
+      });
       // Identities and policy before any endpoint entry is (re)written: entries carry both.
       const policyReport = await policy.regenerate();
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
@@ -380,6 +384,18 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
     },
   });
   void watcher.start();
+  // Service names: queries the datapath redirects (dns.h) arrive here, from the containers' own addresses.
+  let dns: DnsResponder | undefined;
+  if (config.serviceDns && core.lbMaps) {
+    dns = new DnsResponder({ zone: config.serviceZone, log, resolve: (client, name) => core.services.resolveName(client, name) });
+    try {
+      await dns.listen(['0.0.0.0', '::'], config.serviceDnsPort);
+    } catch (err) {
+      log.error('the DNS responder for service names could not listen; NAME.' + config.serviceZone + ' will not resolve',
+        { port: config.serviceDnsPort, error: (err as Error).message });
+      dns = undefined;
+    }
+  }
   // The host's addresses are identity "host": follow them when they change (DHCP, new links).
   let knownHostAddresses = JSON.stringify(hostAddresses(nl).sort());
   const hostWatch = setInterval(() => {
@@ -399,6 +415,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       if (gc) clearInterval(gc);
       clearInterval(hostWatch);
       await watcher.close();
+      await dns?.close();
       status.datapath?.monitor.close();
       const close = (server: http.Server) => new Promise<void>((resolve) => {
         server.close(() => resolve());

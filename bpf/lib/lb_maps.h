@@ -128,11 +128,17 @@ struct {
 
 #define LB_CONFIG_F_SOCKET (1U << 0) /* the cgroup programs translate connect() and sendmsg() */
 #define LB_CONFIG_F_EVENTS (1U << 1) /* an EVENT_SERVICE for every new translated flow */
+#define LB_CONFIG_F_DNS (1U << 2)    /* queries for dns_zone go to the daemon's responder (dns.h) */
+
+#define DNS_ZONE_MAX 64
 
 struct lb_config {
-	__u32 flags; /* LB_CONFIG_F_* */
-	__u32 pad;
-}; /* 8 bytes */
+	__u32 flags;          /* LB_CONFIG_F_* */
+	__be16 dns_port;      /* the daemon's DNS responder, on the endpoint's gateway address */
+	__u8 dns_zone_len;    /* bytes of dns_zone, the final zero label included */
+	__u8 dns_zone_labels; /* labels of the zone (svc.membrane: 2) */
+	__u8 dns_zone[DNS_ZONE_MAX]; /* the zone in wire format, lowercase: \3svc\10membrane\0 */
+}; /* 72 bytes */
 
 /* mb_lb_config: array of one struct lb_config at key 0. */
 struct {
@@ -141,5 +147,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb_config);
 } mb_lb_config SEC(".maps");
+
+/*
+ * A DNS query redirected to the daemon's responder: where it was going, so the answer can come
+ * from there. Keyed by the client's address and port (each query of Docker's resolver has a port
+ * of its own).
+ */
+struct dns_nat_key {
+	union addr client;
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+}; /* 20 bytes */
+
+struct dns_nat_value {
+	union addr server;
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+}; /* 20 bytes */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dns_nat_key);
+	__type(value, struct dns_nat_value);
+} mb_dns_nat SEC(".maps");
 
 #endif

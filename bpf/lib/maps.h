@@ -111,6 +111,7 @@ struct ct_entry {
 
 #define CT_LB_F_TRANSLATED 1 /* the destination was a VIP, rewritten to a backend */
 #define CT_LB_F_HAIRPIN 2    /* the client is its own backend: its source was rewritten to the VIP too */
+#define CT_LB_F_DNS 4        /* a DNS query for the service zone, redirected to the daemon's responder */
 
 /*
  * mb_conntrack: every flow through a Membrane endpoint, IPv4 and IPv6. LRU so a full table

@@ -10,11 +10,12 @@
 // writes for what changed only.
 
 import type { BpfAddon } from '../kernel/native.js';
+import { InvalidArgumentError } from '../errors.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
 import { U32_KEY } from './layout.js';
 import {
-  LB_BACKEND, LB_BACKEND_STATES, LB_CONFIG, LB_CONFIG_F_EVENTS, LB_CONFIG_F_SOCKET, LB_FRONTEND, LB_FRONTEND_KEY, LB_REVNAT,
+  LB_BACKEND, LB_BACKEND_STATES, LB_CONFIG, LB_CONFIG_F_DNS, LB_CONFIG_F_EVENTS, LB_CONFIG_F_SOCKET, LB_FRONTEND, LB_FRONTEND_KEY, LB_REVNAT,
   MAGLEV_TABLE,
 } from './maps.js';
 
@@ -64,6 +65,16 @@ interface CachedTable {
 }
 
 const hex = (b: Buffer) => b.toString('hex');
+
+/** A DNS name in wire format, lowercase: `svc.membrane` is \x03svc\x08membrane\x00. At most 64 bytes (the datapath's limit). */
+export function dnsWireName(name: string): Buffer {
+  const labels = name.toLowerCase().replace(/\.$/, '').split('.');
+  const wire = Buffer.concat([...labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'ascii')])), Buffer.from([0])]);
+  if (wire.length > 64 || labels.some((l) => l.length === 0 || l.length > 63)) {
+    throw new InvalidArgumentError(`DNS zone ${JSON.stringify(name)} is too long or has an empty label: at most 62 characters of labels`);
+  }
+  return wire;
+}
 
 export interface LbUpdate {
   /** Frontends to write (new or changed: unchanged ones cost nothing). */
@@ -247,10 +258,14 @@ export class LbMaps {
     this.tables.delete(frontendId);
   }
 
-  /** The load balancer's switches (mb_lb_config). */
-  setConfig(config: { socket: boolean; events: boolean }): void {
-    this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_config'), U32_KEY.encode({ value: 0 }),
-      LB_CONFIG.encode({ flags: (config.socket ? LB_CONFIG_F_SOCKET : 0) | (config.events ? LB_CONFIG_F_EVENTS : 0) }), 0);
+  /** The load balancer's switches (mb_lb_config); `dns`: redirect queries for this zone to the responder's port. */
+  setConfig(config: { socket: boolean; events: boolean; dns?: { zone: string; port: number } }): void {
+    const zone = config.dns ? dnsWireName(config.dns.zone) : Buffer.alloc(0);
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_config'), U32_KEY.encode({ value: 0 }), LB_CONFIG.encode({
+      flags: (config.socket ? LB_CONFIG_F_SOCKET : 0) | (config.events ? LB_CONFIG_F_EVENTS : 0) | (config.dns ? LB_CONFIG_F_DNS : 0),
+      dnsPort: config.dns?.port ?? 0, dnsZoneLen: zone.length, dnsZoneLabels: config.dns ? config.dns.zone.split('.').length : 0,
+      dnsZone: Buffer.concat([zone, Buffer.alloc(64 - zone.length)]),
+    }), 0);
   }
 
   /** What the kernel holds, decoded (for `membrane bpf lb list`); tables are summarised per backend. */

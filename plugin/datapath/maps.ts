@@ -5,7 +5,7 @@
 // the migration from these declarations; the codec derives the byte layouts.
 
 import {
-  addrOf, be16, enum8, ipv4Slot, ipv6Slot, mac, pad, struct, u32, u64, u8, U32_KEY, type StructLayout,
+  addrOf, be16, bytes, enum8, ipv4Slot, ipv6Slot, mac, pad, struct, u32, u64, u8, U32_KEY, type StructLayout,
 } from './layout.js';
 
 export const BPF_MAP_TYPE_HASH = 1;
@@ -78,16 +78,21 @@ export const LB_BACKEND = struct('lb_backend', {
 export const LB_REVNAT = struct('lb_revnat', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1) });
 export const LB_SOCK_KEY = struct('lb_sock_key', { cookie: u64, addr: addrOf('family'), port: be16, family: u8, pad: pad(5) });
 export const LB_SOCK_VALUE = struct('lb_sock_value', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1), frontend_id: u32 });
-export const LB_CONFIG = struct('lb_config', { flags: u32, pad: pad(4) });
+export const LB_CONFIG = struct('lb_config', { flags: u32, dns_port: be16, dns_zone_len: u8, dns_zone_labels: u8, dns_zone: bytes(64) });
+export const DNS_NAT_KEY = struct('dns_nat_key', { client: addrOf('family'), port: be16, family: u8, pad: pad(1) });
+export const DNS_NAT_VALUE = struct('dns_nat_value', { server: addrOf('family'), port: be16, family: u8, pad: pad(1) });
 export const LB_DOOMED_KEY = struct('lb_doomed_key', { addr: addrOf('family'), port: be16, proto: u8, family: u8 });
 
 export const LB_CONFIG_F_SOCKET = 1 << 0;
 export const LB_CONFIG_F_EVENTS = 1 << 1;
+export const LB_CONFIG_F_DNS = 1 << 2;
+export const CT_LB_F_DNS = 4;
 
 /** Every struct the object shares with the daemon, for the BTF check. */
 export const STRUCTS: StructLayout[] = [
   ENDPOINT_KEY, ENDPOINT_INFO, CT_KEY, CT_ENTRY, METRIC, EVENT, CONFIG, IPCACHE_KEY, IPCACHE_VALUE, POLICY_KEY, POLICY_ENTRY,
   POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG, LB_DOOMED_KEY,
+  DNS_NAT_KEY, DNS_NAT_VALUE,
 ];
 
 // ---- maps --------------------------------------------------------------------------------------
@@ -185,6 +190,10 @@ export const MAPS = {
   mb_lb_config: {
     name: 'mb_lb_config', type: BPF_MAP_TYPE_ARRAY, key: U32_KEY, value: LB_CONFIG, maxEntries: 1, migration: 'rewrite',
     why: 'load balancer switches (socket level on, events)',
+  },
+  mb_dns_nat: {
+    name: 'mb_dns_nat', type: BPF_MAP_TYPE_LRU_HASH, key: DNS_NAT_KEY, value: DNS_NAT_VALUE, maxEntries: 65536, migration: 'copy',
+    why: 'queries for service names redirected to the responder: where each was going',
   },
   mb_lb_doomed: {
     name: 'mb_lb_doomed', type: BPF_MAP_TYPE_HASH, key: LB_DOOMED_KEY, valueSize: 1, maxEntries: 4096, migration: 'reset',
