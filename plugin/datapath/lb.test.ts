@@ -229,3 +229,48 @@ test('the maps as the kernel holds them, read back; a table that changes size is
   t.like(gone, { frontendsDeleted: 1, backendsDeleted: 3 });
   t.deepEqual(f.lb.read(), { frontends: [], backends: [] });
 });
+
+/** A DNS query (one question, RD set) for `name`, as a UDP payload. */
+function dnsQuery(name: string, id = 0x1234, flags = 0x0100): Buffer {
+  const header = Buffer.alloc(12);
+  header.writeUInt16BE(id, 0);
+  header.writeUInt16BE(flags, 2);
+  header.writeUInt16BE(1, 4);
+  const labels = name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+  return Buffer.concat([header, ...labels, Buffer.from([0, 0, 1, 0, 1])]);
+}
+
+const UPSTREAM = '10.255.0.53';
+
+test('DNS: a query for the service zone goes to the responder on the gateway, the answer comes back from the server it was sent to', (t) => {
+  const f = lbSetup(t);
+  f.lb.setConfig({ socket: false, events: false, dns: { zone: 'svc.membrane', port: 15353 } });
+  const query = f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, UPSTREAM, udp(40500, 53, dnsQuery('web.svc.membrane')))));
+  t.is(query.retval, 0, 'to the host stack');
+  t.like(parseFrame(query.data), { saddr: A.ipv4, sport: 40500, daddr: A.gateway4, dport: 15353, ipChecksumOk: true, l4ChecksumOk: true });
+  // The responder answers from the gateway; the container must see the upstream server answer.
+  const answer = f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4(A.gateway4, A.ipv4, udp(15353, 40500, dnsQuery('web.svc.membrane', 0x1234, 0x8580)))));
+  t.is(answer.retval, 0);
+  t.like(parseFrame(answer.data), { saddr: UPSTREAM, sport: 53, daddr: A.ipv4, dport: 40500, ipChecksumOk: true, l4ChecksumOk: true });
+  // IPv6, and names in any case (0x20 randomisation).
+  const query6 = parseFrame(f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, 'fd00:99::53', udp(40501, 53, dnsQuery('Web.SVC.Membrane'))), ETH_P_IPV6)).data);
+  t.like(query6, { daddr: A.gateway6, dport: 15353, l4ChecksumOk: true });
+  const answer6 = parseFrame(f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IPV6, ipv6(A.gateway6, A.ipv6, udp(15353, 40501, dnsQuery('web.svc.membrane', 1, 0x8580))))).data);
+  t.like(answer6, { saddr: 'fd00:99::53', sport: 53, l4ChecksumOk: true });
+});
+
+test('DNS: other names, the zone apex, responses and TCP pass untouched; nothing is redirected when DNS is off', (t) => {
+  const f = lbSetup(t);
+  f.lb.setConfig({ socket: false, events: false, dns: { zone: 'svc.membrane', port: 15353 } });
+  for (const payload of [dnsQuery('example.com'), dnsQuery('svc.membrane'), dnsQuery('web.svc.membrane.evil'), dnsQuery('websvc.membrane'),
+    dnsQuery('web.svc.membrane', 1, 0x8180) /* a response */]) {
+    const sent = fromA(ipv4(A.ipv4, UPSTREAM, udp(40600, 53, payload)));
+    const r = f.run('from_container', f.ifindex.a, sent);
+    t.deepEqual(r.data, sent, `${payload.subarray(12).toString('latin1')} untouched`);
+  }
+  const tcpQuery = fromA(ipv4(A.ipv4, UPSTREAM, tcp(40601, 53, TCP_SYN)));
+  t.deepEqual(f.run('from_container', f.ifindex.a, tcpQuery).data, tcpQuery);
+  f.lb.setConfig({ socket: false, events: false });
+  const off = fromA(ipv4(A.ipv4, UPSTREAM, udp(40602, 53, dnsQuery('web.svc.membrane'))));
+  t.deepEqual(f.run('from_container', f.ifindex.a, off).data, off, 'serviceDns off');
+});

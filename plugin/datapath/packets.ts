@@ -74,7 +74,7 @@ export interface L4 {
   build(pseudo: Buffer): Buffer;
 }
 
-export function tcp(sport: number, dport: number, flags: number, payload = Buffer.alloc(0)): L4 {
+export function tcp(sport: number, dport: number, flags: number, payload: Buffer = Buffer.alloc(0)): L4 {
   return {
     proto: 6,
     build(pseudo) {
@@ -93,7 +93,7 @@ export function tcp(sport: number, dport: number, flags: number, payload = Buffe
   };
 }
 
-export function udp(sport: number, dport: number, payload = Buffer.from('membrane')): L4 {
+export function udp(sport: number, dport: number, payload: Buffer = Buffer.from('membrane')): L4 {
   return {
     proto: 17,
     build(pseudo) {
