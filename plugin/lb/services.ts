@@ -17,7 +17,7 @@ import type { Logger } from '../log.js';
 import type { Context } from '../network/networks.js';
 import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import { ConflictError, InvalidArgumentError, NotFoundError } from '../errors.js';
-import { parseAddress, type Prefix } from '../ipam/prefix.js';
+import { formatAddress, parseAddress, type Prefix } from '../ipam/prefix.js';
 import type { EndpointSelector } from '../policy/types.js';
 import { parseLabel } from '../policy/labels.js';
 import { selectorMatches, selectorToString } from '../policy/selector.js';
@@ -172,9 +172,17 @@ export interface ServiceView {
   }[];
 }
 
+/** A backend as applied: where its sockets point, and its endpoint (whose disappearance closes them). */
+interface AppliedBackend {
+  address: string;
+  port: number;
+  protocol: ServiceProtocol;
+  endpointNumber: number;
+}
+
 export class ServiceManager {
   /** Service key -> the ids its applied plan uses (what to remove when it changes). */
-  private readonly applied = new Map<string, { frontends: Set<number>; backends: Map<number, { address: string; port: number; protocol: ServiceProtocol }> }>();
+  private readonly applied = new Map<string, { frontends: Set<number>; backends: Map<number, AppliedBackend> }>();
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly ctx: Context, private readonly options: ServiceManagerOptions) {}
@@ -277,16 +285,19 @@ export class ServiceManager {
         frontends: new Set(plan.frontends.map((f) => f.frontendId)),
         backends: new Map(plan.backends.map((b) => {
           const protocol = plan.frontends.find((f) => f.frontendId === b.frontendId)!.protocol;
-          return [b.backendId, { address: b.address, port: b.port, protocol }] as const;
+          return [b.backendId, { address: b.address, port: b.port, protocol, endpointNumber: b.endpointId }] as const;
         })),
       };
       upsertFrontends.push(...plan.frontends);
       upsertBackends.push(...plan.backends);
       for (const id of before.frontends) if (!after.frontends.has(id)) removeFrontends.push(id);
+      const liveEndpoints = new Set(Object.values(this.ctx.state.endpoints).map((e) => e.number));
       for (const [id, backend] of before.backends) {
         if (after.backends.has(id)) continue;
         removeBackends.push(id);
-        removedSockets.push(backend);
+        // Only a backend whose container is gone has its clients' sockets closed: one that merely
+        // left a service (deleted, relabelled) is a live container those connections still reach.
+        if (!liveEndpoints.has(backend.endpointNumber)) removedSockets.push({ address: backend.address, port: backend.port, protocol: backend.protocol });
       }
       this.applied.set(key, after);
       if (!service) this.applied.delete(key);
@@ -338,7 +349,9 @@ export class ServiceManager {
         backends.push(...plan.backends);
         this.applied.set(key, {
           frontends: new Set(plan.frontends.map((f) => f.frontendId)),
-          backends: new Map(plan.backends.map((b) => [b.backendId, { address: b.address, port: b.port, protocol: plan.frontends.find((f) => f.frontendId === b.frontendId)!.protocol }])),
+          backends: new Map(plan.backends.map((b) => [b.backendId, {
+            address: b.address, port: b.port, protocol: plan.frontends.find((f) => f.frontendId === b.frontendId)!.protocol, endpointNumber: b.endpointId,
+          }])),
         });
       }
       const report = this.options.lb?.apply({ frontends, backends });
@@ -371,7 +384,17 @@ export class ServiceManager {
       if (endpoint.lifecycle !== 'stopping') {
         endpoint.lifecycle = update.health === 'starting' ? 'starting' : update.health === 'unhealthy' ? 'unhealthy' : 'ready';
       }
-      for (const declaration of parsed.services) touched.add(this.ensureLabelService(endpoint.networkId, declaration));
+      for (const declaration of parsed.services) {
+        try {
+          touched.add(this.ensureLabelService(endpoint.networkId, declaration));
+        } catch (err) {
+          // No VIP left for it: the container backs the services that could be made, and says why not this one.
+          const message = `service ${declaration.name}: ${(err as Error).message}`;
+          parsed.services = parsed.services.filter((d) => d !== declaration);
+          parsed.error = parsed.error ? `${parsed.error}; ${message}` : message;
+          this.options.log.error('a label service could not be created', { endpoint: endpoint.id.slice(0, 12), error: message });
+        }
+      }
       for (const key of this.servicesOf(endpoint)) touched.add(key);
       this.refreshLabelPorts(touched);
       await this.sync(touched);
@@ -389,7 +412,8 @@ export class ServiceManager {
         const next: BackendLifecycle | undefined = event.action === 'kill' || event.action === 'die' ? 'stopping'
           : event.action === 'health_status' ? (event.health === 'healthy' ? 'ready' : 'unhealthy')
             : undefined;
-        if (!next || next === endpoint.lifecycle) continue;
+        // A stopping container stays stopping: a last health check during `docker stop` must not bring it back.
+        if (!next || next === endpoint.lifecycle || endpoint.lifecycle === 'stopping') continue;
         endpoint.lifecycle = next;
         for (const key of this.servicesOf(endpoint)) touched.add(key);
       }
@@ -402,6 +426,7 @@ export class ServiceManager {
     return this.serial(async () => {
       const touched = this.servicesOf(endpoint);
       endpoint.serviceLabels = undefined;
+      this.refreshLabelPorts(touched);
       if (touched.length) await this.sync(touched);
     });
   }
@@ -488,7 +513,8 @@ export class ServiceManager {
   /** The key of a service by name (and network, when the name is on several). */
   find(name: string, networkRef?: string): string {
     const matches = Object.entries(this.state.services).filter(([, s]) => s.name === name &&
-      (networkRef === undefined || networkRef === '' || s.networkId === networkRef || this.network(s.networkId)?.name === networkRef || s.networkId.startsWith(networkRef)));
+      (networkRef === undefined || networkRef === '' || s.networkId === networkRef || this.network(s.networkId)?.name === networkRef ||
+        (networkRef.length >= 4 && s.networkId.startsWith(networkRef))));
     if (matches.length === 1) return matches[0]![0];
     if (matches.length === 0) throw new NotFoundError(`no service ${JSON.stringify(name)}${networkRef ? ` on network ${networkRef}` : ''}`);
     throw new InvalidArgumentError(`service ${name} exists on several networks (${matches.map(([, s]) => this.network(s.networkId)?.name ?? s.networkId.slice(0, 12)).join(', ')}); give --network`);
@@ -529,8 +555,9 @@ export class ServiceManager {
   resolveName(clientAddress: string, name: string): { ipv4: string[]; ipv6: string[] } | undefined {
     let canonical: string;
     try {
-      const parsed = parseAddress(clientAddress.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, '$1'));
-      canonical = parsed.family === 4 ? clientAddress.replace(/^::ffff:/, '') : clientAddress;
+      // An IPv4 client may arrive on a dual-stack socket as ::ffff:a.b.c.d.
+      const parsed = parseAddress(clientAddress.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'));
+      canonical = formatAddress(parsed.family, parsed.value);
     } catch {
       return undefined;
     }
