@@ -81,17 +81,28 @@ export function addServiceRoutes(app: Express, services: ServiceManager, datapat
     const key = services.find(String(req.params.name), optionalString(req.query.network, 'network'));
     res.json(withConnections(services.view(key)!, connections()));
   });
-  app.post('/v1/services', express.json({ limit: '1mb' }), async (req, res) => {
-    const body = (req.body ?? {}) as Record<string, unknown>;
-    if (typeof body.name !== 'string') throw new InvalidArgumentError('name is required: the service name (a DNS label such as api)');
-    const view = await services.create({
-      name: body.name, network: optionalString(body.network, 'network'), ports: parsePorts(body.ports),
-      selector: parseSelector(body.selector), vip4: optionalString(body.vip4, 'vip4'), vip6: optionalString(body.vip6, 'vip6'),
+  // One service, or a list of them (all or nothing, one plan and one state write for the lot).
+  app.post('/v1/services', express.json({ limit: '64mb' }), async (req, res) => {
+    const many = Array.isArray(req.body);
+    const bodies = (many ? req.body : [req.body ?? {}]) as Record<string, unknown>[];
+    const requests = bodies.map((body, i) => {
+      const where = many ? `[${i}]` : '';
+      if (!body || typeof body !== 'object' || typeof body.name !== 'string') {
+        throw new InvalidArgumentError(`${where}name is required: the service name (a DNS label such as api)`);
+      }
+      return {
+        name: body.name, network: optionalString(body.network, 'network'), ports: parsePorts(body.ports),
+        selector: parseSelector(body.selector), vip4: optionalString(body.vip4, 'vip4'), vip6: optionalString(body.vip6, 'vip6'),
+      };
     });
-    res.status(201).json(withConnections(view, connections()));
+    const views = await services.createMany(requests);
+    const counts = views.length <= 100 ? connections() : undefined;
+    const shown = views.map((v) => withConnections(v, counts));
+    res.status(201).json(many ? { services: shown, timing: services.lastChange } : { ...shown[0], timing: services.lastChange });
   });
   app.delete('/v1/services/:name', async (req, res) => {
-    res.json(await services.delete(String(req.params.name), optionalString(req.query.network, 'network')));
+    const view = await services.delete(String(req.params.name), optionalString(req.query.network, 'network'));
+    res.json({ ...view, timing: services.lastChange });
   });
   app.get('/v1/bpf/lb', (_req, res) => {
     if (!datapath) {

@@ -184,6 +184,8 @@ export class ServiceManager {
   /** Service key -> the ids its applied plan uses (what to remove when it changes). */
   private readonly applied = new Map<string, { frontends: Set<number>; backends: Map<number, AppliedBackend> }>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** How long the last change took: planning, the map writes, the state write (shown with API answers). */
+  lastChange: { services: number; planMs: number; mapWritesMs: number; commitMs: number } | undefined;
 
   constructor(private readonly ctx: Context, private readonly options: ServiceManagerOptions) {}
 
@@ -217,17 +219,59 @@ export class ServiceManager {
     throw new NotFoundError(matches.length === 0 ? `no Membrane network ${JSON.stringify(ref)}` : `${JSON.stringify(ref)} names several networks; give more of the id`);
   }
 
+  /**
+   * The persisted id maps, indexed by service and by frontend, so that planning one service
+   * among thousands looks at that service's ids only (built once from the state).
+   */
+  private index: {
+    frontendKeys: Map<string, Set<string>>;
+    backendKeys: Map<number, Set<string>>;
+    frontendById: Map<number, string>;
+  } | undefined;
+
+  private ensureIndex() {
+    if (this.index) return this.index;
+    const s = this.state;
+    const index = { frontendKeys: new Map<string, Set<string>>(), backendKeys: new Map<number, Set<string>>(), frontendById: new Map<number, string>() };
+    for (const [k, id] of Object.entries(s.frontendIds)) this.indexFrontend(index, k, id);
+    for (const k of Object.keys(s.backendIds)) this.indexBackend(index, k);
+    this.index = index;
+    return index;
+  }
+
+  private indexFrontend(index: NonNullable<ServiceManager['index']>, key: string, id: number): void {
+    const service = key.split('/', 2).join('/');
+    let set = index.frontendKeys.get(service);
+    if (!set) index.frontendKeys.set(service, set = new Set());
+    set.add(key);
+    index.frontendById.set(id, key);
+  }
+
+  private indexBackend(index: NonNullable<ServiceManager['index']>, key: string): void {
+    const frontendId = Number(key.slice(0, key.indexOf('/')));
+    let set = index.backendKeys.get(frontendId);
+    if (!set) index.backendKeys.set(frontendId, set = new Set());
+    set.add(key);
+  }
+
   private ids(used: { frontends: Set<string>; backends: Set<string> }): IdSource {
     const s = this.state;
+    const index = this.ensureIndex();
     return {
       frontendId: (key) => {
         used.frontends.add(key);
-        s.frontendIds[key] ??= s.nextFrontendId++;
+        if (s.frontendIds[key] === undefined) {
+          s.frontendIds[key] = s.nextFrontendId++;
+          this.indexFrontend(index, key, s.frontendIds[key]);
+        }
         return s.frontendIds[key]!;
       },
       backendId: (key) => {
         used.backends.add(key);
-        s.backendIds[key] ??= s.nextBackendId++;
+        if (s.backendIds[key] === undefined) {
+          s.backendIds[key] = s.nextBackendId++;
+          this.indexBackend(index, key);
+        }
         return s.backendIds[key]!;
       },
     };
@@ -266,14 +310,16 @@ export class ServiceManager {
   }
 
   /** Plans the services and writes what changed. Persists ids and records. */
-  private async sync(keys: Iterable<string>): Promise<void> {
+  private async sync(changed: Iterable<string>): Promise<void> {
+    const started = performance.now();
+    const keys = [...new Set(changed)];
     const lb = this.options.lb;
     const upsertFrontends: PlannedFrontend[] = [];
     const upsertBackends: PlannedBackend[] = [];
     const removeFrontends: number[] = [];
     const removeBackends: number[] = [];
     const removedSockets: { address: string; port: number; protocol: ServiceProtocol }[] = [];
-    for (const key of new Set(keys)) {
+    for (const key of keys) {
       const service = this.state.services[key];
       const network = service ? this.network(service.networkId) : undefined;
       const used = { frontends: new Set<string>(), backends: new Set<string>() };
@@ -303,10 +349,15 @@ export class ServiceManager {
       if (!service) this.applied.delete(key);
       this.forgetIds(key, used);
     }
+    const planned = performance.now();
     if (lb) {
       lb.update({ frontends: upsertFrontends, backends: upsertBackends, removeFrontendIds: removeFrontends, removeBackendIds: removeBackends });
     }
+    const written = performance.now();
     await this.ctx.store.commit();
+    this.lastChange = {
+      services: keys.length, planMs: planned - started, mapWritesMs: written - planned, commitMs: performance.now() - written,
+    };
     if (removedSockets.length && this.options.destroySockets) {
       try {
         this.options.destroySockets(removedSockets);
@@ -319,18 +370,26 @@ export class ServiceManager {
   /** Drops the persisted ids of `key` that its plan no longer uses. */
   private forgetIds(key: string, used: { frontends: Set<string>; backends: Set<string> }): void {
     const s = this.state;
-    const dropped = new Set<number>();
-    for (const k of Object.keys(s.frontendIds)) {
-      if (k.startsWith(`${key}/`) && !used.frontends.has(k)) {
-        dropped.add(s.frontendIds[k]!);
+    const index = this.ensureIndex();
+    const frontendKeys = index.frontendKeys.get(key) ?? new Set<string>();
+    for (const k of [...frontendKeys]) {
+      const id = s.frontendIds[k]!;
+      const backendKeys = index.backendKeys.get(id) ?? new Set<string>();
+      const gone = !used.frontends.has(k);
+      for (const b of [...backendKeys]) {
+        if (gone || !used.backends.has(b)) {
+          delete s.backendIds[b];
+          backendKeys.delete(b);
+        }
+      }
+      if (gone) {
         delete s.frontendIds[k];
+        frontendKeys.delete(k);
+        index.frontendById.delete(id);
+        index.backendKeys.delete(id);
       }
     }
-    const live = new Set(Object.keys(s.frontendIds).filter((k) => k.startsWith(`${key}/`)).map((k) => s.frontendIds[k]!));
-    for (const k of Object.keys(s.backendIds)) {
-      const frontendId = Number(k.slice(0, k.indexOf('/')));
-      if ((dropped.has(frontendId) || live.has(frontendId)) && !used.backends.has(k)) delete s.backendIds[k];
-    }
+    if (frontendKeys.size === 0) index.frontendKeys.delete(key);
   }
 
   /** At start: the kernel's LB maps are made to hold exactly what the persisted services plan. */
@@ -469,7 +528,31 @@ export class ServiceManager {
   // ---- the API ---------------------------------------------------------------------------------
 
   create(request: CreateServiceRequest): Promise<ServiceView> {
+    return this.createMany([request]).then((views) => views[0]!);
+  }
+
+  /**
+   * Creates services all or nothing (a bad one refuses the lot, nothing is written), with one
+   * plan, one batch of map writes and one state write for all of them.
+   */
+  createMany(requests: CreateServiceRequest[]): Promise<ServiceView[]> {
     return this.serial(async () => {
+      const keys: string[] = [];
+      const taken = this.takenVips();
+      try {
+        for (const request of requests) keys.push(this.addServiceRecord(request, taken));
+      } catch (err) {
+        for (const key of keys) delete this.state.services[key];
+        throw err;
+      }
+      await this.sync(keys);
+      return keys.map((key) => this.view(key)!);
+    });
+  }
+
+  /** Validates a request and records the service (no map writes yet); returns its key. */
+  private addServiceRecord(request: CreateServiceRequest, taken: Set<string>): string {
+    {
       const name = checkServiceName(request.name);
       const network = this.resolveNetwork(request.network);
       const key = serviceKey(network.id, name);
@@ -485,7 +568,6 @@ export class ServiceManager {
         if (seen.has(k)) throw new InvalidArgumentError(`port ${k} is given twice`);
         seen.add(k);
       }
-      const taken = this.takenVips();
       if (request.vip4 && !network.ipv4.length) throw new InvalidArgumentError(`network ${network.name ?? network.id.slice(0, 12)} has no IPv4: it cannot have an IPv4 VIP`);
       if (request.vip6 && !network.ipv6.length) throw new InvalidArgumentError(`network ${network.name ?? network.id.slice(0, 12)} has no IPv6: it cannot have an IPv6 VIP`);
       const record: ServiceRecord = {
@@ -495,9 +577,10 @@ export class ServiceManager {
         vip6: network.ipv6.length ? (request.vip6 ? checkRequestedVip(this.options.ipv6Range, request.vip6, taken, '--vip') : pickVip(this.options.ipv6Range, key, taken)) : undefined,
       };
       this.state.services[key] = record;
-      await this.sync([key]);
-      return this.view(key)!;
-    });
+      if (record.vip4) taken.add(record.vip4);
+      if (record.vip6) taken.add(record.vip6);
+      return key;
+    }
   }
 
   delete(name: string, networkRef?: string): Promise<ServiceView> {
@@ -524,8 +607,6 @@ export class ServiceManager {
     const service = this.state.services[key];
     if (!service) return undefined;
     const network = this.network(service.networkId);
-    const plan = network ? planService(service, network.number ?? 0, this.candidates(service), this.peekIds()) : { frontends: [], backends: [] };
-    const stateOf = new Map(plan.backends.map((b) => [b.endpointId, b.state]));
     return {
       name: service.name, network: service.networkId, networkName: network?.name, origin: service.origin,
       dnsName: `${service.name}.${this.options.zone}`, vip4: service.vip4, vip6: service.vip6, ports: service.ports,
@@ -534,17 +615,11 @@ export class ServiceManager {
         const e = this.ctx.state.endpoints[c.endpoint.id]!;
         return {
           endpointId: e.id, container: e.containerName, addresses: [e.ipv4, e.ipv6].filter((a): a is string => !!a), weight: c.weight,
-          state: stateOf.get(e.number ?? -1) ?? backendState(e.lifecycle as BackendLifecycle | undefined, c.weight),
+          state: backendState(e.lifecycle, c.weight),
           lifecycle: (e.lifecycle ?? 'ready') as BackendLifecycle, ports: c.ports, error: e.serviceLabels?.error,
         };
       }),
     };
-  }
-
-  /** Ids without allocating (views must not change state): unknown keys get 0. */
-  private peekIds(): IdSource {
-    const s = this.state;
-    return { frontendId: (k) => s.frontendIds[k] ?? 0, backendId: (k) => s.backendIds[k] ?? 0 };
   }
 
   list(): ServiceView[] {
@@ -570,12 +645,10 @@ export class ServiceManager {
 
   /** Frontend id -> its service and port, for events and traces. */
   describeFrontend(frontendId: number): { service: string; network: string; family: number; protocol: string; port: number } | undefined {
-    for (const [key, id] of Object.entries(this.state.frontendIds)) {
-      if (id !== frontendId) continue;
-      const [networkId, name, family, protocol, port] = key.split('/');
-      return { service: name!, network: this.network(networkId!)?.name ?? networkId!.slice(0, 12), family: Number(family), protocol: protocol!, port: Number(port) };
-    }
-    return undefined;
+    const key = this.ensureIndex().frontendById.get(frontendId);
+    if (!key) return undefined;
+    const [networkId, name, family, protocol, port] = key.split('/');
+    return { service: name!, network: this.network(networkId!)?.name ?? networkId!.slice(0, 12), family: Number(family), protocol: protocol!, port: Number(port) };
   }
 
   /** The service and backend a VIP:port names, for `membrane policy trace`. */
