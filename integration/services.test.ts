@@ -6,6 +6,7 @@
 
 import test from 'ava';
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import dgram from 'node:dgram';
 import os from 'node:os';
@@ -339,6 +340,43 @@ test.serial('policy judges the backend: a client not allowed to reach the backen
   await eventually(async () => { if (!(await fetchFrom(friend, s.vip4!))) throw new Error('friend not through yet'); }, 20_000);
   t.truthy(await fetchFrom(friend, s.vip4!));
   t.is(await fetchFrom(stranger, s.vip4!), '', 'denied by the backend\'s ingress policy');
+  // `membrane policy trace` follows the VIP (and the name) to the backend and its target port.
+  const cli = path.join(process.cwd(), 'dist', 'plugin', 'cli', 'main.js');
+  const trace = async (src: string, dst: string) => JSON.parse((await run(process.execPath, [cli, '-o', 'json', 'policy', 'trace', '--src', src, '--dst', dst, '--dport', '80/tcp'])).stdout) as
+    { service: string; verdict: string; backends: { targetPort: number; trace: { verdict: string } }[] };
+  t.like(await trace('role=friend', s.vip4!), { service: 'guarded', verdict: 'allowed' });
+  t.is((await trace('role=friend', s.vip4!)).backends[0]!.targetPort, 8080);
+  t.like(await trace('role=stranger', 'guarded.svc.membrane'), { service: 'guarded', verdict: 'default-denied' });
+});
+
+test.serial('membrane monitor shows the service and backend of translated flows; bpf ct list marks them', async (t) => {
+  const net1 = uniqueName('mbt-mon');
+  await createNetwork(net1, '--ipv6');
+  await backend(uniqueName('mbt-watched'), net1, '-l', 'membrane.service=watched:80@8080');
+  const c = await client(net1);
+  const s = await activeBackends('watched', 1, net1);
+  const cli = path.join(process.cwd(), 'dist', 'plugin', 'cli', 'main.js');
+  const monitor = spawn(process.execPath, [cli, '-o', 'json', 'monitor', '--type', 'service'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { monitor.kill(); });
+  const first = new Promise<Record<string, unknown>>((resolve, reject) => {
+    let buffer = '';
+    monitor.stdout.on('data', (chunk) => {
+      buffer += chunk;
+      for (const line of buffer.split('\n').slice(0, -1)) {
+        const event = JSON.parse(line) as Record<string, unknown>;
+        if ((event.service as { service?: string } | undefined)?.service === 'watched') resolve(event);
+      }
+      buffer = buffer.slice(buffer.lastIndexOf('\n') + 1);
+    });
+    setTimeout(() => reject(new Error('no service event within 15 s')), 15_000);
+  });
+  await sleep(500);
+  t.truthy(await fetchFrom(c, s.vip4!));
+  const event = await first;
+  t.like(event, { type: 'service', service: { service: 'watched', port: 80, protocol: 'tcp' } });
+  t.truthy((event.service as { backendId?: number }).backendId);
+  const flows = JSON.parse((await run(process.execPath, [cli, '-o', 'json', 'bpf', 'ct', 'list'])).stdout) as { dport: number; dst: string }[];
+  t.true(flows.some((f) => f.dport === 8080), 'the connection to the backend is tracked');
 });
 
 test.serial('a long transfer through the VIP survives kill -9 and a restart of the daemon', async (t) => {

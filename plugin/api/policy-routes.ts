@@ -25,7 +25,12 @@ export function showRule(r: StoredRule): Record<string, unknown> {
   return { id: r.id, origin: r.origin, revision: r.revision, rule: (formatPolicy([r.rule]) as unknown[])[0] };
 }
 
-export function addPolicyRoutes(app: Express, policy: PolicyEngine, maps: PolicyMaps | undefined): void {
+/** What a VIP (or NAME.<zone>) stands for, for a trace: its service and each backend's labels and target port. */
+export type VipResolver = (destination: string, port: number, protocol: string) => {
+  service: string; vip: string; backends: { container?: string; endpointId: string; labels: string; targetPort: number; state: string }[];
+} | undefined;
+
+export function addPolicyRoutes(app: Express, policy: PolicyEngine, maps: PolicyMaps | undefined, resolveVip?: VipResolver): void {
   const text = express.text({ type: () => true, limit: '64mb' });
   app.post('/v1/policy', text, async (req, res) => {
     const rules = parsePolicyText(typeof req.body === 'string' ? req.body : '', formatFormat(req.query.format));
@@ -57,6 +62,21 @@ export function addPolicyRoutes(app: Express, policy: PolicyEngine, maps: Policy
     }
     const port = Number(body.port ?? 0);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgumentError(`port ${String(body.port)} is not 0-65535`);
+    const protocol = typeof body.protocol === 'string' ? body.protocol : 'tcp';
+    // A VIP is never its own peer: policy judges the backend a flow to it reaches, so the trace is per backend.
+    const service = resolveVip?.(body.dst.trim(), port, protocol);
+    if (service) {
+      const src = parseLabelList(body.src, 'container');
+      const backends = service.backends.map((b) => ({
+        ...b, trace: policy.trace({ src, dst: parseLabelList(b.labels, 'container'), port: b.targetPort, protocol }),
+      }));
+      const verdicts = new Set(backends.map((b) => b.trace.verdict));
+      res.json({
+        service: service.service, vip: service.vip, port, protocol, backends,
+        verdict: backends.length === 0 ? 'no-backend' : verdicts.size === 1 ? [...verdicts][0] : 'depends-on-backend',
+      });
+      return;
+    }
     res.json(policy.trace({
       src: parseLabelList(body.src, 'container'), dst: parseLabelList(body.dst, 'container'),
       port, protocol: typeof body.protocol === 'string' ? body.protocol : 'tcp',

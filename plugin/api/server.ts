@@ -141,7 +141,7 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       }),
     });
   });
-  addPolicyRoutes(app, policy, policyMaps);
+  addPolicyRoutes(app, policy, policyMaps, services ? (destination, port, protocol) => services.traceTarget(destination, port, protocol) : undefined);
   if (services) {
     addServiceRoutes(app, services, status.datapath && lbMaps ? { bpf: status.datapath.bpf, datapath: status.datapath.maps.datapath, lb: lbMaps } : undefined);
   }

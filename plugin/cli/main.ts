@@ -250,14 +250,21 @@ async function main(argv: string[]): Promise<void> {
       const result = await apiGet(api(), `/v1/policy/wait?revision=${encodeURIComponent(revision)}&timeout=${Number(opts.timeout) * 1000}`) as Row;
       print(result, () => `revision ${revision} is enforced by all ${result.endpoints} endpoints (current revision ${result.revision})`);
     });
-  policyCommand.command('trace').description('explain the verdict on a flow between two label sets')
+  policyCommand.command('trace').description('explain the verdict on a flow between two label sets, or to a service VIP')
     .requiredOption('-s, --src <labels>', 'labels of the sender, e.g. app=api (source container: unless given)')
-    .requiredOption('-d, --dst <labels>', 'labels of the receiver')
+    .requiredOption('-d, --dst <labels>', 'labels of the receiver, or a service VIP or NAME.svc.membrane (traced per backend)')
     .option('--dport <port/proto>', 'destination port and protocol, e.g. 5432/tcp, 53/udp, 8/icmp (type)', '0/tcp')
     .action(async (opts: { src: string; dst: string; dport: string }) => {
       const [port, protocol = 'tcp'] = opts.dport.split('/');
       const result = await apiRequest(api(), 'POST', '/v1/policy/trace', JSON.stringify({ src: opts.src, dst: opts.dst, port: Number(port), protocol }),
         'application/json') as Row & { egress: Row & { rules: Row[] }; ingress: Row & { rules: Row[] }; src: Row; dst: Row };
+      if (result.service) {
+        const backends = result.backends as (Row & { trace: Row })[];
+        print(result, () => [`Tracing ${opts.src} -> service ${result.service} (${result.vip}:${port}/${protocol}): policy judges the backend a flow reaches`,
+          ...backends.map((b) => `  backend ${b.container ?? short(b.endpointId)} (${b.state}) on ${b.targetPort}/${protocol}: ${String(b.trace.verdict).toUpperCase()}`),
+          `Final verdict: ${String(result.verdict).toUpperCase()}`].join('\n'));
+        return;
+      }
       print(result, () => {
         const side = (title: string, s: Row & { rules: Row[] }) => [
           `${title}: ${s.enforced ? 'enforced' : 'not enforced'} -> ${String(s.verdict).toUpperCase()} (${s.reason}${s.decidedBy ? `, rule ${s.decidedBy}` : ''})`,
@@ -308,9 +315,10 @@ async function main(argv: string[]): Promise<void> {
     .action(async (opts: { limit: string }) => {
       const rows = await apiGet(api(), `/v1/bpf/ct?limit=${encodeURIComponent(opts.limit)}`) as Row[];
       print(rows, () => table(rows.map((r) => ({ ...r, src: `${r.src}:${r.sport}`, dst: `${r.dst}:${r.dport}`,
-        packets: `${r.packetsOriginal}/${r.packetsReply}` })),
+        packets: `${r.packetsOriginal}/${r.packetsReply}`,
+        service: r.frontendId ? `${r.kind} fe ${r.frontendId} be ${r.backendId}${r.hairpin ? ' hairpin' : ''}` : r.kind === 'flow' ? '' : r.kind })),
       [['proto', 'PROTO'], ['src', 'SOURCE'], ['dst', 'DESTINATION'], ['state', 'STATE'], ['expiresInSeconds', 'EXPIRES S'],
-        ['packets', 'PACKETS ORIG/REPLY'], ['endpointId', 'ENDPOINT']]));
+        ['packets', 'PACKETS ORIG/REPLY'], ['endpointId', 'ENDPOINT'], ['service', 'SERVICE']]));
     });
   bpf.command('policy').description('per-endpoint policy maps').command('get').description('what an endpoint\'s policy map holds')
     .argument('<endpoint>', 'endpoint id (or its first characters) or number')

@@ -9,6 +9,7 @@ import {
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
 import { hasExpired, kernelNowNs, secondsUntil } from '../clock.js';
+import { CT_KEY_F_SERVICE, CT_LB_F_DNS, CT_LB_F_HAIRPIN, CT_LB_F_TRANSLATED } from './maps.js';
 
 
 export function listBpfEndpoints(bpf: BpfAddon, dp: Datapath, limit = 65536) {
@@ -25,6 +26,9 @@ export function listConntrack(bpf: BpfAddon, dp: Datapath, limit: number, nowNs 
       state: hasExpired(e.expiresNs, nowNs) ? 'expired' : e.state, expiresInSeconds: secondsUntil(e.expiresNs, nowNs),
       packetsOriginal: e.packetsOrig.toString(), bytesOriginal: e.bytesOrig.toString(),
       packetsReply: e.packetsReply.toString(), bytesReply: e.bytesReply.toString(), endpointId: e.endpointId,
+      // A service entry remembers the backend of a flow to a VIP; a translated flow, its frontend and backend.
+      kind: (k.flags ?? 0) & CT_KEY_F_SERVICE ? 'service' : (e.lbFlags ?? 0) & CT_LB_F_DNS ? 'dns' : (e.lbFlags ?? 0) & CT_LB_F_TRANSLATED ? 'translated' : 'flow',
+      frontendId: e.frontendId || undefined, backendId: e.backendId || undefined, hairpin: ((e.lbFlags ?? 0) & CT_LB_F_HAIRPIN) !== 0 || undefined,
     };
   });
 }

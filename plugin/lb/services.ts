@@ -651,9 +651,45 @@ export class ServiceManager {
     return { service: name!, network: this.network(networkId!)?.name ?? networkId!.slice(0, 12), family: Number(family), protocol: protocol!, port: Number(port) };
   }
 
-  /** The service and backend a VIP:port names, for `membrane policy trace`. */
+  /** The service a VIP names. */
   byVip(address: string): ServiceRecord | undefined {
-    return Object.values(this.state.services).find((s) => s.vip4 === address || s.vip6 === address);
+    let canonical = address;
+    try {
+      const parsed = parseAddress(address);
+      canonical = formatAddress(parsed.family, parsed.value);
+    } catch {
+      return undefined;
+    }
+    return Object.values(this.state.services).find((s) => s.vip4 === canonical || s.vip6 === canonical);
+  }
+
+  /**
+   * For `membrane policy trace --dst VIP` (or NAME.<zone>): the backends a flow to that frontend
+   * port reaches, with their labels and target port. Undefined when `destination` is neither.
+   */
+  traceTarget(destination: string, port: number, protocol: string) {
+    const zoneSuffix = `.${this.options.zone}`;
+    let service = this.byVip(destination);
+    if (!service && destination.toLowerCase().endsWith(zoneSuffix)) {
+      const name = destination.toLowerCase().slice(0, -zoneSuffix.length);
+      const matches = Object.values(this.state.services).filter((s) => s.name === name);
+      if (matches.length > 1) throw new InvalidArgumentError(`${destination} names a service on several networks; trace its VIP instead`);
+      service = matches[0];
+      if (!service) throw new NotFoundError(`no service ${name}`);
+    }
+    if (!service) return undefined;
+    const offered = service.ports.find((p) => p.port === port && p.protocol === protocol.toLowerCase());
+    if (!offered) {
+      throw new InvalidArgumentError(`service ${service.name} has no frontend port ${port}/${protocol}; it offers ${service.ports.map((p) => `${p.port}/${p.protocol}`).join(', ') || 'no port yet'}`);
+    }
+    return {
+      service: service.name, vip: service.vip4 ?? service.vip6 ?? '',
+      backends: this.candidates(service).map((c) => {
+        const e = this.ctx.state.endpoints[c.endpoint.id]!;
+        const target = c.ports.find((p) => p.port === port && p.protocol === offered.protocol)?.targetPort ?? offered.targetPort;
+        return { container: e.containerName, endpointId: e.id, labels: (e.labels ?? []).join(','), targetPort: target, state: backendState(e.lifecycle, c.weight) };
+      }),
+    };
   }
 
   /** Waits for every queued change. */
