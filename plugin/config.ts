@@ -80,6 +80,10 @@ export interface MembraneConfig {
   serviceSocketLB: boolean;
   /** An event for every new flow to a service (`membrane monitor --type service`). */
   serviceEvents: boolean;
+  /** Where the host's cgroup-v2 hierarchy is (the socket-level programs attach at its root); empty: the first cgroup2 mount. */
+  cgroupRoot: string;
+  /** Where the host's /run is (Docker's network namespaces, /run/docker/netns); a managed plugin sees it under a bind mount. */
+  hostRun: string;
 }
 
 export const DEFAULT_CONFIG: MembraneConfig = {
@@ -113,6 +117,8 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   serviceDnsPort: 15353,
   serviceSocketLB: true,
   serviceEvents: true,
+  cgroupRoot: '',
+  hostRun: '/run',
 };
 
 const ENV: Record<string, keyof MembraneConfig> = {
@@ -144,6 +150,8 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_SERVICE_DNS_PORT: 'serviceDnsPort',
   MEMBRANE_SERVICE_SOCKET_LB: 'serviceSocketLB',
   MEMBRANE_SERVICE_EVENTS: 'serviceEvents',
+  MEMBRANE_CGROUP_ROOT: 'cgroupRoot',
+  MEMBRANE_HOST_RUN: 'hostRun',
 };
 
 function coerce(key: keyof MembraneConfig, raw: unknown, where: string): unknown {

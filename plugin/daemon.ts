@@ -226,7 +226,11 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   // Closing sockets of removed backends: in the host's namespace and every container's.
   const closeSockets = deps.destroySockets ?? (socketCloser ? (backends: DoomedBackend[]) => {
     const namespaces = new Set(['/proc/self/ns/net']);
-    for (const e of Object.values(state.endpoints)) if (e.joined && e.sandboxKey && fs.existsSync(e.sandboxKey)) namespaces.add(e.sandboxKey);
+    for (const e of Object.values(state.endpoints)) {
+      // Docker names sandboxes by host path (/var/run/docker/netns/<id>); the host's /run may be elsewhere here.
+      const key = e.sandboxKey?.replace(/^\/(var\/)?run\//, `${config.hostRun.replace(/\/$/, '')}/`);
+      if (e.joined && key && fs.existsSync(key)) namespaces.add(key);
+    }
     if (features.socketDestroy === 'yes') socketCloser!.close(backends, [...namespaces]);
   } : undefined);
   dataplane.serviceRanges = [formatPrefix(serviceRanges.ipv4), formatPrefix(serviceRanges.ipv6)];
@@ -269,7 +273,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
           policyVerdictEvents: config.policyVerdictEvents,
           skipPrograms: features.socketDestroy === 'yes' ? [] : [...SOCKET_DESTROY_PROGRAMS],
         }));
-        const cgroupRoot = findCgroup2Root();
+        const cgroupRoot = findCgroup2Root(config.cgroupRoot);
         if (cgroupRoot) {
           endpointMaps.datapath.attachSockets(cgroupRoot);
           features.socketLB = config.serviceSocketLB ? `cgroup-v2 at ${cgroupRoot}` : `off (serviceSocketLB: false), programs at ${cgroupRoot}`;

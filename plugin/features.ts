@@ -79,11 +79,17 @@ export function probeKfunc(name: string, vmlinux = '/sys/kernel/btf/vmlinux'): P
   return result;
 }
 
-/** The cgroup-v2 mount the socket-level programs attach to: /sys/fs/cgroup, or .../unified on a hybrid host. */
-export function findCgroup2Root(mounts = '/proc/self/mounts'): string | undefined {
+/**
+ * The cgroup-v2 mount the socket-level programs attach to: /sys/fs/cgroup, or .../unified on a
+ * hybrid host. With `under`, only a mount at or below it counts: a managed plugin sees its own
+ * (namespaced) cgroup at /sys/fs/cgroup and the host's where config.json binds it.
+ */
+export function findCgroup2Root(under = '', mounts = '/proc/self/mounts'): string | undefined {
   for (const line of fs.readFileSync(mounts, 'utf8').split('\n')) {
-    const [, mountPoint, type] = line.split(' ');
-    if (type === 'cgroup2' && mountPoint) return mountPoint.replace(/\\040/g, ' ');
+    const [, raw, type] = line.split(' ');
+    if (type !== 'cgroup2' || !raw) continue;
+    const mountPoint = raw.replace(/\\040/g, ' ');
+    if (!under || mountPoint === under || mountPoint.startsWith(`${under.replace(/\/$/, '')}/`)) return mountPoint;
   }
   return undefined;
 }
