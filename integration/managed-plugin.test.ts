@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ROOT, CLI, IMAGE, TEST_LABEL, addressesOf, cleanupDocker, docker, dockerMayFail, eventually, exec, run, uniqueName,
+  ROOT, CLI, IMAGE, TEST_LABEL, addressesOf, cleanupDocker, detachSocketPrograms, docker, dockerMayFail, eventually, exec, run, uniqueName,
 } from './harness.js';
 
 const PLUGIN = 'membrane-test/membrane:latest';
@@ -30,6 +30,7 @@ test.after.always(async () => {
   await cleanupDocker();
   await dockerMayFail('plugin', 'disable', '-f', PLUGIN);
   await dockerMayFail('plugin', 'rm', '-f', PLUGIN);
+  detachSocketPrograms();
   if (forwardingBefore) fs.writeFileSync(FORWARDING, forwardingBefore);
   fs.rmSync(stateDir, { recursive: true, force: true });
 });
@@ -50,4 +51,30 @@ test('managed plugin: containers on its network connect over both families, and 
   t.true(fs.existsSync(path.join(stateDir, 'state.json')), 'state persisted on the settable state mount');
   const listed = JSON.parse((await run(process.execPath, [CLI, '--api', path.join(stateDir, 'membrane.sock'), '-o', 'json', 'endpoint', 'list'])).stdout);
   t.deepEqual(listed.map((e: { ipv4: string }) => e.ipv4).sort(), [(await addressesOf(a, net)).ipv4, addrB.ipv4].sort());
+});
+
+test('managed plugin: a service by name from a container and by VIP from the host, attached at the host\'s cgroup root', async (t) => {
+  const net = uniqueName('mbt-managed-svc');
+  await docker('network', 'create', '-d', PLUGIN, '--ipam-driver', PLUGIN, '--ipv6', '--label', TEST_LABEL, net);
+  const backend = uniqueName('mbt-msvc');
+  await docker('run', '-d', '--name', backend, '--label', TEST_LABEL, '--network', net, '-l', 'membrane.service=msvc:80@8080', IMAGE,
+    'httpd', '-f', '-p', '8080', '-h', '/var/www');
+  const client = uniqueName('mbt-mcl');
+  await docker('run', '-d', '--name', client, '--label', TEST_LABEL, '--network', net, IMAGE, 'sleep', '600');
+  const api = ['--api', path.join(stateDir, 'membrane.sock'), '-o', 'json'];
+  const status = JSON.parse((await run(process.execPath, [CLI, ...api, 'status'])).stdout) as { datapath: { features: Record<string, string> } };
+  t.regex(status.datapath.features.socketLB!, /cgroup-v2 at \/host\/sys\/fs\/cgroup/, 'attached at the host\'s cgroup root, not the plugin\'s own');
+  const service = await eventually(async () => {
+    const [s] = JSON.parse((await run(process.execPath, [CLI, ...api, 'service', 'list'])).stdout) as { vip4: string; backends: { state: string }[] }[];
+    if (!s || s.backends[0]?.state !== 'active') throw new Error('no active backend yet');
+    return s;
+  }, 20_000);
+  const byName = await eventually(async () => {
+    const out = await exec(client, 'sh', '-c', 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | timeout 5 nc msvc.svc.membrane 80 | tail -1');
+    if (!out.includes('membrane test page')) throw new Error(`by name: ${out}`);
+    return out;
+  }, 15_000);
+  t.regex(byName, /membrane test page/);
+  const fromHost = await run('sh', ['-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 busybox nc ${service.vip4} 80 | tail -1`]);
+  t.regex(fromHost.stdout, /membrane test page/, 'the host reaches the VIP through the socket-level programs');
 });
