@@ -5,8 +5,11 @@
 // kill -9 of the daemon (service entries live in the pinned conntrack map).
 
 import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import {
-  IMAGE, MembraneProcess, TEST_LABEL, apiGet, cleanupDocker, createNetwork, detachSocketPrograms, docker, eventually, exec, execMayFail,
+  IMAGE, MembraneProcess, ROOT, TEST_LABEL, apiGet, run, cleanupDocker, createNetwork, detachSocketPrograms, docker, eventually, exec, execMayFail,
   restartDaemon, sleep, uniqueName,
 } from './harness.js';
 
@@ -113,7 +116,13 @@ test.serial('per packet: docker stop under load fails no request; a VIP without 
   t.true(performance.now() - started < 3000);
 });
 
-test.serial('per packet: a transfer through the VIP survives kill -9 and a restart of the daemon', async (t) => {
+test.serial('per packet: a transfer through the VIP survives kill -9 and a restart of the daemon, then a new build of the programs', async (t) => {
+  // A build with a different instruction stream, swapped in atomically by the next start (BPF_LINK_UPDATE).
+  const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-lb-build-'));
+  t.teardown(() => fs.rmSync(workDir, { recursive: true, force: true }));
+  const newBuild = path.join(workDir, 'membrane-next.bpf.o');
+  await run('clang', ['-O2', '-g', '-target', 'bpf', '-I/usr/include/x86_64-linux-gnu', '-DMEMBRANE_BUILD_VARIANT=1',
+    '-c', path.join(ROOT, 'bpf', 'membrane.bpf.c'), '-o', newBuild]);
   const net1 = uniqueName('mbt-ppl');
   await createNetwork(net1, '--ipv6');
   await docker('run', '-d', '--name', uniqueName('mbt-pstream'), '--label', TEST_LABEL, '--network', net1, '-l', 'membrane.service=pstream:9000',
@@ -132,5 +141,6 @@ test.serial('per packet: a transfer through the VIP survives kill -9 and a resta
   await sleep(2500);
   await membrane.kill9();
   membrane = await restartDaemon(membrane);
+  membrane = await restartDaemon(membrane, { MEMBRANE_BPF_OBJECT: newBuild });
   t.is(Number((await received).stdout.trim()), 120, 'every line, over the IPv6 VIP, translated per packet');
 });

@@ -10,8 +10,8 @@ import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
 import { native, type Family, type NativeAddon, type NetlinkAddon } from './kernel/native.js';
-import { findCgroup2Root, probeKfunc, probeTcx, type ProbeResult } from './features.js';
-import { Datapath, DEFAULT_GEOMETRY, SOCKET_DESTROY_PROGRAMS } from './datapath/loader.js';
+import { findCgroup2Root, probeKfunc, probeTcx, unloadablePrograms, type ProbeResult } from './features.js';
+import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
 import { JsonStore } from './state/store.js';
@@ -271,7 +271,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         Object.assign(features, endpointMaps.datapath.start({
           geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
           policyVerdictEvents: config.policyVerdictEvents,
-          skipPrograms: features.socketDestroy === 'yes' ? [] : [...SOCKET_DESTROY_PROGRAMS],
+          skipPrograms: unloadablePrograms(),
         }));
         const cgroupRoot = findCgroup2Root(config.cgroupRoot);
         if (cgroupRoot) {
@@ -288,7 +288,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
       }
       lbMaps?.setConfig({
         socket: config.serviceSocketLB, events: config.serviceEvents,
-        dns: config.serviceDns ? { zone: config.serviceZone, port: config.serviceDnsPort } : undefined,
+        dns: config.serviceDns ? { zone: config.serviceZone, port: config.serviceDnsPort } : undefined, vipRanges: serviceRanges,
       });
       // Identities and policy before any endpoint entry is (re)written: entries carry both.
       const policyReport = await policy.regenerate();

@@ -49,7 +49,7 @@ export function kernelAtLeast(major: number, minor: number, release = os.release
  * can never hide a bug behind a skipped test.
  */
 export function tcxForTests(nl: NativeAddon, objectPath: string): ProbeResult {
-  const obj = nl.bpfObjectLoad(objectPath, {});
+  const obj = nl.bpfObjectLoad(objectPath, objectLoadOptionsForTests());
   try {
     const prog = obj.programs.find((p) => p.section.startsWith('tc'));
     if (!prog) throw new Error(`${objectPath} has no tc program to probe with`);
@@ -92,4 +92,25 @@ export function findCgroup2Root(under = '', mounts = '/proc/self/mounts'): strin
     if (!under || mountPoint === under || mountPoint.startsWith(`${under.replace(/\/$/, '')}/`)) return mountPoint;
   }
   return undefined;
+}
+
+/** Programs of Membrane's object that need bpf_sock_destroy (Linux 6.5+). */
+export const SOCKET_DESTROY_PROGRAMS = ['sock_destroy_tcp', 'sock_destroy_udp'] as const;
+
+/** The programs of Membrane's object this kernel cannot load, by the named probes (left out of a load). */
+export function unloadablePrograms(): string[] {
+  return probeKfunc('bpf_sock_destroy') === 'yes' ? [] : [...SOCKET_DESTROY_PROGRAMS];
+}
+
+/**
+ * For tests and benchmarks that load Membrane's object: bpfObjectLoad options leaving out what the
+ * kernel lacks. A "no" on a kernel that must have bpf_sock_destroy (6.5+) is a broken probe: it
+ * throws rather than let a test skip what it should test.
+ */
+export function objectLoadOptionsForTests(): { autoload: Record<string, boolean> } {
+  const skip = unloadablePrograms();
+  if (skip.length && kernelAtLeast(6, 5)) {
+    throw new Error(`probe kfunc:bpf_sock_destroy says "no" on Linux ${os.release()} (>= 6.5, which has it): the probe is broken`);
+  }
+  return { autoload: Object.fromEntries(skip.map((name) => [name, false])) };
 }

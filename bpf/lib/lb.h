@@ -46,6 +46,16 @@ ALWAYS_INLINE bool addr_equal(const union addr *a, const union addr *b, __u8 fam
 	return ip6_equal(a->ip6, b->ip6);
 }
 
+/* Whether the destination may be a VIP: inside the VIP range (lb_config); without a range (mask 0), any address. */
+ALWAYS_INLINE bool lb_in_vip_range(const struct lb_config *cfg, const struct pkt *p)
+{
+	if (p->family == FAMILY_IPV4)
+		return (p->daddr.ip4 & cfg->vip4_mask) == cfg->vip4_net;
+	const __be32 *a = (const __be32 *)p->daddr.ip6;
+	return (a[0] & cfg->vip6_mask[0]) == cfg->vip6_net[0] && (a[1] & cfg->vip6_mask[1]) == cfg->vip6_net[1] &&
+	       (a[2] & cfg->vip6_mask[2]) == cfg->vip6_net[2] && (a[3] & cfg->vip6_mask[3]) == cfg->vip6_net[3];
+}
+
 /* The backend id in the slot `hash` falls on in the frontend's table; 0 when there is none. */
 ALWAYS_INLINE __u32 lb_pick(__u32 frontend_id, __u32 hash)
 {
@@ -320,6 +330,9 @@ static __noinline int lb_translate(struct __sk_buff *skb, struct pkt *p, const s
 {
 	if (!p->l4_valid || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return -1;
+	const struct lb_config *cfg = lb_config_get();
+	if (cfg && !lb_in_vip_range(cfg, p))
+		return -1; /* not a VIP: the common case costs a few comparisons, no hash lookup */
 	struct lb_frontend_key fk = { .vip = p->daddr, .port = p->dport, .proto = p->proto, .family = p->family };
 	const struct lb_frontend *fe = bpf_map_lookup_elem(&mb_lb_frontends, &fk);
 	if (!fe)

@@ -138,7 +138,12 @@ struct lb_config {
 	__u8 dns_zone_len;    /* bytes of dns_zone, the final zero label included */
 	__u8 dns_zone_labels; /* labels of the zone (svc.membrane: 2) */
 	__u8 dns_zone[DNS_ZONE_MAX]; /* the zone in wire format, lowercase: \3svc\10membrane\0 */
-}; /* 72 bytes */
+	/* The VIP ranges: every VIP lies in them, so a packet elsewhere needs no frontend lookup. Network order. */
+	__be32 vip4_net;
+	__be32 vip4_mask;
+	__be32 vip6_net[4];
+	__be32 vip6_mask[4];
+}; /* 112 bytes */
 
 /* mb_lb_config: array of one struct lb_config at key 0. */
 struct {

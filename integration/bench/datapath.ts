@@ -24,6 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ROOT, addressesOf, run, sleep } from '../harness.js';
 import { native, type BpfObject } from '../../plugin/kernel/native.js';
+import { objectLoadOptionsForTests } from '../../plugin/features.js';
 import { decodeCtEntry, encodeCtKey, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey } from '../../plugin/datapath/codec.js';
 import { ETH_P_IP, TCP_ACK, TCP_SYN, ethernet, ipv4, tcp } from '../../plugin/datapath/packets.js';
 import { median, percentileSorted, ratio, round, summarize } from './stats.js';
@@ -754,7 +755,7 @@ export async function benchProgramCost(o: DatapathOptions): Promise<ProgCostResu
   const links: string[] = [];
   const objects: BpfObject[] = [];
   try {
-    const obj = nl.bpfObjectLoad(OBJECT, {});
+    const obj = nl.bpfObjectLoad(OBJECT, objectLoadOptionsForTests());
     objects.push(obj);
     const map = (name: string) => {
       const m = obj.maps.find((x) => x.name === name);

@@ -30,6 +30,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { API_SOCKET, ROOT, eventually, run } from '../harness.js';
 import { native, type BpfObject } from '../../plugin/kernel/native.js';
+import { objectLoadOptionsForTests } from '../../plugin/features.js';
 import { encodeConfig, encodeCtKey, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey, type EndpointInfo } from '../../plugin/datapath/codec.js';
 import { ETH_P_IP, TCP_SYN, ethernet, ipv4, tcp } from '../../plugin/datapath/packets.js';
 import { PolicyMaps } from '../../plugin/datapath/policy-maps.js';
@@ -830,7 +831,7 @@ export async function benchPolicyNewFlow(o: PolicyBenchOptions): Promise<PolicyN
   let obj: BpfObject | undefined;
   let maps: PolicyMaps | undefined;
   try {
-    obj = nl.bpfObjectLoad(OBJECT, {});
+    obj = nl.bpfObjectLoad(OBJECT, objectLoadOptionsForTests());
     const loaded = obj;
     const map = (name: string) => {
       const m = loaded.maps.find((x) => x.name === name);

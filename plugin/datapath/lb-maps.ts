@@ -11,6 +11,7 @@
 
 import type { BpfAddon } from '../kernel/native.js';
 import { InvalidArgumentError } from '../errors.js';
+import type { Prefix } from '../ipam/prefix.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
 import { U32_KEY } from './layout.js';
@@ -259,12 +260,20 @@ export class LbMaps {
   }
 
   /** The load balancer's switches (mb_lb_config); `dns`: redirect queries for this zone to the responder's port. */
-  setConfig(config: { socket: boolean; events: boolean; dns?: { zone: string; port: number } }): void {
+  setConfig(config: { socket: boolean; events: boolean; dns?: { zone: string; port: number }; vipRanges?: { ipv4: Prefix; ipv6: Prefix } }): void {
     const zone = config.dns ? dnsWireName(config.dns.zone) : Buffer.alloc(0);
+    // Network and mask in network order; without ranges (tests), a /0: every address may be a VIP.
+    const ranges = config.vipRanges ?? { ipv4: { family: 4 as const, network: 0n, length: 0 }, ipv6: { family: 6 as const, network: 0n, length: 0 } };
+    const bytesOf = (value: bigint, size: number) => Buffer.from(value.toString(16).padStart(size * 2, '0'), 'hex');
+    const bits = (p: Prefix) => BigInt(p.family === 4 ? 32 : 128);
+    const mask = (p: Prefix) => ((1n << bits(p)) - 1n) ^ ((1n << (bits(p) - BigInt(p.length))) - 1n);
+    const m4 = mask(ranges.ipv4);
+    const m6 = mask(ranges.ipv6);
     this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_config'), U32_KEY.encode({ value: 0 }), LB_CONFIG.encode({
       flags: (config.socket ? LB_CONFIG_F_SOCKET : 0) | (config.events ? LB_CONFIG_F_EVENTS : 0) | (config.dns ? LB_CONFIG_F_DNS : 0),
       dnsPort: config.dns?.port ?? 0, dnsZoneLen: zone.length, dnsZoneLabels: config.dns ? config.dns.zone.split('.').length : 0,
       dnsZone: Buffer.concat([zone, Buffer.alloc(64 - zone.length)]),
+      vip4Net: bytesOf(ranges.ipv4.network, 4), vip4Mask: bytesOf(m4, 4), vip6Net: bytesOf(ranges.ipv6.network, 16), vip6Mask: bytesOf(m6, 16),
     }), 0);
   }
 

@@ -274,3 +274,17 @@ test('DNS: other names, the zone apex, responses and TCP pass untouched; nothing
   const off = fromA(ipv4(A.ipv4, UPSTREAM, udp(40602, 53, dnsQuery('web.svc.membrane'))));
   t.deepEqual(f.run('from_container', f.ifindex.a, off).data, off, 'serviceDns off');
 });
+
+test('with the VIP ranges configured, only packets into them are looked up as VIPs', (t) => {
+  const f = lbSetup(t);
+  f.lb.setConfig({ socket: false, events: false, vipRanges: { ipv4: { family: 4, network: 0x0ad30000n, length: 16 }, ipv6: { family: 6, network: 0xfd000096n << 96n, length: 112 } } });
+  f.service([
+    { id: 40, vip: VIP4, port: 80, protocol: 'tcp', backends: [{ id: 400, address: B.ipv4, port: 8080, endpointId: 2 }] },
+    { id: 41, vip: VIP6, port: 80, protocol: 'tcp', backends: [{ id: 410, address: B.ipv6, port: 8080, endpointId: 2 }] },
+    { id: 42, vip: '10.212.0.10', port: 80, protocol: 'tcp', backends: [{ id: 420, address: B.ipv4, port: 8080, endpointId: 2 }] },
+  ]);
+  t.is(parseFrame(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, VIP4, tcp(48000, 80, TCP_SYN)))).data).daddr, B.ipv4, 'inside the IPv4 range');
+  t.is(parseFrame(f.run('from_container', f.ifindex.a, fromA(ipv6(A.ipv6, VIP6, tcp(48001, 80, TCP_SYN)), ETH_P_IPV6)).data).daddr, B.ipv6, 'inside the IPv6 range');
+  const outside = fromA(ipv4(A.ipv4, '10.212.0.10', tcp(48002, 80, TCP_SYN)));
+  t.deepEqual(f.run('from_container', f.ifindex.a, outside).data, outside, 'a frontend outside the ranges is never looked up');
+});

@@ -49,9 +49,6 @@ export type AttachMode = 'tcx' | 'clsact';
 /** The socket-level programs' hooks; program `sock_<hook>` goes on hook <hook>. */
 export const SOCKET_HOOKS = ['connect4', 'connect6', 'sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6', 'getpeername4', 'getpeername6'] as const;
 
-/** Programs that close sockets of removed backends: they need bpf_sock_destroy (Linux 6.5+). */
-export const SOCKET_DESTROY_PROGRAMS = ['sock_destroy_tcp', 'sock_destroy_udp'] as const;
-
 export class Datapath {
   obj: BpfObject | undefined;
   migrations: MigrationReport[] = [];

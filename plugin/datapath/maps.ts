@@ -78,7 +78,10 @@ export const LB_BACKEND = struct('lb_backend', {
 export const LB_REVNAT = struct('lb_revnat', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1) });
 export const LB_SOCK_KEY = struct('lb_sock_key', { cookie: u64, addr: addrOf('family'), port: be16, family: u8, pad: pad(5) });
 export const LB_SOCK_VALUE = struct('lb_sock_value', { vip: addrOf('family'), port: be16, family: u8, pad: pad(1), frontend_id: u32 });
-export const LB_CONFIG = struct('lb_config', { flags: u32, dns_port: be16, dns_zone_len: u8, dns_zone_labels: u8, dns_zone: bytes(64) });
+export const LB_CONFIG = struct('lb_config', {
+  flags: u32, dns_port: be16, dns_zone_len: u8, dns_zone_labels: u8, dns_zone: bytes(64),
+  vip4_net: bytes(4), vip4_mask: bytes(4), vip6_net: bytes(16), vip6_mask: bytes(16),
+});
 export const DNS_NAT_KEY = struct('dns_nat_key', { client: addrOf('family'), port: be16, family: u8, pad: pad(1) });
 export const DNS_NAT_VALUE = struct('dns_nat_value', { server: addrOf('family'), port: be16, family: u8, pad: pad(1) });
 export const LB_DOOMED_KEY = struct('lb_doomed_key', { addr: addrOf('family'), port: be16, proto: u8, family: u8 });

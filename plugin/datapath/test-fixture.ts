@@ -6,6 +6,7 @@ import type { ExecutionContext } from 'ava';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { objectLoadOptionsForTests } from '../features.js';
 import { native, type BpfObject } from '../kernel/native.js';
 import {
   decodeCtEntry, decodePerCpuMetric, encodeCtKey, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey, metricKey,
@@ -47,7 +48,7 @@ export function skbCtx(ifindex: number): Buffer {
 
 export function setup(t: ExecutionContext): Fixture {
   const nl = native();
-  const obj = nl.bpfObjectLoad(OBJECT, {});
+  const obj = nl.bpfObjectLoad(OBJECT, objectLoadOptionsForTests());
   t.teardown(() => obj.close());
   const names: string[] = [];
   const ifindexOf = () => {
