@@ -266,13 +266,14 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         }
         state.datapathGeometry = geometry;
         // Closing sockets of removed backends needs bpf_sock_destroy (Linux 6.5+): without it those programs stay out.
-        features.socketDestroy = probeKfunc('bpf_sock_destroy');
+        const socketDestroy = probeKfunc('bpf_sock_destroy');
         socketCloser?.reset();
         Object.assign(features, endpointMaps.datapath.start({
           geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
           policyVerdictEvents: config.policyVerdictEvents,
           skipPrograms: unloadablePrograms(),
         }));
+        features.socketDestroy = socketDestroy;
         const cgroupRoot = findCgroup2Root(config.cgroupRoot);
         if (cgroupRoot) {
           endpointMaps.datapath.attachSockets(cgroupRoot);
