@@ -13,5 +13,5 @@ fi
 # --serial: under TCG a BPF object load takes seconds; tests that wait for ring-buffer events must
 # not share the event loop with them (the waits are bounded in time).
 exec npx ava --serial --tap --config ava.unit.config.js \
-  dist/plugin/clock.test.js dist/plugin/datapath/datapath.test.js dist/plugin/datapath/policy.test.js \
+  dist/plugin/clock.test.js dist/plugin/datapath/datapath.test.js dist/plugin/datapath/policy.test.js dist/plugin/datapath/lb.test.js \
   dist/plugin/kernel/bpf-native.test.js
