@@ -4,11 +4,11 @@
 
 import test from 'ava';
 import fs from 'node:fs';
-import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  MembraneProcess, ROOT, CLI, addressesOf, restartDaemon, twoOnOneNetwork, cleanupDocker, createNetwork, docker, exec, ping, run, runContainer, sleep, uniqueName,
+  MembraneProcess, ROOT, CLI, addressesOf, restartDaemon, twoOnOneNetwork, cleanupDocker, createNetwork, docker, exec, firstMonitorEvent, ping, run, runContainer,
+  sleep, uniqueName,
 } from './harness.js';
 import { native } from '../plugin/kernel/native.js';
 import { decodeCtEntry, decodeCtKey } from '../plugin/datapath/codec.js';
@@ -115,20 +115,7 @@ test.serial('membrane monitor shows a spoofed packet\'s drop; bpf endpoint/ct/me
   const rogueAddr = await addressesOf(rogue, net);
   await ping(rogue, 4, peerAddr.ipv4!);
 
-  const monitor = spawn(process.execPath, [CLI, '-o', 'json', 'monitor', '--type', 'drop'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { monitor.kill(); });
-  const firstDrop = new Promise<Record<string, unknown>>((resolve, reject) => {
-    let buffer = '';
-    monitor.stdout.on('data', (chunk) => {
-      buffer += chunk;
-      for (const line of buffer.split('\n').slice(0, -1)) {
-        const event = JSON.parse(line) as Record<string, unknown>;
-        if (event.saddr === '10.99.99.99') resolve(event);
-      }
-      buffer = buffer.slice(buffer.lastIndexOf('\n') + 1);
-    });
-    setTimeout(() => reject(new Error('no drop event within 15 s')), 15_000);
-  });
+  const firstDrop = firstMonitorEvent(t, 'drop', (event) => event.saddr === '10.99.99.99');
   await sleep(500);
   // The rogue container claims an address that is not its own.
   await exec(rogue, 'ip', 'addr', 'add', '10.99.99.99/32', 'dev', 'eth0');

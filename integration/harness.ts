@@ -286,3 +286,28 @@ export async function restartDaemon(daemon: MembraneProcess, env: Record<string,
   }
   return next;
 }
+
+/**
+ * Follows `membrane monitor -o json [--type TYPE]` until an event `matches`, and resolves with it;
+ * rejects after `timeoutMs`. The monitor process is killed either way (and by `t.teardown`).
+ */
+export function firstMonitorEvent(t: { teardown: (fn: () => void) => void }, type: string, matches: (event: Record<string, unknown>) => boolean,
+  timeoutMs = 15_000): Promise<Record<string, unknown>> {
+  const monitor = spawn(process.execPath, [CLI, '-o', 'json', 'monitor', '--type', type], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { monitor.kill(); });
+  return new Promise<Record<string, unknown>>((resolve, reject) => {
+    let buffer = '';
+    const timer = setTimeout(() => reject(new Error(`no ${type} event within ${timeoutMs} ms`)), timeoutMs);
+    monitor.stdout!.on('data', (chunk) => {
+      buffer += chunk;
+      for (const line of buffer.split('\n').slice(0, -1)) {
+        const event = JSON.parse(line) as Record<string, unknown>;
+        if (matches(event)) {
+          clearTimeout(timer);
+          resolve(event);
+        }
+      }
+      buffer = buffer.slice(buffer.lastIndexOf('\n') + 1);
+    });
+  }).finally(() => monitor.kill());
+}

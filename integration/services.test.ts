@@ -6,14 +6,13 @@
 
 import test from 'ava';
 import fs from 'node:fs';
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import dgram from 'node:dgram';
 import os from 'node:os';
 import path from 'node:path';
 import {
   IMAGE, MembraneProcess, TEST_LABEL, apiGet, cleanupDocker, createNetwork, detachSocketPrograms, docker, dockerMayFail,
-  eventually, exec, execMayFail, restartDaemon, run, sleep, uniqueName,
+  eventually, exec, execMayFail, firstMonitorEvent, restartDaemon, run, sleep, uniqueName,
 } from './harness.js';
 
 interface Backend { container?: string; endpointId: string; addresses: string[]; weight: number; state: string; connections: number | null }
@@ -356,20 +355,7 @@ test.serial('membrane monitor shows the service and backend of translated flows;
   const c = await client(net1);
   const s = await activeBackends('watched', 1, net1);
   const cli = path.join(process.cwd(), 'dist', 'plugin', 'cli', 'main.js');
-  const monitor = spawn(process.execPath, [cli, '-o', 'json', 'monitor', '--type', 'service'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { monitor.kill(); });
-  const first = new Promise<Record<string, unknown>>((resolve, reject) => {
-    let buffer = '';
-    monitor.stdout.on('data', (chunk) => {
-      buffer += chunk;
-      for (const line of buffer.split('\n').slice(0, -1)) {
-        const event = JSON.parse(line) as Record<string, unknown>;
-        if ((event.service as { service?: string } | undefined)?.service === 'watched') resolve(event);
-      }
-      buffer = buffer.slice(buffer.lastIndexOf('\n') + 1);
-    });
-    setTimeout(() => reject(new Error('no service event within 15 s')), 15_000);
-  });
+  const first = firstMonitorEvent(t, 'service', (event) => (event.service as { service?: string } | undefined)?.service === 'watched');
   await sleep(500);
   t.truthy(await fetchFrom(c, s.vip4!));
   const event = await first;

@@ -197,19 +197,7 @@ export class Datapath {
     }
     for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
       const pin = this.linkPin(ifname, direction);
-      if (fs.existsSync(pin)) {
-        const linkFd = this.bpf.bpfObjGet(pin);
-        try {
-          this.bpf.bpfLinkUpdate(linkFd, this.program(prog));
-          continue;
-        } catch (err) {
-          // The veth it was attached to is gone (ifindex reused by a new one): make a new link.
-          fs.rmSync(pin, { force: true });
-          this.log.debug('stale tcx link pin replaced', { pin, error: (err as Error).message });
-        } finally {
-          this.bpf.bpfClose(linkFd);
-        }
-      }
+      if (this.updatePinnedLink(pin, this.program(prog))) continue;
       let linkFd: number;
       try {
         linkFd = this.bpf.tcxAttach(ifindex, this.program(prog), direction);
@@ -220,11 +208,7 @@ export class Datapath {
         }
         throw err;
       }
-      try {
-        this.bpf.bpfObjPin(linkFd, pin);
-      } finally {
-        this.bpf.bpfClose(linkFd);
-      }
+      this.pinLink(linkFd, pin);
       // A clsact filter from an earlier run in clsact mode would run the programs twice.
       try {
         this.bpf.tcDetach(ifindex, direction, TC_HANDLE, TC_PRIORITY);
@@ -245,24 +229,37 @@ export class Datapath {
     for (const hook of SOCKET_HOOKS) {
       const pin = path.join(dir, hook);
       const prog = this.program(`sock_${hook}`);
-      if (fs.existsSync(pin)) {
-        const linkFd = this.bpf.bpfObjGet(pin);
-        try {
-          this.bpf.bpfLinkUpdate(linkFd, prog);
-          continue;
-        } catch (err) {
-          fs.rmSync(pin, { force: true });
-          this.log.debug('stale socket link pin replaced', { pin, error: (err as Error).message });
-        } finally {
-          this.bpf.bpfClose(linkFd);
-        }
-      }
-      const linkFd = this.bpf.cgroupLinkCreate(cgroupRoot, prog, hook);
-      try {
-        this.bpf.bpfObjPin(linkFd, pin);
-      } finally {
-        this.bpf.bpfClose(linkFd);
-      }
+      if (this.updatePinnedLink(pin, prog)) continue;
+      this.pinLink(this.bpf.cgroupLinkCreate(cgroupRoot, prog, hook), pin);
+    }
+  }
+
+  /**
+   * Gives the link pinned at `pin` (an earlier run's) the program `progFd`, atomically. False when
+   * there is no pin, or its link cannot take it (its veth is gone, the ifindex reused): the stale
+   * pin is removed, and the caller makes a new link.
+   */
+  private updatePinnedLink(pin: string, progFd: number): boolean {
+    if (!fs.existsSync(pin)) return false;
+    const linkFd = this.bpf.bpfObjGet(pin);
+    try {
+      this.bpf.bpfLinkUpdate(linkFd, progFd);
+      return true;
+    } catch (err) {
+      fs.rmSync(pin, { force: true });
+      this.log.debug('stale link pin replaced', { pin, error: (err as Error).message });
+      return false;
+    } finally {
+      this.bpf.bpfClose(linkFd);
+    }
+  }
+
+  /** Pins a new link and closes the daemon's fd: the pin is then the link's only reference. */
+  private pinLink(linkFd: number, pin: string): void {
+    try {
+      this.bpf.bpfObjPin(linkFd, pin);
+    } finally {
+      this.bpf.bpfClose(linkFd);
     }
   }
 
