@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'MEMBRANE_STATE'
   | 'MEMBRANE_NETFILTER'
   | 'MEMBRANE_POLICY_INVALID'
+  | 'MEMBRANE_CAPACITY'
   | 'MEMBRANE_INTERNAL';
 
 export class MembraneError extends Error {
@@ -83,6 +84,15 @@ export class OutOfPoolError extends MembraneError {
   constructor(address: string, pool: string) {
     super('MEMBRANE_IPAM_OUT_OF_POOL', `address ${address} is not inside pool ${pool}; ` +
       'pick an --ip/--ip6 inside the network\'s --subnet', { status: 400 });
+  }
+}
+
+/** A change does not fit a kernel map (or another fixed limit): refused before anything is written. */
+export class CapacityError extends MembraneError {
+  readonly map: string;
+  constructor(map: string, message: string) {
+    super('MEMBRANE_CAPACITY', message, { status: 507 });
+    this.map = map;
   }
 }
 

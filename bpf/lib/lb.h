@@ -56,19 +56,20 @@ ALWAYS_INLINE bool lb_in_vip_range(const struct lb_config *cfg, const struct pkt
 	       (a[2] & cfg->vip6_mask[2]) == cfg->vip6_net[2] && (a[3] & cfg->vip6_mask[3]) == cfg->vip6_net[3];
 }
 
-/* The backend id in the slot `hash` falls on in the frontend's table; 0 when there is none. */
-ALWAYS_INLINE __u32 lb_pick(__u32 frontend_id, __u32 hash)
+/* The backend id in the slot `hash` falls on in the frontend's Maglev table; 0 when there is none. */
+ALWAYS_INLINE __u32 lb_pick(const struct lb_frontend *fe, __u32 hash)
 {
-	void *table = bpf_map_lookup_elem(&mb_lb_maglev, &frontend_id);
-	if (!table)
+	__u32 size = fe->table_size;
+	if (!size)
 		return 0;
-	__u32 zero = 0;
-	const __u32 *size = bpf_map_lookup_elem(table, &zero);
-	if (!size || !*size)
-		return 0;
-	__u32 slot = 1 + hash % *size;
-	const __u32 *id = bpf_map_lookup_elem(table, &slot);
-	return id ? *id : 0;
+	__u32 slot = hash % size;
+	struct lb_maglev_key key = {
+		.frontend_id = fe->frontend_id,
+		.generation = fe->table_generation,
+		.group = slot / LB_MAGLEV_GROUP_SLOTS,
+	};
+	const struct lb_maglev_group *group = bpf_map_lookup_elem(&mb_lb_maglev, &key);
+	return group ? group->slots[slot % LB_MAGLEV_GROUP_SLOTS] : 0;
 }
 
 ALWAYS_INLINE __u32 l4_start(const struct pkt *p)
@@ -364,7 +365,7 @@ static __noinline int lb_translate(struct __sk_buff *skb, struct pkt *p, const s
 	if (!be) {
 		if (!fe->backend_count)
 			goto refuse;
-		backend_id = lb_pick(frontend_id, bpf_get_hash_recalc(skb));
+		backend_id = lb_pick(fe, bpf_get_hash_recalc(skb));
 		be = backend_id ? bpf_map_lookup_elem(&mb_lb_backends, &backend_id) : 0;
 		if (!be || be->family != p->family)
 			goto refuse;

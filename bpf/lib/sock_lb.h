@@ -68,7 +68,7 @@ ALWAYS_INLINE const struct lb_backend *sock_lb_pick(struct bpf_sock_addr *ctx, c
 		return 0;
 	__u32 frontend_id = fe->frontend_id;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	__u32 backend_id = lb_pick(frontend_id, sock_lb_hash(ctx, cookie));
+	__u32 backend_id = lb_pick(fe, sock_lb_hash(ctx, cookie));
 	const struct lb_backend *be = backend_id ? bpf_map_lookup_elem(&mb_lb_backends, &backend_id) : 0;
 	if (!be || be->family != backend_family)
 		return 0;

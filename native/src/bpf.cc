@@ -554,14 +554,17 @@ Napi::Value BpfMapLookupBatch(const Napi::CallbackInfo& info) {
   MapShape shape;
   int err = GetMapShape(fd, &shape);
   if (err) return ThrowBpf(env, err, op);
-  std::vector<uint8_t> keys(static_cast<size_t>(max) * shape.key_size);
-  std::vector<uint8_t> values(static_cast<size_t>(max) * shape.value_size);
+  // Grown batch by batch: `max` is a bound, not a size to allocate (a map of 1 KiB values with
+  // room for 262144 entries would otherwise cost 256 MiB to read three entries).
+  std::vector<uint8_t> keys, values;
   // The batch token is opaque: a bucket index for hashes, a key for arrays. Room for either.
   std::vector<uint8_t> token(std::max<size_t>(shape.key_size, 8)), next(token.size());
   uint32_t total = 0;
   bool first = true;
   while (total < max) {
     uint32_t count = std::min<uint32_t>(max - total, 4096);
+    keys.resize(static_cast<size_t>(total + count) * shape.key_size);
+    values.resize(static_cast<size_t>(total + count) * shape.value_size);
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     int r = bpf_map_lookup_batch(fd, first ? nullptr : token.data(), next.data(), keys.data() + static_cast<size_t>(total) * shape.key_size,
                                  values.data() + static_cast<size_t>(total) * shape.value_size, &count, &opts);

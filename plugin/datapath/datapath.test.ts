@@ -251,7 +251,7 @@ test('the daemon\'s conntrack garbage collection deletes expired entries and kee
   t.is(nl.bpfMapLookup(fd, key(1000)), null, 'an expired entry is gone');
 });
 
-test('every map of the object is declared once in maps.ts, and its declaration matches the object\'s BTF: type, key, value, size', (t) => {
+test('every map of the object is declared once in maps.ts, and its declaration matches the object\'s BTF: type, key, value, size, flags', (t) => {
   const btf = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJECT, 'format', 'raw', '-j']).toString()) as {
     types: { id: number; kind: string; name?: string; size?: number; type_id?: number; nr_elems?: number;
       members?: { name: string; type_id: number }[]; vars?: { type_id: number }[] }[];
@@ -283,6 +283,7 @@ test('every map of the object is declared once in maps.ts, and its declaration m
     t.is(count('type'), declared.type, `${name}: map type`);
     const want = wantedShape(declared, DEFAULT_GEOMETRY);
     if (members.has('max_entries')) t.is(count('max_entries'), want.maxEntries, `${name}: max_entries`);
+    t.is(members.has('map_flags') ? count('map_flags') : 0, want.flags, `${name}: map_flags`);
     for (const [part, layout, size] of [['key', declared.key, want.keySize], ['value', declared.value, want.valueSize]] as const) {
       if (members.has(part)) {
         const type = resolve(members.get(part)!.type_id!);

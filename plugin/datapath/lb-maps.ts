@@ -2,22 +2,25 @@
 // frontends and backends, as differences against what they hold, in an order in which no packet
 // or connect() ever sees a frontend whose table names a backend that is not there yet:
 //
-//   1. backends that are new or changed;  2. reverse NAT entries;  3. Maglev tables (changed slots
-//   in one batch, or a new inner map swapped in whole when the size changes);  4. frontends;
-//   then, for what goes away: 5. frontends;  6. their tables and reverse NAT;  7. backends.
+//   1. backends that are new or changed;  2. reverse NAT entries;  3. Maglev tables (changed
+//   groups of 256 slots in one batch, or, when the size changes, the whole table under the next
+//   generation);  4. frontends (which name the table's size and generation);  then, for what goes
+//   away: 5. tables of an older generation;  6. frontends;  7. their tables and reverse NAT;
+//   8. backends.
 //
 // The content of every map is cached after the first read (or write), so a change costs map
-// writes for what changed only.
+// writes for what changed only. A change that does not fit the maps is refused before anything
+// is written (CapacityError).
 
 import type { BpfAddon } from '../kernel/native.js';
-import { InvalidArgumentError } from '../errors.js';
+import { CapacityError, InvalidArgumentError } from '../errors.js';
 import type { Prefix } from '../ipam/prefix.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
 import { U32_KEY } from './layout.js';
 import {
-  LB_BACKEND, LB_BACKEND_STATES, LB_CONFIG, LB_CONFIG_F_DNS, LB_CONFIG_F_EVENTS, LB_CONFIG_F_SOCKET, LB_FRONTEND, LB_FRONTEND_KEY, LB_REVNAT,
-  MAGLEV_TABLE,
+  LB_BACKEND, LB_BACKEND_STATES, LB_CONFIG, LB_CONFIG_F_DNS, LB_CONFIG_F_EVENTS, LB_CONFIG_F_SOCKET, LB_FRONTEND, LB_FRONTEND_KEY,
+  LB_MAGLEV_GROUP_SLOTS, LB_MAGLEV_KEY, LB_REVNAT, MAPS,
 } from './maps.js';
 
 export type LbProtocol = 'tcp' | 'udp';
@@ -55,15 +58,18 @@ export interface LbApplyReport {
   backendsDeleted: number;
   frontendsWritten: number;
   frontendsDeleted: number;
-  /** Table slots written in place, and tables created (new frontends, or a new size). */
+  /** Table slots that changed, map entries (groups of 256 slots) written, and tables written whole (new frontends, or a new size). */
   slotsWritten: number;
+  groupsWritten: number;
   tablesCreated: number;
 }
 
 interface CachedTable {
-  fd: number;
+  generation: number;
   table: Uint32Array;
 }
+
+const groupsOf = (size: number) => Math.ceil(size / LB_MAGLEV_GROUP_SLOTS);
 
 const hex = (b: Buffer) => b.toString('hex');
 
@@ -94,7 +100,9 @@ export class LbMaps {
   private frontendKeys = new Map<number, string>();
   /** Frontend id -> reverse NAT value written (hex). */
   private revnat: Map<number, string> | undefined;
+  /** Frontend id -> its Maglev table as written; and how many mb_lb_maglev entries are in use. */
   private readonly tables = new Map<number, CachedTable>();
+  private groupCount = 0;
 
   constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath) {}
 
@@ -104,13 +112,43 @@ export class LbMaps {
     for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_backends'), 1_000_000)) this.backends.set(U32_KEY.decode(key).value, hex(value));
     this.frontends = new Map();
     this.frontendKeys = new Map();
+    const generations = new Map<number, { size: number; generation: number }>();
     for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_frontends'), 1_000_000)) {
       this.frontends.set(hex(key), hex(value));
-      this.frontendKeys.set(LB_FRONTEND.decode(value).frontendId, hex(key));
+      const v = LB_FRONTEND.decode(value);
+      this.frontendKeys.set(v.frontendId, hex(key));
+      generations.set(v.frontendId, { size: v.tableSize, generation: v.tableGeneration });
     }
     this.revnat = new Map();
     for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_revnat'), 1_000_000)) this.revnat.set(U32_KEY.decode(key).value, hex(value));
-    this.loadTables();
+    this.loadTables(generations);
+  }
+
+  /**
+   * Reads every table the frontends name. Groups no frontend names (a crash between writing a new
+   * generation and switching to it, or between removing a frontend and its table) are deleted.
+   */
+  private loadTables(frontends: Map<number, { size: number; generation: number }>): void {
+    this.tables.clear();
+    const fd = this.datapath.map('mb_lb_maglev');
+    const stale: Buffer[] = [];
+    let kept = 0;
+    for (const [key, value] of mapEntries(this.bpf, fd, MAPS.mb_lb_maglev.maxEntries)) {
+      const k = LB_MAGLEV_KEY.decode(key);
+      const named = frontends.get(k.frontendId);
+      if (!named || named.generation !== k.generation || k.group >= groupsOf(named.size)) {
+        stale.push(key);
+        continue;
+      }
+      let cached = this.tables.get(k.frontendId);
+      if (!cached) this.tables.set(k.frontendId, cached = { generation: named.generation, table: new Uint32Array(named.size) });
+      const slots = new Uint32Array(value.buffer, value.byteOffset, LB_MAGLEV_GROUP_SLOTS);
+      const first = k.group * LB_MAGLEV_GROUP_SLOTS;
+      cached.table.set(slots.subarray(0, Math.min(LB_MAGLEV_GROUP_SLOTS, named.size - first)), first);
+      kept++;
+    }
+    for (const key of stale) this.bpf.bpfMapDelete(fd, key);
+    this.groupCount = kept;
   }
 
   /** Makes the maps hold exactly `plan` (at start: whatever the kernel holds that the plan does not, goes). */
@@ -127,7 +165,10 @@ export class LbMaps {
   /** Writes and removes what `changes` says, in the order the top of this file gives. */
   update(changes: LbUpdate): LbApplyReport {
     this.load();
-    const report: LbApplyReport = { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, tablesCreated: 0 };
+    this.checkCapacity(changes);
+    const report: LbApplyReport = {
+      backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, groupsWritten: 0, tablesCreated: 0,
+    };
     const backendsFd = this.datapath.map('mb_lb_backends');
     const frontendsFd = this.datapath.map('mb_lb_frontends');
     const revnatFd = this.datapath.map('mb_lb_revnat');
@@ -144,14 +185,22 @@ export class LbMaps {
       this.bpf.bpfMapUpdate(revnatFd, U32_KEY.encode({ value: f.frontendId }), value, 0);
       this.revnat!.set(f.frontendId, hex(value));
     }
+    const replaced: { frontendId: number; generation: number; size: number }[] = [];
     for (const f of changes.frontends) {
-      const { slots, created } = this.writeTable(f.frontendId, f.table);
-      report.slotsWritten += slots;
-      report.tablesCreated += created ? 1 : 0;
+      const written = this.writeTable(f.frontendId, f.table);
+      report.slotsWritten += written.slots;
+      report.groupsWritten += written.groups;
+      if (written.replaced) {
+        report.tablesCreated++;
+        if (written.replaced.size) replaced.push({ frontendId: f.frontendId, ...written.replaced });
+      }
     }
     for (const f of changes.frontends) {
       const key = hex(LB_FRONTEND_KEY.encode({ vip: f.vip, port: f.port, proto: PROTOCOL_NUMBERS[f.protocol] }));
-      const value = LB_FRONTEND.encode({ frontendId: f.frontendId, backendCount: f.backendCount, networkId: f.networkId });
+      const table = this.tables.get(f.frontendId)!;
+      const value = LB_FRONTEND.encode({
+        frontendId: f.frontendId, backendCount: f.backendCount, networkId: f.networkId, tableSize: table.table.length, tableGeneration: table.generation,
+      });
       // A frontend whose VIP, port or protocol changed leaves its old key.
       const oldKey = this.frontendKeys.get(f.frontendId);
       if (oldKey !== undefined && oldKey !== key) this.deleteFrontendKey(frontendsFd, oldKey);
@@ -161,6 +210,8 @@ export class LbMaps {
       this.frontends!.set(key, hex(value));
       report.frontendsWritten++;
     }
+    // No frontend names these generations any more.
+    for (const old of replaced) this.deleteGroups(old.frontendId, old.generation, old.size);
     for (const id of changes.removeFrontendIds) {
       const key = this.frontendKeys.get(id);
       if (key !== undefined) {
@@ -170,7 +221,11 @@ export class LbMaps {
       }
     }
     for (const id of changes.removeFrontendIds) {
-      if (this.tables.has(id)) this.removeTable(id);
+      const cached = this.tables.get(id);
+      if (cached) {
+        this.deleteGroups(id, cached.generation, cached.table.length);
+        this.tables.delete(id);
+      }
       if (this.revnat!.has(id)) {
         this.bpf.bpfMapDelete(revnatFd, U32_KEY.encode({ value: id }));
         this.revnat!.delete(id);
@@ -185,78 +240,95 @@ export class LbMaps {
     return report;
   }
 
+  /**
+   * Refuses a change the maps cannot hold, before anything is written: frontends (and their
+   * reverse NAT entries), backends, and table groups at their peak (a table that changes size has
+   * both generations for a moment).
+   */
+  private checkCapacity(changes: LbUpdate): void {
+    const after = <T>(have: Map<T, unknown>, add: Iterable<T>, remove: Iterable<T>) => {
+      const added = new Set([...add].filter((id) => !have.has(id)));
+      const removed = new Set([...remove].filter((id) => have.has(id) && !added.has(id)));
+      return { added: added.size, total: have.size + added.size - removed.size };
+    };
+    const frontends = after(this.frontendKeys, changes.frontends.map((f) => f.frontendId), changes.removeFrontendIds);
+    const backends = after(this.backends!, changes.backends.map((b) => b.backendId), changes.removeBackendIds);
+    let groupsAdded = 0;
+    for (const f of changes.frontends) {
+      const cached = this.tables.get(f.frontendId);
+      if (!cached || cached.table.length !== f.table.length) groupsAdded += groupsOf(f.table.length);
+    }
+    const limits = [
+      ['mb_lb_frontends', frontends.added ? Math.max(frontends.total, this.frontendKeys.size + frontends.added) : 0, MAPS.mb_lb_frontends.maxEntries, 'service frontends (one per VIP, port and protocol)'],
+      ['mb_lb_backends', backends.added ? Math.max(backends.total, this.backends!.size + backends.added) : 0, MAPS.mb_lb_backends.maxEntries, 'service backends (one per frontend and container)'],
+      ['mb_lb_maglev', groupsAdded ? this.groupCount + groupsAdded : 0, MAPS.mb_lb_maglev.maxEntries, `Maglev table groups of ${LB_MAGLEV_GROUP_SLOTS} slots`],
+    ] as const;
+    for (const [map, needed, max, what] of limits) {
+      if (needed > max) {
+        throw new CapacityError(map, `this change needs ${needed} ${what} and ${map} holds at most ${max}; ` +
+          'nothing was written: delete services you no longer use, or create fewer (or smaller) services at once');
+      }
+    }
+  }
+
   private deleteFrontendKey(fd: number, key: string): void {
     this.bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
     this.frontends!.delete(key);
   }
 
-  private tablesLoaded = false;
-
-  private loadTables(): void {
-    if (this.tablesLoaded) return;
-    this.tablesLoaded = true;
-    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_maglev'), 1_000_000)) {
-      const id = U32_KEY.decode(key).value;
-      const fd = this.bpf.bpfMapGetFdById(value.readUInt32LE(0));
-      this.tables.set(id, { fd, table: this.readTable(fd) });
-    }
+  private groupKeys(frontendId: number, generation: number, groups: Iterable<number>): Buffer {
+    const list = [...groups];
+    return Buffer.concat(list.map((group) => LB_MAGLEV_KEY.encode({ frontendId, generation, group })));
   }
 
-  private readTable(fd: number): Uint32Array {
-    const size = this.bpf.bpfMapLookup(fd, U32_KEY.encode({ value: 0 }))?.readUInt32LE(0) ?? 0;
-    const table = new Uint32Array(size);
-    if (size === 0) return table;
-    const { count, keys, values } = this.bpf.bpfMapLookupBatch(fd, size + 1);
-    for (let i = 0; i < count; i++) {
-      const index = keys.readUInt32LE(i * 4);
-      if (index >= 1 && index <= size) table[index - 1] = values.readUInt32LE(i * 4);
-    }
-    return table;
+  private groupValues(table: Uint32Array, groups: Iterable<number>): Buffer {
+    const list = [...groups];
+    const out = Buffer.alloc(list.length * LB_MAGLEV_GROUP_SLOTS * 4);
+    const slots = new Uint32Array(out.buffer, out.byteOffset, list.length * LB_MAGLEV_GROUP_SLOTS);
+    list.forEach((group, i) => {
+      const first = group * LB_MAGLEV_GROUP_SLOTS;
+      slots.set(table.subarray(first, Math.min(table.length, first + LB_MAGLEV_GROUP_SLOTS)), i * LB_MAGLEV_GROUP_SLOTS);
+    });
+    // Little-endian host: the Uint32Array view wrote native order, which is what the kernel reads.
+    return out;
+  }
+
+  private deleteGroups(frontendId: number, generation: number, size: number): void {
+    const count = groupsOf(size);
+    if (count === 0) return;
+    const keys = this.groupKeys(frontendId, generation, Array.from({ length: count }, (_, i) => i));
+    this.groupCount -= this.bpf.bpfMapDeleteBatch(this.datapath.map('mb_lb_maglev'), keys);
   }
 
   /**
-   * Makes a frontend's table hold `table`: the changed slots in one batch, or, when the size
-   * changes (or there is none yet), a new inner map filled first and then swapped in, so a packet
-   * sees the old table or the new one, never a mix, and never a size that does not fit it.
+   * Makes a frontend's table hold `table`. Same size: the groups with changed slots, in one batch
+   * (each group is replaced whole, so a packet sees a group before or after, never half of one).
+   * A new size (or no table yet): every group under the next generation; the frontend is then
+   * switched to it by the caller, and `replaced` says which generation to delete after that.
    */
-  private writeTable(frontendId: number, table: Uint32Array): { slots: number; created: boolean } {
-    this.loadTables();
+  private writeTable(frontendId: number, table: Uint32Array): { slots: number; groups: number; replaced?: { generation: number; size: number } } {
+    const fd = this.datapath.map('mb_lb_maglev');
     const cached = this.tables.get(frontendId);
     if (cached && cached.table.length === table.length) {
-      const changed: number[] = [];
-      for (let i = 0; i < table.length; i++) if (cached.table[i] !== table[i]) changed.push(i);
-      if (changed.length === 0) return { slots: 0, created: false };
-      const keys = Buffer.alloc(changed.length * 4);
-      const values = Buffer.alloc(changed.length * 4);
-      changed.forEach((slot, i) => {
-        keys.writeUInt32LE(slot + 1, i * 4);
-        values.writeUInt32LE(table[slot]!, i * 4);
-      });
-      this.bpf.bpfMapUpdateBatch(cached.fd, keys, values, 0);
+      const changedGroups = new Set<number>();
+      let slots = 0;
+      for (let i = 0; i < table.length; i++) {
+        if (cached.table[i] !== table[i]) {
+          changedGroups.add(Math.floor(i / LB_MAGLEV_GROUP_SLOTS));
+          slots++;
+        }
+      }
+      if (slots === 0) return { slots: 0, groups: 0 };
+      this.bpf.bpfMapUpdateBatch(fd, this.groupKeys(frontendId, cached.generation, changedGroups), this.groupValues(table, changedGroups), 0);
       cached.table = table.slice();
-      return { slots: changed.length, created: false };
+      return { slots, groups: changedGroups.size };
     }
-    const fd = this.bpf.bpfMapCreate(MAGLEV_TABLE.type, MAGLEV_TABLE.keySize, MAGLEV_TABLE.valueSize, table.length + 1,
-      { flags: MAGLEV_TABLE.flags, name: `mb_lut_${frontendId}`.slice(0, 15) });
-    const keys = Buffer.alloc((table.length + 1) * 4);
-    const values = Buffer.alloc((table.length + 1) * 4);
-    values.writeUInt32LE(table.length, 0);
-    for (let i = 0; i <= table.length; i++) keys.writeUInt32LE(i, i * 4);
-    for (let i = 0; i < table.length; i++) values.writeUInt32LE(table[i]!, (i + 1) * 4);
-    this.bpf.bpfMapUpdateBatch(fd, keys, values, 0);
-    const outerValue = Buffer.alloc(4);
-    outerValue.writeUInt32LE(fd, 0);
-    this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_maglev'), U32_KEY.encode({ value: frontendId }), outerValue, 0);
-    if (cached) this.bpf.bpfClose(cached.fd);
-    this.tables.set(frontendId, { fd, table: table.slice() });
-    return { slots: table.length, created: true };
-  }
-
-  private removeTable(frontendId: number): void {
-    this.bpf.bpfMapDelete(this.datapath.map('mb_lb_maglev'), U32_KEY.encode({ value: frontendId }));
-    const cached = this.tables.get(frontendId);
-    if (cached) this.bpf.bpfClose(cached.fd);
-    this.tables.delete(frontendId);
+    const generation = cached ? (cached.generation + 1) & 0xffff : 0;
+    const all = Array.from({ length: groupsOf(table.length) }, (_, i) => i);
+    if (all.length) this.bpf.bpfMapUpdateBatch(fd, this.groupKeys(frontendId, generation, all), this.groupValues(table, all), 0);
+    this.groupCount += all.length;
+    this.tables.set(frontendId, { generation, table: table.slice() });
+    return { slots: table.length, groups: all.length, replaced: { generation: cached?.generation ?? 0, size: cached?.table.length ?? 0 } };
   }
 
   /** The load balancer's switches (mb_lb_config); `dns`: redirect queries for this zone to the responder's port. */
@@ -280,22 +352,31 @@ export class LbMaps {
   /** What the kernel holds, decoded (for `membrane bpf lb list`); tables are summarised per backend. */
   read(): {
     frontends: { vip: string; port: number; protocol: string; frontendId: number; backendCount: number; networkId: number;
-      tableSize: number; slotsPerBackend: Record<number, number> }[];
+      tableSize: number; tableGeneration: number; slotsPerBackend: Record<number, number> }[];
     backends: (PlannedBackend & { family: number })[];
   } {
-    this.loadTables();
+    const named = new Map<number, { generation: number; size: number; slotsPerBackend: Record<number, number> }>();
     const frontends = mapEntries(this.bpf, this.datapath.map('mb_lb_frontends'), 1_000_000).map(([key, value]) => {
       const k = LB_FRONTEND_KEY.decode(key);
       const v = LB_FRONTEND.decode(value);
-      const fd = this.tables.get(v.frontendId)?.fd;
-      const table = fd === undefined ? new Uint32Array(0) : this.readTable(fd);
       const slotsPerBackend: Record<number, number> = {};
-      for (const id of table) if (id) slotsPerBackend[id] = (slotsPerBackend[id] ?? 0) + 1;
+      named.set(v.frontendId, { generation: v.tableGeneration, size: v.tableSize, slotsPerBackend });
       return {
         vip: k.vip, port: k.port, protocol: PROTOCOL_NAMES[k.proto] ?? String(k.proto), frontendId: v.frontendId,
-        backendCount: v.backendCount, networkId: v.networkId, tableSize: table.length, slotsPerBackend,
+        backendCount: v.backendCount, networkId: v.networkId, tableSize: v.tableSize, tableGeneration: v.tableGeneration, slotsPerBackend,
       };
     });
+    // The kernel's tables, not the cache: what packets use.
+    for (const [key, value] of mapEntries(this.bpf, this.datapath.map('mb_lb_maglev'), MAPS.mb_lb_maglev.maxEntries)) {
+      const k = LB_MAGLEV_KEY.decode(key);
+      const table = named.get(k.frontendId);
+      if (!table || table.generation !== k.generation) continue;
+      const inTable = Math.max(0, Math.min(LB_MAGLEV_GROUP_SLOTS, table.size - k.group * LB_MAGLEV_GROUP_SLOTS));
+      for (let i = 0; i < inTable; i++) {
+        const id = value.readUInt32LE(i * 4);
+        if (id) table.slotsPerBackend[id] = (table.slotsPerBackend[id] ?? 0) + 1;
+      }
+    }
     const backends = mapEntries(this.bpf, this.datapath.map('mb_lb_backends'), 1_000_000).map(([key, value]) => {
       const b = LB_BACKEND.decode(value);
       return {
@@ -306,10 +387,10 @@ export class LbMaps {
     return { frontends, backends };
   }
 
+  /** Forgets the cache (the maps are read again on the next change). */
   close(): void {
-    for (const { fd } of this.tables.values()) this.bpf.bpfClose(fd);
     this.tables.clear();
-    this.tablesLoaded = false;
+    this.groupCount = 0;
     this.backends = undefined;
     this.frontends = undefined;
     this.revnat = undefined;

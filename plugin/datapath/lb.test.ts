@@ -8,7 +8,9 @@ import { native } from '../kernel/native.js';
 import type { Datapath } from './loader.js';
 import { LbMaps, type PlannedBackend, type PlannedFrontend } from './lb-maps.js';
 import { buildTable, tableSizeFor, type MaglevBackend } from '../lb/maglev.js';
-import { CT_KEY_F_SERVICE, CT_LB_F_HAIRPIN, CT_LB_F_TRANSLATED } from './maps.js';
+import { CT_KEY_F_SERVICE, CT_LB_F_HAIRPIN, CT_LB_F_TRANSLATED, LB_MAGLEV_KEY } from './maps.js';
+import { mapEntries } from './iterate.js';
+import { CapacityError } from '../errors.js';
 import { ID_FIRST_ENDPOINT, POLICY_ALLOW, POLICY_EGRESS } from './codec.js';
 import { PolicyMaps } from './policy-maps.js';
 import { A, B, OTHER_NET, TC_ACT_REDIRECT, TC_ACT_SHOT, fromA, setup, type Fixture } from './test-fixture.js';
@@ -208,26 +210,68 @@ test('a client on another network is not translated: dropped as cross-network', 
   t.is(f.metric(DROP_CROSS_NETWORK, 0), 1n);
 });
 
-test('the maps as the kernel holds them, read back; a table that changes size is swapped whole, one that keeps it only where it changed', (t) => {
+/** mb_lb_maglev's entries as (frontend, generation, group) strings. */
+function maglevGroups(f: ReturnType<typeof lbSetup>): string[] {
+  return mapEntries(native(), f.map('mb_lb_maglev'), 1_000_000).map(([key]) => {
+    const k = LB_MAGLEV_KEY.decode(key);
+    return `${k.frontendId}/${k.generation}/${k.group}`;
+  }).sort();
+}
+
+test('the maps as the kernel holds them, read back; a table that changes size is written whole under the next generation, one that keeps it only where it changed', (t) => {
   const f = lbSetup(t);
   const backends = (n: number) => Array.from({ length: n }, (_, i) => ({ id: 300 + i, address: `10.20.1.${i + 1}`, port: 80, endpointId: 10 + i }));
   const first = f.service([{ id: 30, vip: VIP4, port: 80, protocol: 'tcp', backends: backends(2) }]);
-  t.like(first, { tablesCreated: 1, slotsWritten: 251, frontendsWritten: 1, backendsWritten: 2 });
+  t.like(first, { tablesCreated: 1, slotsWritten: 251, groupsWritten: 1, frontendsWritten: 1, backendsWritten: 2 });
+  t.deepEqual(maglevGroups(f), ['30/0/0'], '251 slots: one group of 256');
   const third = f.service([{ id: 30, vip: VIP4, port: 80, protocol: 'tcp', backends: backends(3) }]);
-  t.is(third.tablesCreated, 1, '3 backends need 509 slots: a new table');
+  t.like(third, { tablesCreated: 1, groupsWritten: 2 }, '3 backends need 509 slots: a new table');
+  t.deepEqual(maglevGroups(f), ['30/1/0', '30/1/1'], 'generation 1 in two groups; generation 0 is gone');
   const same = f.service([{ id: 30, vip: VIP4, port: 80, protocol: 'tcp', backends: backends(3) }]);
-  t.like(same, { tablesCreated: 0, slotsWritten: 0, frontendsWritten: 0, backendsWritten: 0 }, 'nothing changed, nothing written');
+  t.like(same, { tablesCreated: 0, slotsWritten: 0, groupsWritten: 0, frontendsWritten: 0, backendsWritten: 0 }, 'nothing changed, nothing written');
   const weighted = f.service([{ id: 30, vip: VIP4, port: 80, protocol: 'tcp', backends: backends(3).map((b, i) => ({ ...b, weight: i === 0 ? 2 : 1 })) }]);
   t.is(weighted.tablesCreated, 0);
   t.true(weighted.slotsWritten > 0 && weighted.slotsWritten < 509, `${weighted.slotsWritten} slots rewritten in place`);
+  t.is(weighted.frontendsWritten, 0, 'the frontend already names this table');
   const held = f.lb.read();
   t.is(held.frontends.length, 1);
-  t.like(held.frontends[0]!, { vip: VIP4, port: 80, protocol: 'tcp', frontendId: 30, backendCount: 3, tableSize: 509 });
+  t.like(held.frontends[0]!, { vip: VIP4, port: 80, protocol: 'tcp', frontendId: 30, backendCount: 3, tableSize: 509, tableGeneration: 1 });
   t.deepEqual(Object.keys(held.frontends[0]!.slotsPerBackend).sort(), ['300', '301', '302']);
+  t.is(Object.values(held.frontends[0]!.slotsPerBackend).reduce((a, b) => a + b, 0), 509, 'every slot names a backend');
   t.is(held.backends.length, 3);
   const gone = f.service([]);
   t.like(gone, { frontendsDeleted: 1, backendsDeleted: 3 });
   t.deepEqual(f.lb.read(), { frontends: [], backends: [] });
+  t.deepEqual(maglevGroups(f), [], 'no group is left behind');
+});
+
+test('a daemon that starts again reads the tables back, writes nothing for an unchanged plan, and deletes groups no frontend names (a crash mid-switch)', (t) => {
+  const f = lbSetup(t);
+  const backends = Array.from({ length: 4 }, (_, i) => ({ id: 400 + i, address: `10.20.2.${i + 1}`, port: 80, endpointId: 20 + i }));
+  f.service([{ id: 40, vip: VIP4, port: 80, protocol: 'tcp', backends }]);
+  const before = f.lb.read();
+  // What a crash leaves: a next generation written but never switched to, and groups of a frontend that was removed.
+  const group = Buffer.alloc(1024, 0x11);
+  native().bpfMapUpdate(f.map('mb_lb_maglev'), LB_MAGLEV_KEY.encode({ frontendId: 40, generation: 1, group: 0 }), group, 0);
+  native().bpfMapUpdate(f.map('mb_lb_maglev'), LB_MAGLEV_KEY.encode({ frontendId: 99, generation: 0, group: 0 }), group, 0);
+  f.lb.close(); // forgets everything: the next change reads the maps again, as a new daemon does
+  const rerun = f.service([{ id: 40, vip: VIP4, port: 80, protocol: 'tcp', backends }]);
+  t.like(rerun, { tablesCreated: 0, slotsWritten: 0, groupsWritten: 0, frontendsWritten: 0, backendsWritten: 0 });
+  t.deepEqual(maglevGroups(f), ['40/0/0', '40/0/1'], 'only the generation the frontend names is left');
+  t.deepEqual(f.lb.read(), before);
+});
+
+test('a change the maps cannot hold is refused before anything is written, with what to do', (t) => {
+  const f = lbSetup(t);
+  const table = buildTable([{ id: 1, key: 'a', weight: 1 }], 251);
+  const frontends: PlannedFrontend[] = Array.from({ length: 65537 }, (_, i) => ({
+    frontendId: i + 1, vip: `10.211.${(i >> 8) & 255}.${i & 255}`, port: 1 + (i >> 16), protocol: 'tcp', networkId: 1, table, backendCount: 1,
+  }));
+  const err = t.throws(() => f.lb.update({ frontends, backends: [], removeFrontendIds: [], removeBackendIds: [] }), { instanceOf: CapacityError });
+  t.is(err!.code, 'MEMBRANE_CAPACITY');
+  t.regex(err!.message, /needs 65537 service frontends .* mb_lb_frontends holds at most 65536; nothing was written: delete services/);
+  t.deepEqual(f.lb.read(), { frontends: [], backends: [] });
+  t.deepEqual(maglevGroups(f), []);
 });
 
 /** A DNS query (one question, RD set) for `name`, as a UDP payload. */

@@ -29,7 +29,7 @@ export function wantedMaps(g: Geometry): Record<string, WantedMap> {
 
 export function compatible(have: BpfMapInfo, want: WantedMap): boolean {
   return have.type === want.type && have.keySize === want.keySize && have.valueSize === want.valueSize &&
-    have.maxEntries === want.maxEntries;
+    have.maxEntries === want.maxEntries && have.flags === want.flags;
 }
 
 export interface MigrationReport {

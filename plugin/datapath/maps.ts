@@ -5,7 +5,7 @@
 // the migration from these declarations; the codec derives the byte layouts.
 
 import {
-  addrOf, be16, bytes, enum8, ipv4Slot, ipv6Slot, mac, pad, struct, u32, u64, u8, U32_KEY, type StructLayout,
+  addrOf, be16, bytes, enum8, ipv4Slot, ipv6Slot, mac, pad, struct, u16, u32, u64, u8, U32_KEY, type StructLayout,
 } from './layout.js';
 
 export const BPF_MAP_TYPE_HASH = 1;
@@ -18,7 +18,6 @@ export const BPF_MAP_TYPE_HASH_OF_MAPS = 13;
 export const BPF_MAP_TYPE_RINGBUF = 27;
 
 export const BPF_F_NO_PREALLOC = 1 << 0;
-export const BPF_F_INNER_MAP = 1 << 12;
 
 export const CT_STATES = ['new', 'established', 'closing'] as const;
 
@@ -71,7 +70,13 @@ export const POLICY_COUNTER = struct('policy_counter', { allowed: u64, denied: u
 export const LB_BACKEND_STATES = ['active', 'terminating', 'quarantined'] as const;
 
 export const LB_FRONTEND_KEY = struct('lb_frontend_key', { vip: addrOf('family'), port: be16, proto: u8, family: u8 });
-export const LB_FRONTEND = struct('lb_frontend', { frontend_id: u32, backend_count: u32, network_id: u32, flags: u32 });
+export const LB_FRONTEND = struct('lb_frontend', {
+  frontend_id: u32, backend_count: u32, network_id: u32, table_size: u32, table_generation: u16, flags: u16,
+});
+/** Slots per mb_lb_maglev group (LB_MAGLEV_GROUP_SLOTS). */
+export const LB_MAGLEV_GROUP_SLOTS = 256;
+export const LB_MAGLEV_KEY = struct('lb_maglev_key', { frontend_id: u32, generation: u16, group: u16 });
+export const LB_MAGLEV_GROUP = struct('lb_maglev_group', { slots: bytes(4 * LB_MAGLEV_GROUP_SLOTS) });
 export const LB_BACKEND = struct('lb_backend', {
   addr: addrOf('family'), port: be16, family: u8, state: enum8(LB_BACKEND_STATES), frontend_id: u32, endpoint_id: u32,
 });
@@ -94,7 +99,7 @@ export const CT_LB_F_DNS = 4;
 /** Every struct the object shares with the daemon, for the BTF check. */
 export const STRUCTS: StructLayout[] = [
   ENDPOINT_KEY, ENDPOINT_INFO, CT_KEY, CT_ENTRY, METRIC, EVENT, CONFIG, IPCACHE_KEY, IPCACHE_VALUE, POLICY_KEY, POLICY_ENTRY,
-  POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG, LB_DOOMED_KEY,
+  POLICY_COUNTER, LB_FRONTEND_KEY, LB_FRONTEND, LB_MAGLEV_KEY, LB_MAGLEV_GROUP, LB_BACKEND, LB_REVNAT, LB_SOCK_KEY, LB_SOCK_VALUE, LB_CONFIG, LB_DOOMED_KEY,
   DNS_NAT_KEY, DNS_NAT_VALUE,
 ];
 
@@ -128,6 +133,8 @@ export interface MapDeclaration {
   valueSize?: number;
   /** A function when max_entries comes from the geometry: the loader then overrides the compiled size. */
   maxEntries: number | ((g: Geometry) => number);
+  /** map_flags (BPF_F_NO_PREALLOC ...): libbpf reuses a pinned map only when they match too. */
+  flags?: number;
   migration: MigrationRule;
   /** What it is for, in a few words (shown by `membrane bpf maps`). */
   why: string;
@@ -159,7 +166,8 @@ export const MAPS = {
     why: 'daemon-wide settings and the policy epoch',
   },
   mb_ipcache: {
-    name: 'mb_ipcache', type: BPF_MAP_TYPE_LPM_TRIE, key: IPCACHE_KEY, value: IPCACHE_VALUE, maxEntries: 65536, migration: 'rewrite',
+    name: 'mb_ipcache', type: BPF_MAP_TYPE_LPM_TRIE, key: IPCACHE_KEY, value: IPCACHE_VALUE, maxEntries: 65536, flags: BPF_F_NO_PREALLOC,
+    migration: 'rewrite',
     why: 'identities of addresses that are not local endpoints',
   },
   mb_policy: {
@@ -183,8 +191,8 @@ export const MAPS = {
     migration: 'copy', why: 'frontend id -> the VIP and port replies come from',
   },
   mb_lb_maglev: {
-    name: 'mb_lb_maglev', type: BPF_MAP_TYPE_HASH_OF_MAPS, key: U32_KEY, valueSize: 4, maxEntries: 65536,
-    migration: 'rewrite', why: 'each frontend\'s Maglev table (element 0: its size)',
+    name: 'mb_lb_maglev', type: BPF_MAP_TYPE_HASH, key: LB_MAGLEV_KEY, value: LB_MAGLEV_GROUP, maxEntries: 262144,
+    flags: BPF_F_NO_PREALLOC, migration: 'rewrite', why: 'the frontends\' Maglev tables, 256 slots per entry',
   },
   mb_lb_sock: {
     name: 'mb_lb_sock', type: BPF_MAP_TYPE_LRU_HASH, key: LB_SOCK_KEY, value: LB_SOCK_VALUE, maxEntries: 262144,
@@ -212,11 +220,6 @@ export type MapName = keyof typeof MAPS;
 
 export const ALL_MAPS: MapDeclaration[] = Object.values(MAPS);
 
-/** One frontend's Maglev table (created by the daemon, held in mb_lb_maglev): M + 1 u32, element 0 = M. */
-export const MAGLEV_TABLE = {
-  type: BPF_MAP_TYPE_ARRAY, keySize: 4, valueSize: 4, flags: BPF_F_INNER_MAP,
-} as const;
-
 /** The policy trie of one endpoint (created by the daemon, held in mb_policy). */
 export const POLICY_TRIE = {
   type: BPF_MAP_TYPE_LPM_TRIE, key: POLICY_KEY, value: POLICY_ENTRY, flags: BPF_F_NO_PREALLOC, maxEntries: 65536,
@@ -227,6 +230,7 @@ export interface WantedMap {
   keySize: number;
   valueSize: number;
   maxEntries: number;
+  flags: number;
 }
 
 /** The kernel-visible shape a declaration asks for under `geometry`. */
@@ -236,6 +240,7 @@ export function wantedShape(d: MapDeclaration, geometry: Geometry): WantedMap {
     keySize: d.key?.size ?? d.keySize ?? 0,
     valueSize: d.value?.size ?? d.valueSize ?? 0,
     maxEntries: typeof d.maxEntries === 'function' ? d.maxEntries(geometry) : d.maxEntries,
+    flags: d.flags ?? 0,
   };
 }
 

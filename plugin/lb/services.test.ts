@@ -271,7 +271,7 @@ class FakeLb {
   readonly problems: string[] = [];
 
   private report(): LbApplyReport {
-    return { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, tablesCreated: 0 };
+    return { backendsWritten: 0, backendsDeleted: 0, frontendsWritten: 0, frontendsDeleted: 0, slotsWritten: 0, groupsWritten: 0, tablesCreated: 0 };
   }
 
   update(changes: LbUpdate): LbApplyReport {

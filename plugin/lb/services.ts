@@ -545,7 +545,15 @@ export class ServiceManager {
         for (const key of keys) delete this.state.services[key];
         throw err;
       }
-      await this.sync(keys);
+      try {
+        await this.sync(keys);
+      } catch (err) {
+        // Refused by the maps (CapacityError: nothing written) or failed part-way: the services
+        // go again, with whatever of them reached the maps, and their ids.
+        for (const key of keys) delete this.state.services[key];
+        await this.sync(keys);
+        throw err;
+      }
       return keys.map((key) => this.view(key)!);
     });
   }
