@@ -4,7 +4,7 @@
 
 import test from 'ava';
 import path from 'node:path';
-import { MembraneProcess, ROOT, apiGet, cleanupDocker, docker, dockerMayFail, eventually, execMayFail, run } from './harness.js';
+import { MembraneProcess, ROOT, apiGet, cleanupDocker, composeProject, docker, eventually, execMayFail, run } from './harness.js';
 
 // Not useMembrane: compose must take its network down while the daemon still runs (a remote
 // driver's network cannot be removed without its plugin), so teardown order matters.
@@ -14,10 +14,9 @@ const FILE = path.join(ROOT, 'examples', 'compose', 'docker-compose.yml');
 const PROJECT = `mbtshop${process.pid.toString(36)}`;
 const FRONTEND_PORT = String(18000 + (process.pid % 1000));
 
-function compose(...args: string[]) {
-  process.env.FRONTEND_PORT = FRONTEND_PORT;
-  return run('docker-compose', ['-p', PROJECT, '-f', FILE, ...args], { timeoutMs: 180_000 });
-}
+// docker-compose reads the published port from the environment it inherits.
+process.env.FRONTEND_PORT = FRONTEND_PORT;
+const { compose, down: composeDown } = composeProject(PROJECT, FILE);
 
 const ids: Record<string, string> = {};
 const addr: Record<string, { ipv4: string; ipv6: string }> = {};
@@ -42,10 +41,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await compose('down', '-t', '1').catch(() => undefined);
-  const left = (await dockerMayFail('ps', '-aq', '--filter', `label=com.docker.compose.project=${PROJECT}`)).stdout.split('\n').filter(Boolean);
-  if (left.length) await dockerMayFail('rm', '-f', ...left);
-  await dockerMayFail('network', 'rm', `${PROJECT}_default`);
+  await composeDown();
   await cleanupDocker();
   await membrane.stop();
 });

@@ -64,6 +64,41 @@ export function apiGet<T = unknown>(urlPath: string, socket = API_SOCKET): Promi
   });
 }
 
+/**
+ * One request on the management API (`body`: JSON, or an object to send as JSON), timed from send
+ * to the last byte; an error answer (status >= 400) rejects with its status and text.
+ */
+export function apiRequest<T>(method: string, urlPath: string, body?: unknown, timeoutMs = 180_000, socket = API_SOCKET): Promise<{ body: T; ms: number }> {
+  const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const req = http.request({
+      socketPath: socket, path: urlPath, method, timeout: timeoutMs,
+      headers: payload === undefined ? {} : { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const ms = performance.now() - started;
+        const text = Buffer.concat(chunks).toString('utf8');
+        if ((res.statusCode ?? 0) >= 400) {
+          reject(new Error(`${method} ${urlPath.split('?')[0]}: ${res.statusCode} ${text.slice(0, 300)}`));
+          return;
+        }
+        try {
+          resolve({ body: JSON.parse(text) as T, ms });
+        } catch {
+          reject(new Error(`${method} ${urlPath}: non-JSON answer ${text.slice(0, 200)}`));
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath}: no answer within ${timeoutMs / 1000} s`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
 /** POSTs a raw plugin call to Docker's plugin socket, as dockerd does. */
 export function pluginCall(method: string, body: string | undefined, socket = '/run/docker/plugins/membrane.sock'): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
@@ -143,6 +178,20 @@ export class MembraneProcess {
       await exited;
     }
   }
+}
+
+/** A docker-compose project of a test: `compose(...args)` runs docker-compose on it; `down()` removes its containers and default network whatever state a failed test left them in. */
+export function composeProject(project: string, file: string): { compose: (...args: string[]) => Promise<{ stdout: string; stderr: string; code: number }>; down: () => Promise<void> } {
+  const compose = (...args: string[]) => run('docker-compose', ['-p', project, '-f', file, ...args], { timeoutMs: 180_000 });
+  return {
+    compose,
+    async down() {
+      await compose('down', '-t', '1').catch(() => undefined);
+      const left = (await dockerMayFail('ps', '-aq', '--filter', `label=com.docker.compose.project=${project}`)).stdout.split('\n').filter(Boolean);
+      if (left.length) await dockerMayFail('rm', '-f', ...left);
+      await dockerMayFail('network', 'rm', `${project}_default`);
+    },
+  };
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -11,7 +11,7 @@ import dgram from 'node:dgram';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  IMAGE, MembraneProcess, TEST_LABEL, apiGet, cleanupDocker, createNetwork, detachSocketPrograms, docker, dockerMayFail,
+  IMAGE, MembraneProcess, TEST_LABEL, apiGet, cleanupDocker, composeProject, createNetwork, detachSocketPrograms, docker,
   eventually, exec, execMayFail, firstMonitorEvent, restartDaemon, run, sleep, uniqueName,
 } from './harness.js';
 
@@ -22,9 +22,7 @@ let membrane = new MembraneProcess();
 const PROJECT = `mbtlb${process.pid.toString(36)}`;
 const composeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-lb-compose-'));
 
-function compose(...args: string[]) {
-  return run('docker-compose', ['-p', PROJECT, '-f', path.join(composeDir, 'docker-compose.yml'), ...args], { timeoutMs: 180_000 });
-}
+const { compose, down: composeDown } = composeProject(PROJECT, path.join(composeDir, 'docker-compose.yml'));
 
 test.before(async () => {
   await cleanupDocker();
@@ -32,10 +30,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await compose('down', '-t', '1').catch(() => undefined);
-  const left = (await dockerMayFail('ps', '-aq', '--filter', `label=com.docker.compose.project=${PROJECT}`)).stdout.split('\n').filter(Boolean);
-  if (left.length) await dockerMayFail('rm', '-f', ...left);
-  await dockerMayFail('network', 'rm', `${PROJECT}_default`);
+  await composeDown();
   await cleanupDocker();
   await membrane.stop();
   detachSocketPrograms();
@@ -105,7 +100,7 @@ async function client(network: string): Promise<string> {
   return name;
 }
 
-test.serial('a scaled compose service is reached by name from a client container and by VIP from the host; every backend serves', async (t) => {
+test.serial('scaled compose services (scale:, deploy.replicas, --scale) are reached by name from a client container and by VIP from the host; every backend serves', async (t) => {
   fs.writeFileSync(path.join(composeDir, 'docker-compose.yml'), [
     'version: "2.4"',
     'services:',
@@ -116,6 +111,14 @@ test.serial('a scaled compose service is reached by name from a client container
     '    scale: 3',
     '    labels:',
     '      membrane.service: "web:80@8080"',
+    '  echo:',
+    `    image: ${IMAGE}`,
+    '    command: ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w"]',
+    '    init: true',
+    '    deploy:',
+    '      replicas: 2',
+    '    labels:',
+    '      membrane.service: "echo:80@8080"',
     '  client:',
     `    image: ${IMAGE}`,
     '    command: ["sleep", "3600"]',
@@ -160,6 +163,12 @@ test.serial('a scaled compose service is reached by name from a client container
   t.true(seen.size >= 2, `the host reached ${seen.size} backends in 12 connections`);
   const lb = await apiGet<{ frontends: { vip: string; backendCount: number; tableSize: number }[] }>('/v1/bpf/lb');
   t.like(lb.frontends.find((f) => f.vip === web.vip4)!, { backendCount: 3, tableSize: 509 });
+  // deploy.replicas: 2 gives two backends; `up --scale` adds one more to web, and it serves too.
+  await activeBackends('echo', 2, `${PROJECT}_default`);
+  t.is((await fetchMany(clientId, 'echo.svc.membrane', 20)).size, 2, 'both deploy.replicas backends served');
+  await compose('up', '-d', '--no-recreate', '--scale', 'web=4');
+  await activeBackends('web', 4, `${PROJECT}_default`);
+  t.is((await fetchMany(clientId, 'web.svc.membrane', 40)).size, 4, 'the backend --scale added serves too');
 });
 
 test.serial('weights: a backend of weight 3 gets about three times the new connections of one of weight 1', async (t) => {

@@ -31,6 +31,25 @@ if [ -S /run/membrane/membrane.sock ] && node dist/plugin/cli/main.js status >/d
 fi
 bash integration/image/build.sh
 
+# What the tests may create on the host, by name; anything new after the suite is a leak (the
+# suite's own daemons' /sys/fs/bpf/membrane is removed below, after this snapshot is compared).
+host_objects() {
+  ls /sys/fs/bpf | grep -vx membrane | sed 's/^/bpffs /'
+  ip netns list 2>/dev/null | awk '{print "netns " $1}'
+  ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}'
+  # iptables-nft's own tables, Docker's DOCKER* chains and Membrane's MEMBRANE-* chains (kept across daemon restarts on
+  # purpose, as Docker keeps its chains) are not leaks.
+  nft list tables 2>/dev/null | grep -vE '^table ip6? (filter|nat|mangle|raw|security)$' | sed 's/^table /nft /' || true
+  for t in filter nat mangle; do
+    iptables -t "$t" -S 2>/dev/null | awk -v t="$t" '/^-N / && $2 !~ /^(MEMBRANE|DOCKER)(-|$)/ {print "iptables " t " " $2}'
+    ip6tables -t "$t" -S 2>/dev/null | awk -v t="$t" '/^-N / && $2 !~ /^(MEMBRANE|DOCKER)(-|$)/ {print "ip6tables " t " " $2}'
+  done
+  docker ps -aq --filter label=membrane.test=1 | sed 's/^/container /'
+  docker network ls -q --filter label=membrane.test=1 | sed 's/^/network /'
+}
+before_objects=$(mktemp)
+host_objects | sort > "$before_objects"
+
 passed=0; failed=0; skipped=0; status=0
 # run_suite NAME COMMAND...: runs a TAP-producing command and adds up its results.
 run_suite() {
@@ -55,5 +74,15 @@ run_suite integration npx ava --config ava.integration.config.js --tap
 # The suite's daemons pinned their maps and links under /sys/fs/bpf/membrane (no daemon runs now:
 # checked above): nothing of them stays on the machine.
 rm -rf /sys/fs/bpf/membrane
+leaked=$(comm -13 "$before_objects" <(host_objects | sort))
+rm -f "$before_objects"
+if [ -n "$leaked" ]; then
+  echo "not ok - leak check: the suite left these on the host"
+  printf '%s\n' "$leaked" | sed 's/^/  /'
+  failed=$((failed + 1))
+else
+  echo "ok - leak check: no pin, namespace, interface, nft table, iptables chain, container or network left"
+  passed=$((passed + 1))
+fi
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]

@@ -24,11 +24,10 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { API_SOCKET, ROOT, eventually, run } from '../harness.js';
+import { ROOT, apiRequest, eventually, run } from '../harness.js';
 import { native, type BpfObject } from '../../plugin/kernel/native.js';
 import { objectLoadOptionsForTests } from '../../plugin/features.js';
 import { encodeConfig, encodeCtKey, encodeEndpointInfo, encodeEndpointKey, encodeIfindexKey, type EndpointInfo } from '../../plugin/datapath/codec.js';
@@ -280,33 +279,7 @@ interface RegenerationReport {
 
 /** One request on the daemon's API socket; throws on an error answer. */
 function apiCall<T>(method: string, urlPath: string, body?: string): Promise<{ body: T; ms: number }> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const req = http.request({
-      socketPath: API_SOCKET, path: urlPath, method, timeout: 180_000,
-      headers: body === undefined ? {} : { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const ms = performance.now() - started;
-        const text = Buffer.concat(chunks).toString('utf8');
-        if ((res.statusCode ?? 0) >= 400) {
-          reject(new Error(`${method} ${urlPath.split('?')[0]}: ${res.statusCode} ${text.slice(0, 300)}`));
-          return;
-        }
-        try {
-          resolve({ body: JSON.parse(text) as T, ms });
-        } catch {
-          reject(new Error(`${method} ${urlPath}: non-JSON answer ${text.slice(0, 200)}`));
-        }
-      });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath}: no answer within 180 s`)));
-    req.on('error', reject);
-    req.end(body);
-  });
+  return apiRequest<T>(method, urlPath, body);
 }
 
 /** A rule in the import document's (Cilium's) shape: the server accepts `port` on TCP from the client. */

@@ -2,7 +2,8 @@
 // ratios; it never passes or fails on timing.
 //
 //   node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N]
-//                                      [--datapath-rounds N] [--policy-rounds N] [--only SECTION,...]
+//                                      [--datapath-rounds N] [--policy-rounds N] [--lb-rounds N] [--lb-pinning MODE]
+//                                      [--only SECTION,...]
 //                                      [--wait-max-seconds S] [--log-level LEVEL]
 //
 //   1. `docker run --rm IMAGE true` wall time on a Membrane network vs Docker's bridge driver vs
@@ -21,7 +22,13 @@
 //      Membrane server's policy map vs the same number of non-matching iptables rules on a bridge
 //      pair's path, interleaved rounds; importing 10,000 rules and one change at that size (both
 //      systems); and the per-new-flow verdict cost in BPF with 0 .. 100k entries (BPF_PROG_TEST_RUN).
-//   --only runs some sections: docker-run, plugin-latency, ipam, datapath, program-cost, policy.
+//   7. Service load balancer at scale (lb.ts): new connections per second and p50/p99 time to first
+//      byte through a service (crr.c) with 1 / 1,000 / 10,000 / 30,000 services on the host, Membrane's
+//      socket and per-packet paths (flipped at run time in mb_lb_config) vs kube-proxy-shaped iptables
+//      DNAT rules and an nftables verdict map on a bridge pair, with direct connections as floors;
+//      adding one service at 10,000 (and the time to the first connection through it), the LB maps'
+//      memory, and Maglev table build time and disruption (in-process).
+//   --only runs some sections: docker-run, plugin-latency, ipam, datapath, program-cost, policy, lb.
 //   An environment header.
 //
 // Writes DIR/bench.json and DIR/bench.md (DIR defaults to integration/bench/results/<timestamp>)
@@ -30,7 +37,8 @@
 // namespace and it may belong to somebody else. Every container and network it creates carries the
 // labels membrane.test=1 and membrane.bench=<run id> and is removed in `finally`, also on SIGINT;
 // so are the namespaces and veths of section 4 (by name), and section 6's rules, iptables chain
-// (DOCKER-USER is put back as it was) and pinned tries.
+// (DOCKER-USER is put back as it was) and pinned tries, and section 7's services, iptables chains,
+// nftables table, guard route and mb_lb_config flags.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -48,6 +56,7 @@ import {
 } from './datapath.js';
 import { runIpamBench, type IpamResult } from './ipam.js';
 import { benchPolicyLive, benchPolicyNewFlow, policyOptions, renderPolicy, type PolicyLiveResult, type PolicyNewFlowResult } from './policy.js';
+import { LB_PINNINGS, benchLbLive, benchMaglev, lbOptions, renderLb, type LbLiveResult, type LbMaglevResult, type LbPinning } from './lb.js';
 import { fmt, median, ratio, round, summarize, type Summary } from './stats.js';
 
 const PLUGIN_SOCKET = '/run/docker/plugins/membrane.sock';
@@ -71,20 +80,24 @@ export interface BenchOptions {
   datapathRounds: number;
   /** Interleaved rounds of the policy section (each: every size, iperf3 and sockperf on both systems). */
   policyRounds: number;
+  /** Interleaved rounds per size of the load-balancer section (each: every variant once). */
+  lbRounds: number;
+  /** CPUs of the load-balancer section's client and servers (lb.ts). */
+  lbPinning: LbPinning;
   /** Sections to run (all when null). */
   only: Section[] | null;
   waitMaxSeconds: number;
   logLevel: string;
 }
 
-export const SECTIONS = ['docker-run', 'plugin-latency', 'ipam', 'datapath', 'program-cost', 'policy'] as const;
+export const SECTIONS = ['docker-run', 'plugin-latency', 'ipam', 'datapath', 'program-cost', 'policy', 'lb'] as const;
 export type Section = typeof SECTIONS[number];
 /** Sections that need the run's own daemon (and its Docker networks). */
-const DAEMON_SECTIONS: readonly Section[] = ['docker-run', 'plugin-latency', 'datapath', 'policy'];
+const DAEMON_SECTIONS: readonly Section[] = ['docker-run', 'plugin-latency', 'datapath', 'policy', 'lb'];
 
 function usage(): string {
   return 'usage: node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N] ' +
-    `[--datapath-rounds N] [--policy-rounds N] [--only ${SECTIONS.join(',')}] [--wait-max-seconds S] [--log-level LEVEL]`;
+    `[--datapath-rounds N] [--policy-rounds N] [--lb-rounds N] [--lb-pinning same|split|none] [--only ${SECTIONS.join(',')}] [--wait-max-seconds S] [--log-level LEVEL]`;
 }
 
 export function wants(options: Pick<BenchOptions, 'only'>, section: Section): boolean {
@@ -104,6 +117,8 @@ export function parseArgs(argv: string[]): BenchOptions {
     ipamPairs: smoke ? 2_000 : 50_000,
     datapathRounds: datapathOptions(smoke).rounds,
     policyRounds: policyOptions(smoke).rounds,
+    lbRounds: lbOptions(smoke).rounds,
+    lbPinning: 'same',
     only: null,
     waitMaxSeconds: 900,
     logLevel: 'info',
@@ -122,6 +137,13 @@ export function parseArgs(argv: string[]): BenchOptions {
       case '--cycles': options.cycles = positiveInt(arg, argv[++i]); break;
       case '--datapath-rounds': options.datapathRounds = positiveInt(arg, argv[++i]); break;
       case '--policy-rounds': options.policyRounds = positiveInt(arg, argv[++i]); break;
+      case '--lb-rounds': options.lbRounds = positiveInt(arg, argv[++i]); break;
+      case '--lb-pinning': {
+        const mode = argv[++i] ?? '';
+        if (!(LB_PINNINGS as readonly string[]).includes(mode)) throw new Error(`--lb-pinning takes ${LB_PINNINGS.join(', ')}\n${usage()}`);
+        options.lbPinning = mode as LbPinning;
+        break;
+      }
       case '--only': {
         const names = (argv[++i] ?? '').split(',').map((x) => x.trim()).filter(Boolean);
         const unknown = names.filter((x) => !(SECTIONS as readonly string[]).includes(x));
@@ -711,6 +733,10 @@ export interface BenchResult {
   policy: PolicyLiveResult | null;
   /** Section 6: per-new-flow verdict cost in BPF with N entries. */
   policyNewFlow: PolicyNewFlowResult | null;
+  /** Section 7: connections through a service with N services (Membrane socket/per-packet, iptables, nftables), control plane, memory. */
+  lb: LbLiveResult | null;
+  /** Section 7: Maglev table build time and disruption, in-process. */
+  lbMaglev: LbMaglevResult | null;
   errors: string[];
   durationSeconds: number;
   /** Wall time per phase (setup includes waiting for another daemon to go away). */
@@ -791,6 +817,7 @@ export function renderMarkdown(r: BenchResult): string {
   }
   out.push(...renderDatapath(r.datapath, missing(r, 'datapath')), ...renderProgramCost(r.programCost, r.datapath, missing(r, 'program-cost')));
   out.push(...renderPolicy(r.policy, r.policyNewFlow, !wants(r.settings, 'policy')));
+  out.push(...renderLb(r.lb, r.lbMaglev, !wants(r.settings, 'lb')));
   if (r.errors.length) out.push('## Errors', '', ...r.errors.map((x) => `- ${x}`), '');
   return out.join('\n');
 }
@@ -900,7 +927,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     schema: 'membrane-bench/1',
     environment: await environment(options, runId),
     settings: { ...options },
-    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null,
+    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null, lb: null, lbMaglev: null,
     errors: [], durationSeconds: 0, phaseSeconds: {},
   };
   let phaseStart = performance.now();
@@ -967,6 +994,17 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         }
         phase('policy');
       }
+      checkAborted();
+      if (want('lb')) {
+        try {
+          result.lb = await benchLbLive(lbOptions(options.smoke, options.lbRounds, options.lbPinning), { runId, labels, networks, aborted: () => aborted });
+          result.errors.push(...result.lb.errors.map((e) => `lb section: ${e}`));
+          result.errors.push(...result.lb.cleanup.problems.map((p) => `lb cleanup: ${p}`));
+        } catch (err) {
+          result.errors.push(`lb section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('lb');
+      }
     } catch (err) {
       result.errors.push(err instanceof Error ? err.message : String(err));
     } finally {
@@ -1015,6 +1053,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         result.errors.push(`policy new-flow section: ${err instanceof Error ? err.message : String(err)}`);
       }
       phase('policyNewFlow');
+    }
+    if (want('lb')) {
+      try {
+        result.lbMaglev = benchMaglev(lbOptions(options.smoke, options.lbRounds));
+        result.errors.push(...result.lbMaglev.errors.map((e) => `lb maglev section: ${e}`));
+      } catch (err) {
+        result.errors.push(`lb maglev section: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      phase('lbMaglev');
     }
   } else {
     result.errors.push('interrupted');

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ROOT, run } from '../harness.js';
+import { LB_VARIANTS } from './lb.js';
 
 const RUN_JS = path.join(ROOT, 'dist', 'integration', 'bench', 'run.js');
 const KEY_CALLS = ['NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'IpamDriver.RequestAddress', 'NetworkDriver.DeleteEndpoint'];
@@ -162,6 +163,30 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
       t.is(row.entries, row.size + 1, `new-flow N=${row.size} trie entries`);
     }
     t.false(fs.existsSync(nf.pinDir), 'the new-flow tries are unpinned');
+
+    // 7. Load balancer: every variant connected at every size without a failed connection, the
+    // kernel held the services, the control plane and Maglev were measured, nothing was left.
+    t.true(markdown.includes('## 7.'), 'load-balancer section in the markdown');
+    const lb = r.lb;
+    t.truthy(lb, 'lb section ran');
+    for (const x of lb.points) {
+      t.true(x.roundsCompleted >= 1, `lb N=${x.services} rounds`);
+      t.is(x.setup?.kernel.mb_lb_frontends, x.services, `lb N=${x.services}: the kernel holds N frontends`);
+      for (const v of LB_VARIANTS) {
+        const m = x.variants[v];
+        t.true(m.n >= 1 && finite(m.connsPerSec) && m.connsPerSec > 0 && finite(m.p50Us) && finite(m.p99Us), `lb N=${x.services} ${v}: ${JSON.stringify(m.errors)}`);
+        t.is(m.failedConnections, 0, `lb N=${x.services} ${v}: no connection failed`);
+      }
+    }
+    for (const row of [...lb.flatness, ...lb.pairs]) t.true(finite(row.connsPerSec.value), `lb ratio N=${row.services}`);
+    t.truthy(lb.controlPlane, 'lb control plane measured');
+    for (const system of lb.controlPlane.systems) t.true(system.add.n >= 1 && finite(system.add.p50Ms), `lb change: ${system.what}: ${JSON.stringify(system.errors)}`);
+    t.true(lb.lbConfig.flagsRestored !== false, 'mb_lb_config flags restored');
+    t.deepEqual(lb.cleanup.problems, []);
+    t.is((await run('nft', ['list', 'tables'])).stdout.includes(`mblb_`), false, 'the nftables table is gone');
+    t.false((await run('iptables', ['-w', '-t', 'nat', '-S'])).stdout.includes('MBLB-'), 'the iptables chains are gone');
+    t.true(r.lbMaglev.build.length > 0 && r.lbMaglev.build.every((b: { medianMs: number }) => finite(b.medianMs)), 'Maglev build times');
+    t.true(r.lbMaglev.disruption.length > 0, 'Maglev disruption');
 
     const namespaces = (await run('ip', ['netns', 'list'])).stdout;
     t.false(namespaces.includes(`mbbench-${r.environment.runId}`), 'the veth variant\'s namespaces are gone');

@@ -3,6 +3,7 @@
 // backend keeping its flows, a removed backend's flows reset, weights, policy on the backend's
 // identity, and the refusal of a VIP with no backend (a reset, ICMP port unreachable).
 
+import fs from 'node:fs';
 import test from 'ava';
 import { native } from '../kernel/native.js';
 import type { Datapath } from './loader.js';
@@ -188,10 +189,12 @@ test('weights: new flows spread over the backends in proportion to their weights
 
 test('policy judges the backend: a client whose egress does not allow the backend cannot use the VIP to reach it', (t) => {
   const f = lbSetup(t);
-  const policy = new PolicyMaps(native(), { map: (name: string) => f.map(name) } as unknown as Datapath, `/sys/fs/bpf/mbt-lb-${process.pid}`);
+  const pinDir = `/sys/fs/bpf/mbt-lb-${process.pid}`;
+  const policy = new PolicyMaps(native(), { map: (name: string) => f.map(name) } as unknown as Datapath, pinDir);
   t.teardown(() => {
     policy.remove(1);
     policy.close();
+    fs.rmSync(pinDir, { recursive: true, force: true });
   });
   f.endpoint(A, { identity: ID_FIRST_ENDPOINT, enforceEgress: true });
   f.endpoint(B, { identity: ID_FIRST_ENDPOINT + 1 });

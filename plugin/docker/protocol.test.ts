@@ -12,7 +12,7 @@ import { createCore, type MembraneCore } from '../daemon.js';
 import { DEFAULT_CONFIG, type MembraneConfig } from '../config.js';
 import { silentLogger } from '../log.js';
 import { Netfilter } from '../netfilter/iptables.js';
-import { FakeNetlink } from '../kernel/fake-netlink.js';
+import { FakeNetlink, fakeProcSys } from '../kernel/fake-netlink.js';
 import { createPluginApp } from './http.js';
 import { endpointMac, MEMBRANE_RTPROT } from '../network/plan.js';
 import { parsePrefix, prefixContainsPrefix } from '../ipam/prefix.js';
@@ -106,11 +106,7 @@ async function serve(t: ExecutionContext, core: MembraneCore, dir: string): Prom
 async function setup(t: ExecutionContext, overrides: Partial<MembraneConfig> = {}): Promise<Env> {
   const dir = tempDir();
   const stateDir = path.join(dir, 'state');
-  const procSys = path.join(dir, 'proc-sys');
-  fs.mkdirSync(path.join(procSys, 'net', 'ipv4'), { recursive: true });
-  fs.mkdirSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all'), { recursive: true });
-  fs.writeFileSync(path.join(procSys, 'net', 'ipv4', 'ip_forward'), '0\n');
-  fs.writeFileSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all', 'forwarding'), '0\n');
+  const procSys = fakeProcSys(dir);
   const config: MembraneConfig = {
     ...DEFAULT_CONFIG, stateDir, ulaPrefix: ULA, defaultIPv4Ranges: ['10.210.0.0/16'], ...overrides,
   };

@@ -9,6 +9,8 @@
 // routes), multipath, namespaces other than this one, IFF_LOWER_UP/carrier.
 
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import type {
   AddrInfo, AddrOptions, Family, LinkInfo, NetlinkAddon, RouteInfo, RouteSpec, RuleInfo, RuleSpec, VethOptions,
 } from './native.js';
@@ -28,6 +30,19 @@ export interface FakeKernelError extends Error {
   errno: number;
   code: string;
   op: string;
+}
+
+/**
+ * A stand-in for /proc/sys under `dir` with the forwarding switches the daemon turns on (both
+ * off), for a core built with the fake netlink: returns the directory to pass as `procSys`.
+ */
+export function fakeProcSys(dir: string): string {
+  const procSys = path.join(dir, 'proc-sys');
+  fs.mkdirSync(path.join(procSys, 'net', 'ipv4'), { recursive: true });
+  fs.mkdirSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all'), { recursive: true });
+  fs.writeFileSync(path.join(procSys, 'net', 'ipv4', 'ip_forward'), '0\n');
+  fs.writeFileSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all', 'forwarding'), '0\n');
+  return procSys;
 }
 
 /** An error shaped exactly like the addon's: '<op>: <strerror>', errno, code, op. */

@@ -14,7 +14,7 @@ import { createCore, serviceRangesOf, type MembraneCore } from '../daemon.js';
 import { DEFAULT_CONFIG, type MembraneConfig } from '../config.js';
 import { silentLogger } from '../log.js';
 import { Netfilter } from '../netfilter/iptables.js';
-import { FakeNetlink } from '../kernel/fake-netlink.js';
+import { FakeNetlink, fakeProcSys } from '../kernel/fake-netlink.js';
 import { ConflictError, InvalidArgumentError, IpamExhaustedError, NotFoundError } from '../errors.js';
 import { contains, parseAddress, parsePrefix } from '../ipam/prefix.js';
 import type { LbApplyReport, LbMaps, LbPlan, LbUpdate, PlannedBackend, PlannedFrontend } from '../datapath/lb-maps.js';
@@ -340,11 +340,7 @@ function wire(core: MembraneCore, config: MembraneConfig) {
 async function setup(t: ExecutionContext, overrides: Partial<MembraneConfig> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-services-'));
   tempDirs.push(dir);
-  const procSys = path.join(dir, 'proc-sys');
-  fs.mkdirSync(path.join(procSys, 'net', 'ipv4'), { recursive: true });
-  fs.mkdirSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all'), { recursive: true });
-  fs.writeFileSync(path.join(procSys, 'net', 'ipv4', 'ip_forward'), '0\n');
-  fs.writeFileSync(path.join(procSys, 'net', 'ipv6', 'conf', 'all', 'forwarding'), '0\n');
+  const procSys = fakeProcSys(dir);
   const config: MembraneConfig = {
     ...DEFAULT_CONFIG, stateDir: path.join(dir, 'state'), ulaPrefix: ULA, defaultIPv4Ranges: ['10.210.0.0/16'], ...overrides,
   };
