@@ -18,6 +18,13 @@ export const IMAGE = process.env.MEMBRANE_TEST_IMAGE ?? 'membrane-test:latest';
 export const TEST_LABEL = 'membrane.test=1';
 export const API_SOCKET = '/run/membrane/membrane.sock';
 
+/**
+ * nftables' `nft` by its system path: under `npx ava` and `npm run`, node_modules/.bin comes first
+ * on PATH, and it holds another `nft` (@vercel/nft, a file tracer ava depends on) that exits 0 on
+ * `nft -f FILE` and `nft list ...` without touching the kernel.
+ */
+export const NFT = ['/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft'].find((p) => fs.existsSync(p)) ?? '/usr/sbin/nft';
+
 export async function run(cmd: string, args: string[], options: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<{ stdout: string; stderr: string; code: number }> {
   try {
     const { stdout, stderr } = await execFileAsync(cmd, args, { timeout: options.timeoutMs ?? 120_000, maxBuffer: 16 << 20 });

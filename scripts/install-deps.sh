@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(docker.io busybox-static iptables nftables iproute2 libmnl-dev g++ gcc libc6-dev make python3 file clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iperf3 sockperf docker-compose)
+packages=(docker.io busybox-static iptables nftables iproute2 libmnl-dev g++ gcc libc6-dev make python3 file clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iperf3 sockperf docker-compose bind9-dnsutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -37,9 +37,10 @@ host_objects() {
   ls /sys/fs/bpf | grep -vx membrane | sed 's/^/bpffs /'
   ip netns list 2>/dev/null | awk '{print "netns " $1}'
   ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}'
+  # (nft by its path: npm puts node_modules/.bin, which has an unrelated nft, first on PATH.)
   # iptables-nft's own tables, Docker's DOCKER* chains and Membrane's MEMBRANE-* chains (kept across daemon restarts on
   # purpose, as Docker keeps its chains) are not leaks.
-  nft list tables 2>/dev/null | grep -vE '^table ip6? (filter|nat|mangle|raw|security)$' | sed 's/^table /nft /' || true
+  /usr/sbin/nft list tables 2>/dev/null | grep -vE '^table ip6? (filter|nat|mangle|raw|security)$' | sed 's/^table /nft /' || true
   for t in filter nat mangle; do
     iptables -t "$t" -S 2>/dev/null | awk -v t="$t" '/^-N / && $2 !~ /^(MEMBRANE|DOCKER)(-|$)/ {print "iptables " t " " $2}'
     ip6tables -t "$t" -S 2>/dev/null | awk -v t="$t" '/^-N / && $2 !~ /^(MEMBRANE|DOCKER)(-|$)/ {print "ip6tables " t " " $2}'

@@ -37,7 +37,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { addressesOf, apiRequest, run, sleep } from '../harness.js';
+import { NFT, addressesOf, apiRequest, run, sleep } from '../harness.js';
 import { native } from '../../plugin/kernel/native.js';
 import { mapEntries } from '../../plugin/datapath/iterate.js';
 import { TABLE_SIZES, buildTable, tableDiff, tableSizeFor, type MaglevBackend } from '../../plugin/lb/maglev.js';
@@ -867,7 +867,7 @@ class NftServices {
     fs.writeFileSync(file, text);
     const started = performance.now();
     try {
-      await run('nft', ['-f', file], { timeoutMs: 600_000 });
+      await run(NFT, ['-f', file], { timeoutMs: 600_000 });
     } finally {
       fs.rmSync(file, { force: true });
     }
@@ -910,9 +910,9 @@ class NftServices {
   async remove(): Promise<string[]> {
     if (!this.made) return [];
     const problems: string[] = [];
-    const r = await run('nft', ['delete', 'table', 'ip', this.table], { allowFail: true, timeoutMs: 300_000 });
+    const r = await run(NFT, ['delete', 'table', 'ip', this.table], { allowFail: true, timeoutMs: 300_000 });
     if (r.code !== 0 && !/No such file/.test(r.stderr)) problems.push(`nft delete table ip ${this.table}: ${r.stderr.trim()}`);
-    if ((await run('nft', ['list', 'table', 'ip', this.table], { allowFail: true })).code === 0) problems.push(`nft table ${this.table} still exists`);
+    if ((await run(NFT, ['list', 'table', 'ip', this.table], { allowFail: true })).code === 0) problems.push(`nft table ${this.table} still exists`);
     this.made = false;
     process.removeListener('exit', this.exitHook);
     return problems;
@@ -921,7 +921,7 @@ class NftServices {
   private removeSync(): void {
     if (!this.made) return;
     try {
-      execFileSync('nft', ['delete', 'table', 'ip', this.table], { stdio: 'ignore', timeout: 300_000 });
+      execFileSync(NFT, ['delete', 'table', 'ip', this.table], { stdio: 'ignore', timeout: 300_000 });
     } catch {
       // best effort
     }
@@ -1119,7 +1119,7 @@ export async function benchLbLive(o: LbBenchOptions, ctx: LbContext): Promise<Lb
       }
     })()}`;
     result.iptablesVersion = (await run('iptables', ['-V'], { allowFail: true })).stdout.trim();
-    const nftV = await run('nft', ['--version'], { allowFail: true });
+    const nftV = await run(NFT, ['--version'], { allowFail: true });
     result.nftVersion = nftV.code === 0 ? nftV.stdout.trim() : 'missing';
     if (nftV.code !== 0) skip(['nftables'], 'nft is missing (apt-get install nftables; scripts/install-deps.sh should list it): the nftables variant is left out');
     if (!result.topology.bridgeNetfilter.endsWith('=1')) {
