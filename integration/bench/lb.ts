@@ -42,7 +42,7 @@ import { native } from '../../plugin/kernel/native.js';
 import { mapEntries } from '../../plugin/datapath/iterate.js';
 import { TABLE_SIZES, buildTable, tableDiff, tableSizeFor, type MaglevBackend } from '../../plugin/lb/maglev.js';
 import { BENCH_IMAGE, ensureBenchImage, errorText, pinning, type Pinning } from './datapath.js';
-import { fmt, median, ratio, rng, round, summarize } from './stats.js';
+import { fmt, median, ratio, rng, round, summarize, timingSummary, type TimingSummary } from './stats.js';
 
 const PIN_DIR = '/sys/fs/bpf/membrane';
 const LB_MAPS = ['mb_lb_frontends', 'mb_lb_backends', 'mb_lb_revnat', 'mb_lb_maglev', 'mb_lb_sock', 'mb_lb_config', 'mb_lb_doomed', 'mb_lb_scratch'];
@@ -253,14 +253,6 @@ export interface PairRow {
   p99: number;
 }
 
-export interface TimingSummary {
-  n: number;
-  p50Ms: number;
-  minMs: number;
-  maxMs: number;
-  samplesMs: number[];
-}
-
 export interface ChangeSystem {
   what: string;
   add: TimingSummary;
@@ -341,10 +333,7 @@ export interface LbMaglevResult {
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-function timing(values: number[]): TimingSummary {
-  const s = summarize(values);
-  return { n: s.n, p50Ms: round(s.median, 3), minMs: round(s.min, 3), maxMs: round(s.max, 3), samplesMs: values.map((v) => round(v, 3)) };
-}
+const timing = (values: number[]): TimingSummary => timingSummary(values, 3);
 
 function emptyVariant(): VariantPoint {
   return {

@@ -42,7 +42,7 @@ import {
   IPERF_PORT, SOCKPERF_PORT, containerPair, datapathOptions, deleteVeths, ensureBenchImage, errorText, iperfOnce, latencyOnce, pinning,
   type DatapathOptions, type Endpoints, type IperfRun, type LatencyRun, type LatencyVariant, type Pinning, type ThroughputVariant,
 } from './datapath.js';
-import { fmt, median, ratio, round, summarize } from './stats.js';
+import { fmt, median, ratio, round, summarize, timingSummary, type TimingSummary } from './stats.js';
 
 const OBJECT = path.join(ROOT, 'bpf', 'build', 'membrane.bpf.o');
 const SERVER_APP = 'bench-server';
@@ -121,14 +121,6 @@ export interface RatioRow {
   pairedThroughput: number;
   pairedP50: number;
   pairedP99: number;
-}
-
-export interface TimingSummary {
-  n: number;
-  p50Ms: number;
-  minMs: number;
-  maxMs: number;
-  samplesMs: number[];
 }
 
 /** One kind of Membrane policy change, timed from the client and inside the daemon. */
@@ -222,10 +214,7 @@ export interface PolicyNewFlowResult {
 // ---- small helpers -----------------------------------------------------------------------------
 
 
-function timing(values: number[]): TimingSummary {
-  const s = summarize(values);
-  return { n: s.n, p50Ms: round(s.median, 2), minMs: round(s.min, 2), maxMs: round(s.max, 2), samplesMs: values.map((v) => round(v, 2)) };
-}
+const timing = (values: number[]): TimingSummary => timingSummary(values, 2);
 
 function emptyThroughput(): ThroughputVariant {
   return {

@@ -79,3 +79,17 @@ export function rng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Timings of one kind of step: n, p50, min, max and every sample (ms, rounded to `digits`). */
+export interface TimingSummary {
+  n: number;
+  p50Ms: number;
+  minMs: number;
+  maxMs: number;
+  samplesMs: number[];
+}
+
+export function timingSummary(values: readonly number[], digits: number): TimingSummary {
+  const s = summarize(values);
+  return { n: s.n, p50Ms: round(s.median, digits), minMs: round(s.min, digits), maxMs: round(s.max, digits), samplesMs: values.map((v) => round(v, digits)) };
+}
