@@ -644,6 +644,19 @@ async function lbMemory(services: number): Promise<{ kernel: Record<string, numb
 
 // ---- the bridge systems ------------------------------------------------------------------------
 
+/** Runs `cmd ...args FILE` on a temporary file in `dir` holding `text`; its wall time in ms, the file removed. */
+async function timedOnFile(dir: string, text: string, cmd: string, args: string[], timeoutMs: number): Promise<number> {
+  const file = path.join(dir, `in-${randomBytes(4).toString('hex')}`);
+  fs.writeFileSync(file, text);
+  const started = performance.now();
+  try {
+    await run(cmd, [...args, file], { timeoutMs });
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+  return performance.now() - started;
+}
+
 /** Short names: iptables chain names have at most 28 characters. */
 class IptablesServices {
   readonly services: string;
@@ -693,21 +706,18 @@ class IptablesServices {
     return { chains, portal: `-d ${vip}/32 -p tcp -m comment --comment "${name} cluster IP" -m tcp --dport ${VIP_PORT} -j ${svc}`, rules };
   }
 
+  private static natTable(lines: string[]): string {
+    return ['*nat', ...lines, 'COMMIT', ''].join('\n');
+  }
+
   private write(lines: string[]): string {
     const file = path.join(this.tmp, `ipt-${randomBytes(4).toString('hex')}`);
-    fs.writeFileSync(file, ['*nat', ...lines, 'COMMIT', ''].join('\n'));
+    fs.writeFileSync(file, IptablesServices.natTable(lines));
     return file;
   }
 
-  private async restore(lines: string[]): Promise<number> {
-    const file = this.write(lines);
-    const started = performance.now();
-    try {
-      await run('iptables-restore', ['-w', '--noflush', file], { timeoutMs: 900_000 });
-    } finally {
-      fs.rmSync(file, { force: true });
-    }
-    return performance.now() - started;
+  private restore(lines: string[]): Promise<number> {
+    return timedOnFile(this.tmp, IptablesServices.natTable(lines), 'iptables-restore', ['-w', '--noflush'], 900_000);
   }
 
   /** The whole set for `total` services in one iptables-restore --noflush (declared chains are flushed first); the measured service's rule last. */
@@ -851,16 +861,8 @@ class NftServices {
     return `  chain svc_${id} {\n    meta l4proto tcp ${dnat}\n  }`;
   }
 
-  private async apply(text: string): Promise<number> {
-    const file = path.join(this.tmp, `nft-${randomBytes(4).toString('hex')}`);
-    fs.writeFileSync(file, text);
-    const started = performance.now();
-    try {
-      await run(NFT, ['-f', file], { timeoutMs: 600_000 });
-    } finally {
-      fs.rmSync(file, { force: true });
-    }
-    return performance.now() - started;
+  private apply(text: string): Promise<number> {
+    return timedOnFile(this.tmp, text, NFT, ['-f'], 600_000);
   }
 
   /** The whole table for `total` services, replaced in one transaction. */

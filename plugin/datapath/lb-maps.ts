@@ -14,7 +14,7 @@
 
 import type { BpfAddon } from '../kernel/native.js';
 import { CapacityError, InvalidArgumentError } from '../errors.js';
-import type { Prefix } from '../ipam/prefix.js';
+import { prefixMask, type Prefix } from '../ipam/prefix.js';
 import type { Datapath } from './loader.js';
 import { mapEntries } from './iterate.js';
 import { U32_KEY } from './layout.js';
@@ -246,21 +246,18 @@ export class LbMaps {
    * both generations for a moment).
    */
   private checkCapacity(changes: LbUpdate): void {
-    const after = <T>(have: Map<T, unknown>, add: Iterable<T>, remove: Iterable<T>) => {
-      const added = new Set([...add].filter((id) => !have.has(id)));
-      const removed = new Set([...remove].filter((id) => have.has(id) && !added.has(id)));
-      return { added: added.size, total: have.size + added.size - removed.size };
-    };
-    const frontends = after(this.frontendKeys, changes.frontends.map((f) => f.frontendId), changes.removeFrontendIds);
-    const backends = after(this.backends!, changes.backends.map((b) => b.backendId), changes.removeBackendIds);
+    // New entries are written before old ones are removed, so the peak is what is held plus what is new.
+    const added = <T>(have: Map<T, unknown>, ids: Iterable<T>) => new Set([...ids].filter((id) => !have.has(id))).size;
+    const frontendsAdded = added(this.frontendKeys, changes.frontends.map((f) => f.frontendId));
+    const backendsAdded = added(this.backends!, changes.backends.map((b) => b.backendId));
     let groupsAdded = 0;
     for (const f of changes.frontends) {
       const cached = this.tables.get(f.frontendId);
       if (!cached || cached.table.length !== f.table.length) groupsAdded += groupsOf(f.table.length);
     }
     const limits = [
-      ['mb_lb_frontends', frontends.added ? Math.max(frontends.total, this.frontendKeys.size + frontends.added) : 0, MAPS.mb_lb_frontends.maxEntries, 'service frontends (one per VIP, port and protocol)'],
-      ['mb_lb_backends', backends.added ? Math.max(backends.total, this.backends!.size + backends.added) : 0, MAPS.mb_lb_backends.maxEntries, 'service backends (one per frontend and container)'],
+      ['mb_lb_frontends', frontendsAdded ? this.frontendKeys.size + frontendsAdded : 0, MAPS.mb_lb_frontends.maxEntries, 'service frontends (one per VIP, port and protocol)'],
+      ['mb_lb_backends', backendsAdded ? this.backends!.size + backendsAdded : 0, MAPS.mb_lb_backends.maxEntries, 'service backends (one per frontend and container)'],
       ['mb_lb_maglev', groupsAdded ? this.groupCount + groupsAdded : 0, MAPS.mb_lb_maglev.maxEntries, `Maglev table groups of ${LB_MAGLEV_GROUP_SLOTS} slots`],
     ] as const;
     for (const [map, needed, max, what] of limits) {
@@ -337,10 +334,8 @@ export class LbMaps {
     // Network and mask in network order; without ranges (tests), a /0: every address may be a VIP.
     const ranges = config.vipRanges ?? { ipv4: { family: 4 as const, network: 0n, length: 0 }, ipv6: { family: 6 as const, network: 0n, length: 0 } };
     const bytesOf = (value: bigint, size: number) => Buffer.from(value.toString(16).padStart(size * 2, '0'), 'hex');
-    const bits = (p: Prefix) => BigInt(p.family === 4 ? 32 : 128);
-    const mask = (p: Prefix) => ((1n << bits(p)) - 1n) ^ ((1n << (bits(p) - BigInt(p.length))) - 1n);
-    const m4 = mask(ranges.ipv4);
-    const m6 = mask(ranges.ipv6);
+    const m4 = prefixMask(ranges.ipv4);
+    const m6 = prefixMask(ranges.ipv6);
     this.bpf.bpfMapUpdate(this.datapath.map('mb_lb_config'), U32_KEY.encode({ value: 0 }), LB_CONFIG.encode({
       flags: (config.socket ? LB_CONFIG_F_SOCKET : 0) | (config.events ? LB_CONFIG_F_EVENTS : 0) | (config.dns ? LB_CONFIG_F_DNS : 0),
       dnsPort: config.dns?.port ?? 0, dnsZoneLen: zone.length, dnsZoneLabels: config.dns ? config.dns.zone.split('.').length : 0,

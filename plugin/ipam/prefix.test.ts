@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { InvalidArgumentError } from '../errors.js';
 import {
   type Prefix, addressAt, contains, formatAddress, formatPrefix, generateUlaPrefix, lastAddress, nthSubnet,
-  offsetOf, overlaps, parseAddress, parsePrefix, prefixContainsPrefix, prefixSize, subnetCount,
+  offsetOf, overlaps, parseAddress, parsePrefix, prefixContainsPrefix, prefixMask, prefixSize, subnetCount,
 } from './prefix.js';
 
 const MAX6 = (1n << 128n) - 1n;
@@ -223,4 +223,12 @@ test('generateUlaPrefix places the 40-bit Global ID from the random source', (t)
   t.is(formatPrefix(p), 'fd12:3456:789a::/48');
   t.is(formatPrefix(generateUlaPrefix((n) => Buffer.alloc(n, 0))), 'fd00::/48');
   t.is(formatPrefix(generateUlaPrefix((n) => Buffer.alloc(n, 0xff))), 'fdff:ffff:ffff::/48');
+});
+
+test('prefixMask is the netmask as an address value, /0 to full length, both families', (t) => {
+  t.is(prefixMask(parsePrefix('10.0.0.0/24')), 0xffffff00n);
+  t.is(prefixMask(parsePrefix('0.0.0.0/0')), 0n);
+  t.is(prefixMask(parsePrefix('10.1.2.3/32')), 0xffffffffn);
+  t.is(prefixMask(parsePrefix('fd00::/8')), 0xffn << 120n);
+  t.is(prefixMask(parsePrefix('::/0')), 0n);
 });

@@ -134,6 +134,11 @@ export function formatPrefix(p: Prefix): string {
   return `${formatAddress(p.family, p.network)}/${p.length}`;
 }
 
+/** The prefix's netmask as an address value (255.255.255.0 for a /24). */
+export function prefixMask(p: Prefix): bigint {
+  return maxValue(p.family) ^ ((1n << hostBits(p)) - 1n);
+}
+
 /** Number of addresses in the prefix (2^(bits - length)). */
 export function prefixSize(p: Prefix): bigint {
   return 1n << hostBits(p);
