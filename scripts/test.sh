@@ -69,7 +69,11 @@ run_suite unit npx ava --config ava.unit.config.js --tap
 # on Debian 12's 6.1 LTS kernel (no tcx): the BPF fixtures and the clock arithmetic, in qemu.
 # MEMBRANE_SKIP_VM=1 leaves it out (say so when reporting a run).
 if [ "${MEMBRANE_SKIP_VM:-}" != 1 ]; then
-  run_suite "fresh boot, Linux 6.1 in qemu" integration/vm/run.sh --timeout 1200 -- bash integration/vm/fresh-boot-suite.sh
+  vm_args=(--timeout 1200)
+  # The guest mounts fresh tmpfs on /tmp and /run: a checkout there (a clone in /tmp, as CI may
+  # make) must be shared into it, writable, or the guest has no tree to test.
+  case $PWD in /tmp|/tmp/*|/run|/run/*) vm_args+=(--out "$PWD") ;; esac
+  run_suite "fresh boot, Linux 6.1 in qemu" integration/vm/run.sh "${vm_args[@]}" -- bash integration/vm/fresh-boot-suite.sh
 fi
 run_suite integration npx ava --config ava.integration.config.js --tap
 # The suite's daemons pinned their maps and links under /sys/fs/bpf/membrane (no daemon runs now:
