@@ -41,6 +41,11 @@ export interface MembraneConfig {
   attachMode: 'auto' | 'tcx' | 'clsact';
   /** Emit a trace event for 1 in N forwarded packets (`membrane monitor --type trace`); 0 = none. */
   traceSample: number;
+  /**
+   * Veth pairs kept prepared (created, programs attached, policy map ready) for the next
+   * CreateEndpoints, so Docker does not wait for the kernel's grace periods; 0 = none.
+   */
+  preparedEndpoints: number;
   /** Conntrack table size (entries) for the BPF datapath; changing it migrates the pinned map. */
   conntrackMax: number;
   /** Where Membrane pins its BPF maps and links (on a bpffs). */
@@ -100,6 +105,7 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   datapath: 'bpf',
   attachMode: 'auto',
   traceSample: 0,
+  preparedEndpoints: 8,
   conntrackMax: 262144,
   bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
@@ -134,6 +140,7 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_DATAPATH: 'datapath',
   MEMBRANE_ATTACH_MODE: 'attachMode',
   MEMBRANE_TRACE_SAMPLE: 'traceSample',
+  MEMBRANE_PREPARED_ENDPOINTS: 'preparedEndpoints',
   MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
   MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',
@@ -208,6 +215,9 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
   }
   if (!['auto', 'tcx', 'clsact'].includes(config.attachMode)) {
     throw new InvalidArgumentError(`attachMode must be "auto", "tcx" or "clsact", got ${JSON.stringify(config.attachMode)}`);
+  }
+  if (config.preparedEndpoints < 0 || config.preparedEndpoints > 256) {
+    throw new InvalidArgumentError(`preparedEndpoints must be 0 (none) to 256, got ${config.preparedEndpoints}`);
   }
   if (config.traceSample < 0) {
     throw new InvalidArgumentError(`traceSample must be 0 (off) or a positive N (1 in N packets), got ${config.traceSample}`);

@@ -15,6 +15,8 @@ import { Datapath, DEFAULT_GEOMETRY } from './datapath/loader.js';
 import { EndpointMaps } from './datapath/endpoint-maps.js';
 import { EventMonitor } from './datapath/inspect.js';
 import { JsonStore } from './state/store.js';
+import { IdleWork } from './idle-work.js';
+import { STATE_COLLECTIONS } from './state/model.js';
 import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js';
 import { Ipam } from './ipam/ipam.js';
 import { formatPrefix, generateUlaPrefix, parsePrefix, type Prefix } from './ipam/prefix.js';
@@ -102,6 +104,10 @@ export interface MembraneCore {
   ctx: Context;
   networks: NetworkManager;
   endpoints: EndpointManager;
+  /** Starts keeping veth pairs prepared (after the start-up reconciliation). */
+  startPreparing(): void;
+  /** Removes prepared pairs and finishes queued kernel work (a clean stop). */
+  stopPreparing(): void;
   ipam: Ipam;
   store: JsonStore<MembraneState>;
   stateFile: string;
@@ -130,6 +136,11 @@ export interface CoreDependencies {
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;
+  /**
+   * Where kernel work Docker need not wait for runs (veth deletion, prepared endpoints). Without
+   * it, that work is done inline (unit tests that check the kernel right after a call).
+   */
+  idle?: IdleWork;
 }
 
 /**
@@ -150,10 +161,10 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   const stateFile = path.join(config.stateDir, 'state.json');
   let state: MembraneState;
   let ipam: Ipam | undefined;
-  const store = new JsonStore<MembraneState>(stateFile, () => {
-    ipam?.syncToState();
+  const store = new JsonStore<MembraneState>(stateFile, (touched) => {
+    ipam?.syncToState(touched?.filter((t) => t[0] === 'pools' && t[1]).map((t) => t[1]!));
     return state;
-  });
+  }, { touchable: STATE_COLLECTIONS });
   const loaded = store.load();
   if (loaded) {
     if (loaded.version !== STATE_VERSION) {
@@ -182,7 +193,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   // the kernel reconciliation, before the plugin socket listens.
   state.daemonRun = (state.daemonRun ?? 0) + 1;
 
-  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys);
+  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys, deps.idle);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
   const serviceRanges = serviceRangesOf(config, state.ulaPrefix);
@@ -192,6 +203,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     defaultIPv4PoolLength: config.defaultIPv4PoolLength,
     hostPrefixes: (family) => hostPrefixes(nl, family),
     reclaim: (pool, address) => endpoints?.reclaim(pool, address) ?? false,
+    touch: (t) => store.touch(t),
   });
   const ctx: Context = {
     state, store: store as JsonStore<unknown>, ipam, dataplane, netfilter, log,
@@ -219,6 +231,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
     const datapath = new Datapath(bpfAddon, bpfObjectPath(), log, config.bpfPinDir);
     endpointMaps = new EndpointMaps(bpfAddon, datapath);
     policyMaps = new PolicyMaps(bpfAddon, datapath, config.bpfPinDir);
+    policyMaps.idle = deps.idle;
     lbMaps = new LbMaps(bpfAddon, datapath);
     socketCloser = new SocketCloser(bpfAddon, datapath, log);
     tcxProbe = (fd) => probeTcx(bpfAddon, fd);
@@ -255,6 +268,27 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
 
   return {
     ctx, networks, endpoints, ipam, store, stateFile, routes, endpointMaps, features, policy, policyMaps, services, lbMaps,
+    startPreparing() {
+      dataplane.preparePairs(config.preparedEndpoints, {
+        // Reserved now, persisted by the next commit; a number never reaches an endpoint before then.
+        reserveNumber: () => {
+          const number = state.nextEndpointNumber ?? 1;
+          state.nextEndpointNumber = number + 1;
+          return number;
+        },
+        datapathSteps: (pair) => endpointMaps ? [
+          () => endpointMaps!.datapath.attachDirection(pair.hostName, pair.hostIndex, 'ingress'),
+          () => endpointMaps!.datapath.attachDirection(pair.hostName, pair.hostIndex, 'egress'),
+          () => policyMaps?.prepare(pair.number),
+        ] : [],
+        release: (pair) => policyMaps?.remove(pair.number),
+      });
+      dataplane.prepared?.fill();
+    },
+    stopPreparing() {
+      dataplane.prepared?.discardAll();
+      deps.idle?.drain();
+    },
     async reconcileKernel() {
       dataplane.ensureForwarding();
       let migrations: unknown[] = [];
@@ -329,17 +363,18 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   const startedAt = Date.now();
   const lock = await lockNamespace();
   const nl = native();
-  const core = createCore(config, { nl, bpf: nl, log });
+  const idle = new IdleWork(log);
+  const core = createCore(config, { nl, bpf: nl, log, idle });
   const { ctx, networks, endpoints, stateFile } = core;
   const lastKernelSync = await core.reconcileKernel();
   log.info('kernel reconciled', lastKernelSync);
 
   const stats = new Map<string, CallStats>();
-  const pluginServer = http.createServer(createPluginApp(core.routes, log, stats));
+  const pluginServer = http.createServer(createPluginApp(core.routes, log, stats, idle));
   await listenUnix(pluginServer, config.pluginSocket, 0o660);
 
   const status: StatusSource = {
-    version: packageVersion(), startedAt, stateFile, pluginSocket: config.pluginSocket, stats, lastKernelSync,
+    version: packageVersion(), startedAt, stateFile, pluginSocket: config.pluginSocket, stats, lastKernelSync, idle,
     datapath: core.endpointMaps ? {
       bpf: nl, maps: core.endpointMaps, monitor: new EventMonitor(nl, core.endpointMaps.datapath), pinDir: config.bpfPinDir,
       // What the datapath found and chose; the load above would have failed without them.
@@ -350,6 +385,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   fs.mkdirSync(path.dirname(config.apiSocket), { recursive: true, mode: 0o700 });
   await listenUnix(apiServer, config.apiSocket, 0o600);
   log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
+  core.startPreparing();
 
   // Conntrack garbage collection: expired entries go, however full the table is. Once now (the
   // daemon may have been down for a while), then every 30 s.
@@ -385,7 +421,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       const network = ctx.state.networks[id];
       if (!network || network.name === name) return;
       network.name = name;
-      ctx.store.commit().catch((err: unknown) => log.warn('saving a network name failed', { error: String(err) }));
+      ctx.store.commit([['networks', id]]).catch((err: unknown) => log.warn('saving a network name failed', { error: String(err) }));
     },
   });
   void watcher.start();
@@ -428,7 +464,8 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       });
       await Promise.all([close(pluginServer), close(apiServer)]);
       await dockerReconcile.catch(() => undefined);
-      await core.store.flush();
+      core.stopPreparing();
+      await core.store.close();
       fs.rmSync(config.pluginSocket, { force: true });
       fs.rmSync(config.apiSocket, { force: true });
       lock.close();

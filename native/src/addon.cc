@@ -11,6 +11,8 @@ Napi::Value LinkGetByIndex(const Napi::CallbackInfo& info);
 Napi::Value LinkList(const Napi::CallbackInfo& info);
 Napi::Value LinkSetUp(const Napi::CallbackInfo& info);
 Napi::Value LinkSetAlias(const Napi::CallbackInfo& info);
+Napi::Value LinkSet(const Napi::CallbackInfo& info);
+Napi::Value LinkDeleteGroup(const Napi::CallbackInfo& info);
 Napi::Value AddrAdd(const Napi::CallbackInfo& info);
 Napi::Value AddrDel(const Napi::CallbackInfo& info);
 Napi::Value AddrList(const Napi::CallbackInfo& info);
@@ -64,7 +66,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static const Entry entries[] = {
       {"linkCreateVeth", LinkCreateVeth}, {"linkDelete", LinkDelete},     {"linkGetByName", LinkGetByName},
       {"linkGetByIndex", LinkGetByIndex}, {"linkList", LinkList},         {"linkSetUp", LinkSetUp},
-      {"linkSetAlias", LinkSetAlias},     {"addrAdd", AddrAdd},           {"addrDel", AddrDel},
+      {"linkSetAlias", LinkSetAlias},     {"linkSet", LinkSet},     {"linkDeleteGroup", LinkDeleteGroup},     {"addrAdd", AddrAdd},           {"addrDel", AddrDel},
       {"addrList", AddrList},             {"routeAdd", RouteAdd},         {"routeDel", RouteDel},
       {"routeList", RouteList},           {"ruleAdd", RuleAdd},           {"ruleDel", RuleDel},
       {"ruleList", RuleList},

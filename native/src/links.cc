@@ -1,4 +1,5 @@
-// Links: veth creation, deletion, lookup and the two settings Membrane changes (IFF_UP, alias).
+// Links: veth creation, deletion (one link, or a whole group in one request), lookup, and the
+// settings Membrane changes (IFF_UP, alias, name, MTU, MAC, group).
 #include "netlink.h"
 
 #include <linux/if.h>
@@ -58,6 +59,7 @@ Napi::Object LinkInfoFrom(Napi::Env env, const nlmsghdr* h) {
   o.Set("kind", Napi::String::New(env, AttrStr(li[IFLA_INFO_KIND])));
   o.Set("alias", Napi::String::New(env, AttrStr(tb[IFLA_IFALIAS])));
   o.Set("linkIndex", Napi::Number::New(env, AttrU32(tb[IFLA_LINK])));
+  o.Set("group", Napi::Number::New(env, AttrU32(tb[IFLA_GROUP])));
   return o;
 }
 
@@ -230,6 +232,61 @@ Napi::Value LinkSetAlias(const Napi::CallbackInfo& info) {
   Outcome r = SetAlias(NL(info), index, alias);
   if (r.error) return ThrowErrno(env, r, "RTM_NEWLINK alias " + std::to_string(index));
   return env.Undefined();
+}
+
+// RTM_NEWLINK on an existing link: any of name, MTU, MAC and group in one request. None of these
+// waits for an RCU grace period, which is why a prepared endpoint is renamed and re-addressed at
+// hand-out rather than created then.
+Napi::Value LinkSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t index, mtu = 0, group = 0;
+  std::string name, mac;
+  Napi::Object opts;
+  bool has_name = false, has_mtu = false, has_mac = false, has_group = false;
+  unsigned char mac_bytes[6];
+  if (!ArgU32(env, info[0], "linkSet: index", &index, INT32_MAX) ||
+      !ArgObject(env, info[1], "linkSet: options", &opts) ||
+      !OptString(env, opts, "name", "linkSet: options.name", &has_name, &name) ||
+      !OptU32(env, opts, "mtu", "linkSet: options.mtu", &has_mtu, &mtu) ||
+      !OptString(env, opts, "mac", "linkSet: options.mac", &has_mac, &mac) ||
+      !OptU32(env, opts, "group", "linkSet: options.group", &has_group, &group) ||
+      (has_mac && !ParseMac(env, mac, "linkSet: options.mac", mac_bytes))) {
+    return env.Undefined();
+  }
+  if (has_name && (name.empty() || name.size() >= IFNAMSIZ)) {
+    ThrowType(env, "linkSet: options.name must have 1 to 15 characters: '" + name + "'");
+    return env.Undefined();
+  }
+  Message m(RTM_NEWLINK, 0);
+  auto* ifi = m.Header<ifinfomsg>();
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = static_cast<int>(index);
+  if (has_name) m.PutStrz(IFLA_IFNAME, name);
+  if (has_mtu) m.PutU32(IFLA_MTU, mtu);
+  if (has_mac) m.Put(IFLA_ADDRESS, sizeof mac_bytes, mac_bytes);
+  if (has_group) m.PutU32(IFLA_GROUP, group);
+  Outcome r = NL(info).Request(m);
+  if (r.error) return ThrowErrno(env, r, "RTM_NEWLINK set " + std::to_string(index));
+  return env.Undefined();
+}
+
+// RTM_DELLINK of every link in a group: the kernel unregisters them together, paying its RCU
+// grace periods once for the batch instead of once per veth. A group with no links is ENODEV.
+Napi::Value LinkDeleteGroup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t group;
+  if (!ArgU32(env, info[0], "linkDeleteGroup: group", &group, UINT32_MAX)) return env.Undefined();
+  if (group == 0) {
+    ThrowType(env, "linkDeleteGroup: group 0 is every link's default group; refusing to delete it");
+    return env.Undefined();
+  }
+  Message m(RTM_DELLINK, 0);
+  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  m.PutU32(IFLA_GROUP, group);
+  Outcome r = NL(info).Request(m);
+  if (r.error == ENODEV) return Napi::Boolean::New(env, false);
+  if (r.error) return ThrowErrno(env, r, "RTM_DELLINK group " + std::to_string(group));
+  return Napi::Boolean::New(env, true);
 }
 
 }  // namespace membrane

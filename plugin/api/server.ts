@@ -35,6 +35,8 @@ export interface StatusSource {
   lastKernelSync?: unknown;
   lastDockerReconcile?: unknown;
   datapath?: DatapathSource;
+  /** Kernel work queued for idle moments (idle-work.ts). */
+  idle?: { pending: number; done: number; failed: number };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -58,6 +60,14 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       pluginSocket: status.pluginSocket, stateFile: status.stateFile, stateWrites: ctx.store.writes,
       ulaPrefix: ctx.state.ulaPrefix, networks: networks.list().length, endpoints: endpoints.list().length,
       pools: Object.keys(ctx.state.pools).length, dockerCalls: calls,
+      state: { writes: ctx.store.writes, snapshots: ctx.store.snapshots, journalLines: ctx.store.journalLines },
+      preparedEndpoints: ctx.dataplane.prepared
+        ? { ready: ctx.dataplane.prepared.size, taken: ctx.dataplane.prepared.taken, missed: ctx.dataplane.prepared.missed }
+        : null,
+      backgroundWork: status.idle ? {
+        pending: status.idle.pending, done: status.idle.done, failed: status.idle.failed,
+        linksDeleted: ctx.dataplane.janitor.deleted, linkBatches: ctx.dataplane.janitor.batches,
+      } : null,
       datapath: status.datapath ? { mode: 'bpf', features: status.datapath.features } : { mode: 'routing' },
       lastKernelSync: status.lastKernelSync ?? null, lastDockerReconcile: status.lastDockerReconcile ?? null,
       policy: {

@@ -63,11 +63,12 @@ export class EndpointMaps {
         this.bpf.bpfMapDelete(this.datapath.map('mb_endpoints_by_if'), key);
       }
     }
-    this.datapath.detach(endpoint.hostIfName);
+    // The program links go with the veth (Dataplane.deleteEndpoint): closing a tcx link that is
+    // still attached waits for an RCU grace period, closing a defunct one does not.
   }
 
-  /** Deletes map entries and link pins that belong to no endpoint in `endpoints`. */
-  prune(endpoints: EndpointRecord[]): { entries: number; pins: string[] } {
+  /** Deletes map entries and link pins that belong to no endpoint in `endpoints` (nor to a prepared pair in `alsoLive`). */
+  prune(endpoints: EndpointRecord[], alsoLive: Iterable<string> = []): { entries: number; pins: string[] } {
     const liveNumbers = new Set(endpoints.map((e) => e.number ?? 0));
     let entries = 0;
     for (const [name, capacity] of [['mb_endpoints', SIZES.endpoint_key], ['mb_endpoints_by_if', 4]] as const) {
@@ -77,7 +78,7 @@ export class EndpointMaps {
         .map(([key]) => Buffer.from(key.subarray(0, capacity)));
       for (const k of stale) if (this.bpf.bpfMapDelete(fd, k)) entries++;
     }
-    const pins = this.datapath.prunePins(new Set(endpoints.map((e) => e.hostIfName)));
+    const pins = this.datapath.prunePins(new Set([...endpoints.map((e) => e.hostIfName), ...alsoLive]));
     return { entries, pins };
   }
 

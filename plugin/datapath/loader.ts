@@ -186,35 +186,45 @@ export class Datapath {
    * tcx links pinned in bpffs. An existing pinned link gets the current program atomically.
    */
   attach(ifname: string, ifindex: number): void {
+    for (const direction of ['ingress', 'egress'] as const) this.attachDirection(ifname, ifindex, direction);
+  }
+
+  /** One direction of attach: each costs an RCU grace period with tcx, so a prepared pair takes them one per idle turn. */
+  attachDirection(ifname: string, ifindex: number, direction: TcDirection): void {
+    const prog = direction === 'ingress' ? 'from_container' : 'to_container';
     if (this.attachMode === 'clsact') {
-      for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
-        // Replaces what is there atomically (a restart with a new build).
-        this.bpf.tcAttach(ifindex, this.program(prog), direction, TC_HANDLE, TC_PRIORITY);
-        // A tcx link from an earlier run in tcx mode would run the programs twice: its pin is its last reference.
-        fs.rmSync(this.linkPin(ifname, direction), { force: true });
-      }
+      // Replaces what is there atomically (a restart with a new build).
+      this.bpf.tcAttach(ifindex, this.program(prog), direction, TC_HANDLE, TC_PRIORITY);
+      // A tcx link from an earlier run in tcx mode would run the programs twice: its pin is its last reference.
+      fs.rmSync(this.linkPin(ifname, direction), { force: true });
       return;
     }
-    for (const [direction, prog] of [['ingress', 'from_container'], ['egress', 'to_container']] as const) {
-      const pin = this.linkPin(ifname, direction);
-      if (this.updatePinnedLink(pin, this.program(prog))) continue;
-      let linkFd: number;
-      try {
-        linkFd = this.bpf.tcxAttach(ifindex, this.program(prog), direction);
-      } catch (err) {
-        if ((err as { code?: string }).code === 'EINVAL' || (err as { code?: string }).code === 'EOPNOTSUPP') {
-          throw new NotSupportedError('tcx', `attaching BPF programs with tcx failed (${(err as Error).message}); ` +
-            'Membrane needs Linux 6.6 or newer for tcx links');
-        }
-        throw err;
+    const pin = this.linkPin(ifname, direction);
+    if (this.updatePinnedLink(pin, this.program(prog))) return;
+    let linkFd: number;
+    try {
+      linkFd = this.bpf.tcxAttach(ifindex, this.program(prog), direction);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'EINVAL' || (err as { code?: string }).code === 'EOPNOTSUPP') {
+        throw new NotSupportedError('tcx', `attaching BPF programs with tcx failed (${(err as Error).message}); ` +
+          'Membrane needs Linux 6.6 or newer for tcx links');
       }
-      this.pinLink(linkFd, pin);
-      // A clsact filter from an earlier run in clsact mode would run the programs twice.
-      try {
-        this.bpf.tcDetach(ifindex, direction, TC_HANDLE, TC_PRIORITY);
-      } catch {
-        // none there: the usual case
-      }
+      throw err;
+    }
+    this.pinLink(linkFd, pin);
+    // A clsact filter from an earlier run in clsact mode would run the programs twice.
+    try {
+      this.bpf.tcDetach(ifindex, direction, TC_HANDLE, TC_PRIORITY);
+    } catch {
+      // none there: the usual case
+    }
+  }
+
+  /** Moves a veth's link pins to its new name (a prepared pair handed to an endpoint). */
+  renameLinkPins(from: string, to: string): void {
+    for (const direction of ['ingress', 'egress'] as const) {
+      const pin = this.linkPin(from, direction);
+      if (fs.existsSync(pin)) fs.renameSync(pin, this.linkPin(to, direction));
     }
   }
 

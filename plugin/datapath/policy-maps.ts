@@ -17,6 +17,7 @@ import {
 import type { Datapath } from './loader.js';
 import { POLICY_TRIE } from './maps.js';
 import { mapEntries } from './iterate.js';
+import type { IdleWork } from '../idle-work.js';
 
 
 /** One entry of an endpoint's compiled policy. */
@@ -122,39 +123,80 @@ export class PolicyMaps {
     }
   }
 
+  /**
+   * Readies the trie of endpoint `endpointNumber` before the endpoint exists (a prepared veth
+   * pair): inserting it into mb_policy waits for an RCU grace period, which is then not paid
+   * while Docker waits.
+   */
+  prepare(endpointNumber: number): void {
+    this.open(endpointNumber);
+  }
+
+  /**
+   * Set by the daemon: removals from mb_policy (each waits for a grace period, a batch waits once)
+   * are then made while the plugin is idle. A number is never given to another endpoint, so a
+   * trie left in mb_policy for a while matches no endpoint entry.
+   */
+  idle: IdleWork | undefined;
+  private doomed: number[] = [];
+
   /** Removes the endpoint's trie from mb_policy and unpins it (the kernel frees it). */
   remove(endpointNumber: number): void {
+    this.forgetTrie(endpointNumber);
+    if (!this.idle) {
+      this.deleteFromOuter([endpointNumber]);
+      return;
+    }
+    this.doomed.push(endpointNumber);
+    if (this.doomed.length === 1) this.idle.add({ name: 'remove policy maps', steps: [() => this.flushRemovals()] });
+  }
+
+  /** Makes every queued removal now, in one batch. */
+  flushRemovals(): void {
+    this.deleteFromOuter(this.doomed.splice(0));
+  }
+
+  private forgetTrie(endpointNumber: number): void {
     const known = this.tries.get(endpointNumber);
     if (known) {
       this.bpf.bpfClose(known.fd);
       this.tries.delete(endpointNumber);
     }
-    this.bpf.bpfMapDelete(this.datapath.map('mb_policy'), encodeIfindexKey(endpointNumber));
     fs.rmSync(this.pinPath(endpointNumber), { force: true });
+  }
+
+  /** Deletes mb_policy entries with one batch request (one grace period for all of them). */
+  private deleteFromOuter(numbers: number[]): void {
+    const outer = this.datapath.map('mb_policy');
+    const keys = numbers.map((n) => encodeIfindexKey(n)).filter((key) => this.bpf.bpfMapLookup(outer, key) !== null);
+    if (!keys.length) return;
+    try {
+      this.bpf.bpfMapDeleteBatch(outer, Buffer.concat(keys));
+    } catch {
+      for (const key of keys) this.bpf.bpfMapDelete(outer, key);
+    }
   }
 
   /** Removes the tries of endpoints that no longer exist (deleted while the daemon was down). */
   prune(liveNumbers: Set<number>): number[] {
     const dir = path.join(this.pinDir, 'policy');
-    const removed: number[] = [];
+    const removed = new Set<number>();
     if (fs.existsSync(dir)) {
       for (const name of fs.readdirSync(dir)) {
         const n = Number(name);
         if (Number.isInteger(n) && !liveNumbers.has(n)) {
-          this.remove(n);
-          removed.push(n);
+          this.forgetTrie(n);
+          removed.add(n);
         }
       }
     }
     const outer = this.datapath.map('mb_policy');
     for (const [key] of mapEntries(this.bpf, outer, 1_000_000)) {
       const n = key.readUInt32LE(0);
-      if (!liveNumbers.has(n)) {
-        this.bpf.bpfMapDelete(outer, key);
-        if (!removed.includes(n)) removed.push(n);
-      }
+      if (!liveNumbers.has(n)) removed.add(n);
     }
-    return removed;
+    this.deleteFromOuter([...removed]);
+    return [...removed];
   }
 
   /** Makes mb_ipcache hold exactly `entries` (CIDR or address -> identity). */

@@ -36,7 +36,8 @@ export interface CallStats {
   recent: number[];
 }
 
-export function createPluginApp(routes: Record<string, Handler>, log: Logger, stats: Map<string, CallStats>): express.Express {
+export function createPluginApp(routes: Record<string, Handler>, log: Logger, stats: Map<string, CallStats>,
+  idle?: { requestStarted(): void; requestFinished(): void }): express.Express {
   const app = express();
   app.disable('x-powered-by');
   // Docker sends no Content-Type: take every body raw and parse it ourselves.
@@ -53,6 +54,8 @@ export function createPluginApp(routes: Record<string, Handler>, log: Logger, st
     let status = 200;
     let payload: unknown;
     const raw = Buffer.isBuffer(req.body) ? req.body : undefined;
+    // Background kernel work waits while Docker is talking to us (see idle-work.ts).
+    idle?.requestStarted();
     try {
       const body = parseBody(raw);
       payload = (await handler(body)) ?? {};
@@ -61,6 +64,8 @@ export function createPluginApp(routes: Record<string, Handler>, log: Logger, st
       status = error.status >= 400 && error.status !== 404 ? error.status : 500;
       payload = { Err: error.message };
       log.warn('docker call failed', { method, code: error.code, error: error.message });
+    } finally {
+      idle?.requestFinished();
     }
     const ms = performance.now() - started;
     let entry = stats.get(method);

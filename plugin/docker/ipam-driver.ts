@@ -20,21 +20,21 @@ export function ipamRoutes(ipam: Ipam, store: JsonStore<unknown>): Record<string
         addressSpace: str(body, 'AddressSpace', false), pool: str(body, 'Pool', false),
         subPool: str(body, 'SubPool', false), options: stringMap(body, 'Options'), v6: v6 === true,
       });
-      await store.commit();
+      await store.commit([]);
       return { PoolID: result.poolId, Pool: result.pool, Data: result.data };
     },
     'IpamDriver.ReleasePool': async (body) => {
-      if (ipam.releasePool(str(body, 'PoolID'))) await store.commit();
+      if (ipam.releasePool(str(body, 'PoolID'))) await store.commit([]);
       return {};
     },
     'IpamDriver.RequestAddress': async (body) => {
       obj(body, 'Options');
       const address = ipam.requestAddress(str(body, 'PoolID'), str(body, 'Address', false), stringMap(body, 'Options'));
-      await store.commit();
+      await store.commit([]);
       return { Address: address, Data: {} };
     },
     'IpamDriver.ReleaseAddress': async (body) => {
-      if (ipam.releaseAddress(str(body, 'PoolID'), str(body, 'Address'))) await store.commit();
+      if (ipam.releaseAddress(str(body, 'PoolID'), str(body, 'Address'))) await store.commit([]);
       return {};
     },
   };

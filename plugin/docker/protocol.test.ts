@@ -14,6 +14,9 @@ import { silentLogger } from '../log.js';
 import { Netfilter } from '../netfilter/iptables.js';
 import { FakeNetlink, fakeProcSys } from '../kernel/fake-netlink.js';
 import { createPluginApp } from './http.js';
+import { JsonStore } from '../state/store.js';
+import { IdleWork } from '../idle-work.js';
+import { DOOMED_LINK_GROUP } from '../network/dataplane.js';
 import { endpointMac, MEMBRANE_RTPROT } from '../network/plan.js';
 import { parsePrefix, prefixContainsPrefix } from '../ipam/prefix.js';
 
@@ -50,8 +53,8 @@ function tempDir(): string {
   return dir;
 }
 
-function buildCore(config: MembraneConfig, nl: FakeNetlink, procSys: string): MembraneCore {
-  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys });
+function buildCore(config: MembraneConfig, nl: FakeNetlink, procSys: string, idle?: IdleWork): MembraneCore {
+  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys, idle });
 }
 
 /** Sends one request the way dockerd does. `body` is sent verbatim when a string, else JSON + '\n'. */
@@ -82,9 +85,9 @@ function send(socketPath: string, method: string, body: unknown, httpMethod = 'P
   });
 }
 
-async function serve(t: ExecutionContext, core: MembraneCore, dir: string): Promise<Call> {
+async function serve(t: ExecutionContext, core: MembraneCore, dir: string, idle?: IdleWork): Promise<Call> {
   const socketPath = path.join(dir, `p${randomBytes(3).toString('hex')}.sock`);
-  const server = http.createServer(createPluginApp(core.routes, silentLogger(), new Map()));
+  const server = http.createServer(createPluginApp(core.routes, silentLogger(), new Map(), idle));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(socketPath, () => resolve());
@@ -103,7 +106,7 @@ async function serve(t: ExecutionContext, core: MembraneCore, dir: string): Prom
   };
 }
 
-async function setup(t: ExecutionContext, overrides: Partial<MembraneConfig> = {}): Promise<Env> {
+async function setup(t: ExecutionContext, overrides: Partial<MembraneConfig> = {}, idle?: IdleWork): Promise<Env> {
   const dir = tempDir();
   const stateDir = path.join(dir, 'state');
   const procSys = fakeProcSys(dir);
@@ -111,8 +114,8 @@ async function setup(t: ExecutionContext, overrides: Partial<MembraneConfig> = {
     ...DEFAULT_CONFIG, stateDir, ulaPrefix: ULA, defaultIPv4Ranges: ['10.210.0.0/16'], ...overrides,
   };
   const nl = new FakeNetlink();
-  const core = buildCore(config, nl, procSys);
-  const call = await serve(t, core, dir);
+  const core = buildCore(config, nl, procSys, idle);
+  const call = await serve(t, core, dir, idle);
   return { dir, stateDir, config, nl, core, call };
 }
 
@@ -190,6 +193,12 @@ async function startContainer(t: ExecutionContext, call: Call, net: Net, options
 
 const plain = (cidr: string | undefined): string => cidr!.split('/')[0]!;
 
+/** What a restarted daemon would read: the snapshot with the journal replayed. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+function onDiskState(file: string): any {
+  return new JsonStore<unknown>(file, () => ({})).load();
+}
+
 // ---- replay of a real dockerd 20.10 session -------------------------------------------------
 
 interface RecordedCall { method: string; request: string; status: number; response: unknown }
@@ -220,7 +229,7 @@ test('REPLAY: a recorded dockerd 20.10 session gets exactly the recorded answers
   t.deepEqual(nl.allRoutes().filter((r) => r.protocol === MEMBRANE_RTPROT), []);
   t.deepEqual(nl.allRules().filter((r) => r.protocol === MEMBRANE_RTPROT), []);
   // The state file on disk agrees.
-  const onDisk = JSON.parse(fs.readFileSync(core.stateFile, 'utf8'));
+  const onDisk = onDiskState(core.stateFile);
   t.deepEqual([Object.keys(onDisk.networks), Object.keys(onDisk.endpoints), Object.keys(onDisk.pools)], [[], [], []]);
 });
 
@@ -614,7 +623,7 @@ test('concurrency: 100 concurrent RequestAddress calls on one pool get 100 disti
   t.is(addresses.size, 100);
   t.false(addresses.has(net.v4!.gateway.replace('/24', '/32')));
   // Each answer was given after the state holding it reached the disk.
-  const onDisk = JSON.parse(fs.readFileSync(core.stateFile, 'utf8'));
+  const onDisk = onDiskState(core.stateFile);
   const allocated = new Set<string>(onDisk.pools[net.v4!.poolId].allocator.allocated);
   for (const a of addresses) t.true(allocated.has(plain(a)), a);
 });
@@ -706,7 +715,7 @@ test('restart: reconcileKernel releases vanished joined endpoints and deletes or
   t.true(core2.ipam.allocator(net.v4!.poolId).isAllocated(plain(alive.ipv4)));
   t.true(core2.ipam.allocator(net.v4!.poolId).isAllocated(plain(net.v4!.gateway)));
   // The release is durable.
-  const onDisk = JSON.parse(fs.readFileSync(core2.stateFile, 'utf8'));
+  const onDisk = onDiskState(core2.stateFile);
   t.false(gone.endpointId in onDisk.endpoints);
   t.false(onDisk.pools[net.v4!.poolId].allocator.allocated.includes(plain(gone.ipv4)));
   // Routes: the live endpoints' host routes exist, the vanished one's do not.
@@ -797,4 +806,86 @@ test('a pool persisted before the check keeps its containers, but hands out no s
   t.is(core.ctx.state.pools[poolId]!.pool, '224.1.0.0/24');
   const err = await fails(t, call, 'IpamDriver.RequestAddress', { PoolID: poolId, Address: '224.1.0.9', Options: null });
   t.regex(err, /^requested address \(--ip, --ip6 or --aux-address\) 224\.1\.0\.9 is a special-purpose address: 224\.0\.0\.0\/4 \(multicast/);
+});
+
+// ---- kernel work after the answer: prepared veth pairs, deferred deletion ----------------------
+
+test('prepared pairs: CreateEndpoint takes a pair made ahead, renamed and re-addressed, with its reserved number', async (t) => {
+  const idle = new IdleWork(silentLogger(), 60_000);
+  const { call, nl, core } = await setup(t, { preparedEndpoints: 3 }, idle);
+  await core.reconcileKernel();
+  core.startPreparing();
+  idle.drain();
+  const pool = nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:'));
+  t.is(pool.length, 3);
+  t.true(pool.every((l) => /^mbp[0-9a-f]{12}$/.test(l.name) && !l.up));
+  const net = await createNetwork(t, call);
+  const reserved = pool.map((l) => Number(l.alias.split(':')[1]));
+  const c = await startContainer(t, call, net, { mac: '02:42:0a:00:00:09' });
+  const host = nl.linkGetByName(c.hostIf)!;
+  t.truthy(host, 'the endpoint has its usual name');
+  t.is(host.index, pool[0]!.index, 'and it is the first prepared pair');
+  t.is(host.alias, `membrane:${c.endpointId}`);
+  t.true(host.up);
+  const peer = nl.linkGetByIndex(host.linkIndex)!;
+  t.is(peer.name, `mbc${c.endpointId.slice(0, 12)}`);
+  t.is(peer.mac, '02:42:0a:00:00:09');
+  t.is(c.joined.InterfaceName.SrcName, peer.name);
+  t.is(core.ctx.state.endpoints[c.endpointId]!.number, reserved[0]);
+  // Refilled in the background, with a new number.
+  idle.drain();
+  const after = nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:'));
+  t.is(after.length, 3);
+  t.false(after.some((l) => Number(l.alias.split(':')[1]) === reserved[0]));
+  t.is(core.ctx.dataplane.prepared!.taken, 1);
+  // A clean stop removes them.
+  core.stopPreparing();
+  t.is(nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:')).length, 0);
+  t.truthy(nl.linkGetByName(c.hostIf), 'the endpoint\'s own pair stays');
+});
+
+test('deferred deletion: DeleteEndpoint answers before the veth goes; the veths go in one batch when idle', async (t) => {
+  const idle = new IdleWork(silentLogger(), 60_000);
+  const { call, nl, core } = await setup(t, { preparedEndpoints: 0 }, idle);
+  await core.reconcileKernel();
+  idle.requestStarted();
+  idle.requestFinished();
+  const net = await createNetwork(t, call);
+  const containers = [await startContainer(t, call, net), await startContainer(t, call, net)];
+  for (const c of containers) {
+    await ok(t, call, 'NetworkDriver.Leave', { NetworkID: net.networkId, EndpointID: c.endpointId });
+    await ok(t, call, 'NetworkDriver.DeleteEndpoint', { NetworkID: net.networkId, EndpointID: c.endpointId });
+    t.truthy(nl.linkGetByName(c.hostIf), 'still there right after the answer');
+    // What could carry traffic is gone already: its routes.
+    t.false(nl.routeList(4, 0).some((r) => r.dst === plain(c.ipv4)));
+  }
+  const before = nl.calls.filter((c) => c === 'linkDeleteGroup').length;
+  idle.drain();
+  for (const c of containers) t.is(nl.linkGetByName(c.hostIf), null);
+  t.is(nl.calls.filter((c) => c === 'linkDeleteGroup').length - before, 1, 'one request for both');
+  t.is(nl.linkList().filter((l) => l.group === DOOMED_LINK_GROUP).length, 0);
+});
+
+test('deferred deletion: a daemon that dies before the batch leaves orphans the next start removes, with leftover prepared pairs', async (t) => {
+  const idle = new IdleWork(silentLogger(), 60_000);
+  const { call, nl, core, config, dir } = await setup(t, { preparedEndpoints: 2 }, idle);
+  await core.reconcileKernel();
+  core.startPreparing();
+  idle.drain();
+  idle.requestStarted();
+  idle.requestFinished();
+  const net = await createNetwork(t, call);
+  const gone = await startContainer(t, call, net);
+  const kept = await startContainer(t, call, net);
+  await ok(t, call, 'NetworkDriver.Leave', { NetworkID: net.networkId, EndpointID: gone.endpointId });
+  await ok(t, call, 'NetworkDriver.DeleteEndpoint', { NetworkID: net.networkId, EndpointID: gone.endpointId });
+  await core.store.flush();
+  // kill -9 now: nothing queued runs. A new daemon on the same kernel and state:
+  const core2 = buildCore(config, nl, path.join(dir, 'proc-sys'), new IdleWork(silentLogger(), 60_000));
+  const report = await core2.reconcileKernel();
+  t.is(nl.linkGetByName(gone.hostIf), null, 'the deleted endpoint\'s veth is gone');
+  t.truthy(nl.linkGetByName(kept.hostIf), 'the live one stays');
+  t.is(nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:')).length, 0, 'the dead daemon\'s prepared pairs are gone');
+  t.true((report.linksRemoved as string[]).includes(gone.hostIf));
+  t.deepEqual(Object.keys(onDiskState(core2.stateFile).endpoints), [kept.endpointId]);
 });

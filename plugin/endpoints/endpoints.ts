@@ -108,18 +108,27 @@ export class EndpointManager {
     if (mac && !MAC.test(mac)) throw new InvalidArgumentError(`Interface.MacAddress "${request.macAddress}" is not a MAC address`);
     const macGenerated = !mac;
     if (!mac) mac = endpointMac(request.endpointId);
+    // A veth pair prepared ahead (programs attached, policy map ready) if there is one: its
+    // endpoint number was reserved with it.
+    const pair = ctx.dataplane.takePrepared();
     const endpoint: EndpointRecord = {
       id: request.endpointId, networkId: network.id, hostIfName: hostIfName(request.endpointId),
       containerIfName: containerIfName(request.endpointId), mac, macGenerated, ipv4, ipv6, mtu: network.mtu,
       joined: false, ports: request.ports.length ? request.ports : undefined, createdAt: Date.now(), run: ctx.state.daemonRun,
-      number: ctx.state.nextEndpointNumber ?? 1,
+      number: pair?.number ?? ctx.state.nextEndpointNumber ?? 1,
     };
-    ctx.state.nextEndpointNumber = endpoint.number! + 1;
+    if (!pair) ctx.state.nextEndpointNumber = endpoint.number! + 1;
     ctx.state.endpoints[endpoint.id] = endpoint;
-    await ctx.store.commit();
+    try {
+      await ctx.store.commit([['endpoints', endpoint.id]]);
+    } catch (err) {
+      delete ctx.state.endpoints[endpoint.id];
+      if (pair) ctx.dataplane.prepared?.spoil(pair);
+      throw err;
+    }
     try {
       this.policy?.prepare(endpoint);
-      ctx.dataplane.createEndpoint(endpoint, network);
+      ctx.dataplane.createEndpoint(endpoint, network, pair);
     } catch (err) {
       // Nothing was acknowledged: undo so that Docker's rollback or retry starts clean.
       try {
@@ -128,7 +137,8 @@ export class EndpointManager {
         ctx.log.warn('cleanup after failed CreateEndpoint failed', { endpoint: endpoint.id, error: String(cleanupError) });
       }
       delete ctx.state.endpoints[endpoint.id];
-      await ctx.store.commit();
+      if (pair && ctx.dataplane.prepared?.names.has(pair.hostName)) ctx.dataplane.prepared.spoil(pair);
+      await ctx.store.commit([['endpoints', endpoint.id]]);
       throw err;
     }
     ctx.log.info('endpoint created', { endpoint: endpoint.id, network: network.id, ipv4, ipv6, hostIf: endpoint.hostIfName });
@@ -145,7 +155,7 @@ export class EndpointManager {
     if (!endpoint.joined || endpoint.sandboxKey !== sandboxKey) {
       endpoint.joined = true;
       endpoint.sandboxKey = sandboxKey || undefined;
-      await ctx.store.commit();
+      await ctx.store.commit([['endpoints', endpoint.id]]);
     }
     this.policy?.joined(endpoint);
     return joinResult(network, endpoint);
@@ -156,7 +166,7 @@ export class EndpointManager {
     if (!endpoint || endpoint.networkId !== networkId || !endpoint.joined) return;
     endpoint.joined = false;
     endpoint.sandboxKey = undefined;
-    await this.ctx.store.commit();
+    await this.ctx.store.commit([['endpoints', endpoint.id]]);
   }
 
   /** Idempotent: deleting an unknown endpoint succeeds. */
@@ -164,7 +174,7 @@ export class EndpointManager {
     const endpoint = this.ctx.state.endpoints[endpointId];
     if (!endpoint) return;
     this.deleteNow(endpointId);
-    await this.ctx.store.commit();
+    await this.ctx.store.commit([]);
     if (endpoint.published) await this.networks.syncNetfilter();
   }
 
@@ -190,7 +200,7 @@ export class EndpointManager {
     }
     endpoint.ports = wanted.length ? wanted : undefined;
     endpoint.published = true;
-    await ctx.store.commit();
+    await ctx.store.commit([['endpoints', endpoint.id]]);
     if (wanted.length) await this.networks.syncNetfilter();
   }
 
@@ -198,7 +208,7 @@ export class EndpointManager {
     const endpoint = this.ctx.state.endpoints[endpointId];
     if (!endpoint || endpoint.networkId !== networkId || !endpoint.published) return;
     endpoint.published = false;
-    await this.ctx.store.commit();
+    await this.ctx.store.commit([['endpoints', endpoint.id]]);
     if (endpoint.ports?.length) await this.networks.syncNetfilter();
   }
 
@@ -208,6 +218,7 @@ export class EndpointManager {
     if (!endpoint) return;
     this.ctx.dataplane.deleteEndpoint(endpoint);
     delete this.ctx.state.endpoints[endpointId];
+    this.ctx.store.touch(['endpoints', endpointId]);
     this.policy?.forget(endpoint).catch((err: unknown) =>
       this.ctx.log.warn('removing a deleted endpoint\'s policy failed', { endpoint: endpointId, error: String(err) }));
     this.services?.endpointRemoved(endpoint).catch((err: unknown) =>

@@ -37,6 +37,8 @@ export interface IpamOptions {
   now?: () => number;
   /** Prefixes pools must never overlap (the service VIP ranges). */
   reserved?: (family: 4 | 6) => Prefix[];
+  /** Told every pool record that changes (the store then writes just those). */
+  touch?: (path: readonly string[]) => void;
 }
 
 export class Ipam {
@@ -52,12 +54,17 @@ export class Ipam {
     return (this.options.now ?? Date.now)();
   }
 
-  /** Copies every live allocator into its record; called when a snapshot is taken. */
-  syncToState(): void {
-    for (const [id, allocator] of this.allocators) {
+  /** Copies live allocators into their records (all, or the pools named); called when state is written. */
+  syncToState(poolIds?: Iterable<string>): void {
+    for (const id of poolIds ?? this.allocators.keys()) {
       const record = this.state.pools[id];
-      if (record) record.allocator = allocator.toState();
+      const allocator = this.allocators.get(id);
+      if (record && allocator) record.allocator = allocator.toState();
     }
+  }
+
+  private touched(poolId: string): void {
+    this.options.touch?.(['pools', poolId]);
   }
 
   pool(poolId: string): PoolRecord {
@@ -116,6 +123,7 @@ export class Ipam {
     };
     this.state.pools[id] = record;
     this.allocators.set(id, allocator);
+    this.touched(id);
     return { poolId: id, pool: poolText, data: {} };
   }
 
@@ -124,6 +132,7 @@ export class Ipam {
     if (!this.state.pools[poolId]) return false;
     delete this.state.pools[poolId];
     this.allocators.delete(poolId);
+    this.touched(poolId);
     return true;
   }
 
@@ -165,6 +174,7 @@ export class Ipam {
     }
     const kind: AddressOwner = isGateway ? 'gateway' : 'endpoint';
     record.owners[allocated] = { kind, since: this.now(), run: this.state.daemonRun };
+    this.touched(poolId);
     const length = isGateway ? parsePrefix(record.pool).length : (record.family === 4 ? 32 : 128);
     return `${allocated}/${length}`;
   }
@@ -181,13 +191,17 @@ export class Ipam {
       throw new InvalidArgumentError(`ReleaseAddress: "${address}" is not an IP address`);
     }
     delete record.owners[canonical];
+    this.touched(poolId);
     return this.allocators.get(poolId)!.release(canonical);
   }
 
   /** Marks an address as an aux address (Docker does not say so in RequestAddress). */
   markOwner(poolId: string, address: string, kind: AddressOwner): void {
     const record = this.state.pools[poolId];
-    if (record?.owners[address]) record.owners[address].kind = kind;
+    if (record?.owners[address]) {
+      record.owners[address].kind = kind;
+      this.touched(poolId);
+    }
   }
 
   /** Finds the pool of one family that contains an address. */

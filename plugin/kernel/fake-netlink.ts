@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type {
-  AddrInfo, AddrOptions, Family, LinkInfo, NetlinkAddon, RouteInfo, RouteSpec, RuleInfo, RuleSpec, VethOptions,
+  AddrInfo, AddrOptions, Family, LinkInfo, NetlinkAddon, RouteInfo, RouteSpec, RuleInfo, RuleSpec, VethOptions, LinkSetOptions,
 } from './native.js';
 import { formatAddress, parseAddress } from '../ipam/prefix.js';
 
@@ -107,7 +107,7 @@ export class FakeNetlink implements NetlinkAddon {
   readonly calls: string[] = [];
 
   constructor() {
-    this.links.set(1, { index: 1, name: 'lo', mtu: 65536, mac: '00:00:00:00:00:00', up: true, kind: '', alias: '', linkIndex: 0 });
+    this.links.set(1, { index: 1, name: 'lo', mtu: 65536, mac: '00:00:00:00:00:00', up: true, kind: '', alias: '', linkIndex: 0, group: 0 });
     // The rules every namespace starts with.
     for (const [family, priority, table] of [[4, 0, 255], [4, 32766, 254], [4, 32767, 253], [6, 0, 255], [6, 32766, 254]] as const) {
       this.rules.push({ family, priority, src: '', srcLen: 0, dst: '', dstLen: 0, table, action: 'lookup', protocol: RTPROT_KERNEL });
@@ -132,8 +132,8 @@ export class FakeNetlink implements NetlinkAddon {
     const peerMac = options.peerMac ? checkMac(options.peerMac, 'linkCreateVeth: options.peerMac') : randomMac();
     const index = this.nextIndex++;
     const peerIndex = this.nextIndex++;
-    this.links.set(index, { index, name, mtu, mac, up: false, kind: 'veth', alias: options.alias ?? '', linkIndex: peerIndex });
-    this.links.set(peerIndex, { index: peerIndex, name: peerName, mtu, mac: peerMac, up: false, kind: 'veth', alias: '', linkIndex: index });
+    this.links.set(index, { index, name, mtu, mac, up: false, kind: 'veth', alias: options.alias ?? '', linkIndex: peerIndex, group: 0 });
+    this.links.set(peerIndex, { index: peerIndex, name: peerName, mtu, mac: peerMac, up: false, kind: 'veth', alias: '', linkIndex: index, group: 0 });
     return index;
   }
 
@@ -172,6 +172,34 @@ export class FakeNetlink implements NetlinkAddon {
     const link = this.links.get(index);
     if (!link) throw kernelError('ENODEV', `RTM_NEWLINK alias ${index}`);
     link.alias = alias;
+  }
+
+  linkSet(index: number, options: LinkSetOptions): void {
+    this.calls.push('linkSet');
+    const op = `RTM_NEWLINK set ${index}`;
+    const link = this.links.get(index);
+    if (!link) throw kernelError('ENODEV', op);
+    if (options.name !== undefined) {
+      if (options.name.length === 0 || options.name.length >= IFNAMSIZ || /[\s/:]/.test(options.name)) {
+        throw kernelError('EINVAL', op, `invalid interface name '${options.name}'`);
+      }
+      const other = this.findByName(options.name);
+      if (other && other !== link) throw kernelError('EEXIST', op);
+    }
+    if (options.mtu !== undefined && (options.mtu < 68 || options.mtu > 65535)) throw kernelError('EINVAL', op, `mtu ${options.mtu} out of range`);
+    const mac = options.mac !== undefined ? checkMac(options.mac, 'linkSet: options.mac') : undefined;
+    if (options.name !== undefined) link.name = options.name;
+    if (options.mtu !== undefined) link.mtu = options.mtu;
+    if (mac !== undefined) link.mac = mac;
+    if (options.group !== undefined) link.group = options.group;
+  }
+
+  linkDeleteGroup(group: number): boolean {
+    this.calls.push('linkDeleteGroup');
+    if (group === 0) throw new TypeError('linkDeleteGroup: group 0 is every link\'s default group; refusing to delete it');
+    const doomed = [...this.links.values()].filter((l) => l.group === group);
+    for (const link of doomed) if (this.links.has(link.index)) this.dropLink(link);
+    return doomed.length > 0;
   }
 
   // ---- addresses ------------------------------------------------------------------------------

@@ -115,6 +115,40 @@ test('linkSetUp and linkSetAlias', (t) => {
   t.is(nl.linkGetByIndex(index)!.alias, '');
 });
 
+test('linkSet renames, re-addresses and regroups a link in one request', (t) => {
+  const { host, peer, index } = makeVeth(t);
+  const peerIndex = nl.linkGetByName(peer)!.index;
+  const renamed = uniqueName() + 'r';
+  nl.linkSet(index, { name: renamed, mtu: 1400, group: 0x4d42 });
+  // makeVeth's teardown deletes by the old names: the peer still carries one, which removes both.
+  t.is(nl.linkGetByName(host), null);
+  const link = nl.linkGetByIndex(index)!;
+  t.is(link.name, renamed);
+  t.is(link.mtu, 1400);
+  t.is(link.group, 0x4d42);
+  nl.linkSet(peerIndex, { mac: '02:aa:bb:cc:dd:ee', mtu: 1400 });
+  t.is(nl.linkGetByIndex(peerIndex)!.mac, '02:aa:bb:cc:dd:ee');
+  const err = t.throws(() => nl.linkSet(index, { name: peer })) as unknown as KernelError;
+  t.is(err.code, 'EEXIST');
+  t.throws(() => nl.linkSet(index, { name: 'x'.repeat(16) }), { instanceOf: TypeError });
+  t.throws(() => nl.linkSet(index, { mac: 'not-a-mac' }), { instanceOf: TypeError });
+});
+
+test('linkDeleteGroup deletes every link of a group in one request, and only those', (t) => {
+  const group = 0x4d420000 + randomInt(0xffff);
+  const doomed = [makeVeth(t), makeVeth(t), makeVeth(t)];
+  const kept = makeVeth(t);
+  for (const v of doomed) nl.linkSet(v.index, { group });
+  t.true(nl.linkDeleteGroup(group));
+  for (const v of doomed) {
+    t.is(nl.linkGetByName(v.host), null);
+    t.is(nl.linkGetByName(v.peer), null);
+  }
+  t.truthy(nl.linkGetByName(kept.host));
+  t.false(nl.linkDeleteGroup(group));
+  t.throws(() => nl.linkDeleteGroup(0), { instanceOf: TypeError });
+});
+
 test('addrAdd v4 /32 and v6 /128 nodad, addrList, addrDel', (t) => {
   const { index } = makeVeth(t);
   const v4 = `198.51.100.${randomInt(1, 255)}`;

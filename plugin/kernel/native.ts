@@ -32,6 +32,8 @@ export interface LinkInfo {
   alias: string;
   /** IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace); 0 if absent. */
   linkIndex: number;
+  /** IFLA_GROUP (0 unless set). */
+  group: number;
 }
 
 export interface VethOptions {
@@ -207,6 +209,15 @@ export interface RingbufConsumer {
   close(): void;
 }
 
+export interface LinkSetOptions {
+  name?: string;
+  mtu?: number;
+  /** Lower-case colon hex. */
+  mac?: string;
+  /** IFLA_GROUP: links in one group can be deleted together (linkDeleteGroup). */
+  group?: number;
+}
+
 /** rtnetlink: links, addresses, routes, rules. */
 export interface NetlinkAddon {
   /** Creates a veth pair in the current network namespace and returns the ifindex of `name`. */
@@ -218,6 +229,13 @@ export interface NetlinkAddon {
   linkList(): LinkInfo[];
   linkSetUp(index: number, up: boolean): void;
   linkSetAlias(index: number, alias: string): void;
+  /** Changes any of a link's name, MTU, MAC and group in one request (none waits for RCU). */
+  linkSet(index: number, options: LinkSetOptions): void;
+  /**
+   * Deletes every link in `group` with one request, so the kernel's grace periods are paid once
+   * for the batch. False when the group has no links. Group 0 (every link's default) is refused.
+   */
+  linkDeleteGroup(group: number): boolean;
 
   addrAdd(index: number, family: Family, address: string, prefixLen: number, options: AddrOptions): void;
   addrDel(index: number, family: Family, address: string, prefixLen: number): void;

@@ -354,7 +354,8 @@ export class ServiceManager {
       lb.update({ frontends: upsertFrontends, backends: upsertBackends, removeFrontendIds: removeFrontends, removeBackendIds: removeBackends });
     }
     const written = performance.now();
-    await this.ctx.store.commit();
+    // The services section is written whole, and only when a service changed.
+    await this.ctx.store.commit(keys.length ? [['services']] : []);
     this.lastChange = {
       services: keys.length, planMs: planned - started, mapWritesMs: written - planned, commitMs: performance.now() - written,
     };
@@ -439,6 +440,7 @@ export class ServiceManager {
       const touched = new Set(this.servicesOf(endpoint));
       const parsed = serviceLabelsOf(update.containerLabels);
       endpoint.serviceLabels = parsed;
+      this.ctx.store.touch(['endpoints', endpoint.id]);
       if (parsed.error) this.options.log.warn('invalid service labels; the container backs no service', { endpoint: endpoint.id.slice(0, 12), error: parsed.error });
       if (endpoint.lifecycle !== 'stopping') {
         endpoint.lifecycle = update.health === 'starting' ? 'starting' : update.health === 'unhealthy' ? 'unhealthy' : 'ready';
@@ -474,6 +476,7 @@ export class ServiceManager {
         // A stopping container stays stopping: a last health check during `docker stop` must not bring it back.
         if (!next || next === endpoint.lifecycle || endpoint.lifecycle === 'stopping') continue;
         endpoint.lifecycle = next;
+        this.ctx.store.touch(['endpoints', endpoint.id]);
         for (const key of this.servicesOf(endpoint)) touched.add(key);
       }
       if (touched.size) await this.sync(touched);

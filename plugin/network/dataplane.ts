@@ -4,7 +4,7 @@
 // veths, routes and rules removed, missing ones restored.
 
 import fs from 'node:fs';
-import type { Family, NetlinkAddon, RouteSpec, RuleSpec } from '../kernel/native.js';
+import type { Family, LinkInfo, NetlinkAddon, RouteSpec, RuleSpec } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import {
@@ -13,6 +13,8 @@ import {
 } from './plan.js';
 import { asMembraneError } from '../errors.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
+import type { IdleWork } from '../idle-work.js';
+import { POOL_ALIAS_PREFIX, PreparedEndpoints, type PreparedPair } from './prepared.js';
 
 const EEXIST = 17;
 /** Host-side veth names are Membrane's namespace: 'mbr' + 12 hex digits of the endpoint id. */
@@ -36,14 +38,117 @@ export interface SyncReport {
   rulesRemoved: number;
 }
 
+/**
+ * IFLA_GROUP of links waiting to be deleted ('memb'): they are deleted together with one
+ * RTM_DELLINK for the group, which pays the kernel's grace periods once for the batch (16 veths
+ * in about 20 ms here, against 260 ms one by one).
+ */
+export const DOOMED_LINK_GROUP = 0x6d656d62;
+
+/**
+ * Deletes links after Docker has its answer, in batches, while the plugin is idle. Only links
+ * that no longer carry anything the state promises are queued: their routes and datapath entries
+ * are already gone, and if the daemon dies first, the start-up reconciliation deletes them as
+ * orphans (they still carry Membrane's alias).
+ */
+export class LinkJanitor {
+  private readonly doomed = new Map<number, { name: string; then?: () => void }>();
+  private queued = false;
+  /** Links deleted since start, and batches. */
+  deleted = 0;
+  batches = 0;
+
+  constructor(private readonly nl: NetlinkAddon, private readonly idle: IdleWork | undefined) {}
+
+  get pending(): number {
+    return this.doomed.size;
+  }
+
+  /** Queues the link `index` (named `name` now) for deletion; `then` runs after it is gone. */
+  delete(index: number, name: string, then?: () => void): void {
+    this.doomed.set(index, { name, then });
+    if (!this.idle) {
+      this.run();
+      return;
+    }
+    if (this.queued) return;
+    this.queued = true;
+    this.idle.add({ name: 'delete links', steps: [() => this.run()] });
+  }
+
+  /** Deletes everything queued now. */
+  run(): void {
+    this.queued = false;
+    const batch = [...this.doomed.entries()];
+    this.doomed.clear();
+    if (!batch.length) return;
+    const grouped: Array<{ name: string; then?: () => void }> = [];
+    for (const [index, doomed] of batch) {
+      // An ifindex is only reused after the counter wraps, but check the name anyway.
+      const link = this.nl.linkGetByIndex(index);
+      if (link && link.name === doomed.name) {
+        try {
+          this.nl.linkSet(index, { group: DOOMED_LINK_GROUP });
+        } catch (err) {
+          if (errno(err) !== ENODEV) throw err;
+        }
+      }
+      grouped.push(doomed);
+    }
+    this.nl.linkDeleteGroup(DOOMED_LINK_GROUP);
+    this.deleted += grouped.length;
+    this.batches++;
+    for (const doomed of grouped) doomed.then?.();
+  }
+}
+
 export class Dataplane {
   /** The BPF datapath, when Membrane runs with datapath 'bpf'. */
   bpfMaps: EndpointMaps | undefined;
   /** The service VIP ranges (CIDR): unreachable in the main table. */
   serviceRanges: string[] = [];
+  readonly janitor: LinkJanitor;
+  /** Veth pairs prepared ahead of CreateEndpoint (see prepared.ts); set up by preparePairs. */
+  prepared: PreparedEndpoints | undefined;
 
   constructor(private readonly nl: NetlinkAddon, private readonly log: Logger, private readonly rulePriority: number,
-    private readonly procSys = '/proc/sys') {}
+    private readonly procSys = '/proc/sys', private readonly idle?: IdleWork) {
+    this.janitor = new LinkJanitor(nl, idle);
+  }
+
+  /**
+   * Starts keeping `target` veth pairs prepared (0: none). `reserveNumber` takes an endpoint
+   * number from the state; the datapath's programs and policy map are readied when there is one.
+   */
+  preparePairs(target: number, hooks: { reserveNumber: () => number; datapathSteps: (pair: PreparedPair) => Array<() => void>;
+    release: (pair: PreparedPair) => void; }): void {
+    if (!this.idle) return;
+    this.prepared = new PreparedEndpoints(this.nl, this.idle, target, {
+      reserveNumber: hooks.reserveNumber,
+      configure: (pair) => this.configureHostSide(pair.hostName),
+      datapathSteps: hooks.datapathSteps,
+      release: hooks.release,
+      deleteLink: (index) => {
+        const link = this.nl.linkGetByIndex(index);
+        if (link) this.janitor.delete(index, link.name, () => this.bpfMaps?.datapath.detach(link.name));
+      },
+    });
+  }
+
+  /** A prepared pair for a new endpoint, if one is ready. */
+  takePrepared(): PreparedPair | undefined {
+    return this.prepared?.take();
+  }
+
+  /** Host-side settings of an endpoint's veth; sysctls follow the device through a rename. */
+  private configureHostSide(name: string): void {
+    // IPv6 on the host side: no DAD for the gateway address (it is ours by construction), and no
+    // router advertisements accepted from a container.
+    this.writeSysctl(`net/ipv6/conf/${name}/accept_dad`, '0');
+    this.writeSysctl(`net/ipv6/conf/${name}/accept_ra`, '0');
+    // Published ports reached on 127.0.0.1 are DNATed out of this interface (see netfilter).
+    this.writeSysctl(`net/ipv4/conf/${name}/route_localnet`, '1');
+  }
 
   /** Forwarding on for both families: the host routes every container packet. */
   ensureForwarding(): void {
@@ -64,8 +169,11 @@ export class Dataplane {
     return this.nl.linkGetByName(name) !== null;
   }
 
-  /** Creates (or adopts) the endpoint's veth pair and plumbs its host side. */
-  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord): void {
+  /**
+   * Creates (or adopts) the endpoint's veth pair and plumbs its host side. With a prepared pair,
+   * that pair becomes the endpoint's: renamed and re-addressed, its programs already attached.
+   */
+  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord, pair?: PreparedPair): void {
     let link = this.nl.linkGetByName(endpoint.hostIfName);
     if (link && link.alias === '') {
       // Creating a veth and naming its owner (the alias) are two requests: a kill -9 between them
@@ -78,18 +186,14 @@ export class Dataplane {
       throw asMembraneError(Object.assign(new Error(`interface ${endpoint.hostIfName} exists and is not Membrane's ` +
         `(alias "${link.alias}"); rename or delete it`), { errno: EEXIST, code: 'EEXIST', op: 'create veth' }));
     }
+    if (!link && pair) link = this.adoptPrepared(endpoint, pair);
     if (!link) {
       this.nl.linkCreateVeth(endpoint.hostIfName, endpoint.containerIfName, {
         mtu: endpoint.mtu, peerMac: endpoint.mac, alias: linkAlias(endpoint.id),
       });
       link = this.nl.linkGetByName(endpoint.hostIfName)!;
     }
-    // IPv6 on the host side: no DAD for the gateway address (it is ours by construction), and no
-    // router advertisements accepted from a container.
-    this.writeSysctl(`net/ipv6/conf/${endpoint.hostIfName}/accept_dad`, '0');
-    this.writeSysctl(`net/ipv6/conf/${endpoint.hostIfName}/accept_ra`, '0');
-    // Published ports reached on 127.0.0.1 are DNATed out of this interface (see netfilter).
-    this.writeSysctl(`net/ipv4/conf/${endpoint.hostIfName}/route_localnet`, '1');
+    this.configureHostSide(endpoint.hostIfName);
     this.nl.linkSetUp(link.index, true);
     for (const addr of planEndpointAddresses(endpoint, network)) {
       try {
@@ -105,21 +209,47 @@ export class Dataplane {
     this.bpfMaps?.upsert(endpoint, network, link);
   }
 
-  /** Deletes the endpoint's veth (its routes and addresses go with it). Idempotent. */
+  /**
+   * Makes a prepared pair the endpoint's. The order is what a crash between two steps needs: the
+   * alias first (a pair that carries it under its old name is an orphan to the start-up
+   * reconciliation, which then makes the endpoint a fresh one), the link pins before the link
+   * (so no pin names a link that has the endpoint's name but not its programs).
+   */
+  private adoptPrepared(endpoint: EndpointRecord, pair: PreparedPair): LinkInfo | null {
+    const host = this.nl.linkGetByIndex(pair.hostIndex);
+    if (!host || host.name !== pair.hostName) return null;
+    try {
+      this.nl.linkSetAlias(pair.hostIndex, linkAlias(endpoint.id));
+      this.bpfMaps?.datapath.renameLinkPins(pair.hostName, endpoint.hostIfName);
+      this.nl.linkSet(pair.peerIndex, { name: endpoint.containerIfName, mac: endpoint.mac, mtu: endpoint.mtu });
+      this.nl.linkSet(pair.hostIndex, { name: endpoint.hostIfName, mtu: endpoint.mtu });
+    } catch (err) {
+      this.log.warn('a prepared veth pair could not be adopted; creating one', { endpoint: endpoint.id, pair: pair.hostName, error: String(err) });
+      const now = this.nl.linkGetByIndex(pair.hostIndex);
+      if (now) this.janitor.delete(pair.hostIndex, now.name, () => this.bpfMaps?.datapath.detach(now.name));
+      return null;
+    } finally {
+      this.prepared?.names.delete(pair.hostName);
+    }
+    return this.nl.linkGetByIndex(pair.hostIndex);
+  }
+
+  /**
+   * Removes the endpoint from the kernel. Idempotent. What could carry traffic for it goes now:
+   * its datapath entries and its routes. The veth itself (whose deletion waits for RCU grace
+   * periods) and its program links go after Docker has the answer, batched (LinkJanitor).
+   */
   deleteEndpoint(endpoint: EndpointRecord): void {
     this.bpfMaps?.remove(endpoint);
     const link = this.nl.linkGetByName(endpoint.hostIfName);
-    if (link && (link.alias === linkAlias(endpoint.id) || link.alias === '')) {
-      try {
-        this.nl.linkDelete(link.index);
-      } catch (err) {
-        if (errno(err) !== ENODEV) throw err;
-      }
-    }
-    // Routes normally vanish with the link; remove any that outlived it (e.g. the link was
-    // already gone and the route was restored to a different index).
     for (const route of planEndpointRoutes(endpoint)) {
       this.deleteRouteQuietly({ ...route, oif: undefined });
+    }
+    const detach = (): void => this.bpfMaps?.datapath.detach(endpoint.hostIfName);
+    if (link && (link.alias === linkAlias(endpoint.id) || link.alias === '')) {
+      this.janitor.delete(link.index, link.name, detach);
+    } else {
+      detach();
     }
   }
 
@@ -208,22 +338,30 @@ export class Dataplane {
     };
     const byId = new Map(endpoints.map((e) => [e.id, e]));
     const byHostIf = new Map(endpoints.map((e) => [e.hostIfName, e]));
+    const remove = (link: LinkInfo): void => {
+      this.janitor.delete(link.index, link.name);
+      report.linksRemoved.push(link.name);
+    };
     for (const link of this.nl.linkList()) {
       // A Membrane-named link without its alias is a creation a crash interrupted: ours to remove
       // unless the state still wants that endpoint (then createEndpoint below redoes it).
       if (link.alias === '' && MEMBRANE_HOST_IF.test(link.name) && !byHostIf.has(link.name)) {
-        this.nl.linkDelete(link.index);
-        report.linksRemoved.push(link.name);
+        remove(link);
+        continue;
+      }
+      // Prepared pairs of a daemon that died (their numbers were never handed out), and links a
+      // deletion batch had marked when the daemon died.
+      if (link.alias.startsWith(POOL_ALIAS_PREFIX) && !this.prepared?.names.has(link.name)) {
+        remove(link);
         continue;
       }
       if (!link.alias.startsWith(LINK_ALIAS_PREFIX)) continue;
       const id = link.alias.slice(LINK_ALIAS_PREFIX.length);
       const endpoint = byId.get(id);
-      if (!endpoint || endpoint.hostIfName !== link.name) {
-        this.nl.linkDelete(link.index);
-        report.linksRemoved.push(link.name);
-      }
+      if (!endpoint || endpoint.hostIfName !== link.name) remove(link);
     }
+    // Now, in one batch: an orphan may hold a name an endpoint restored below needs.
+    this.janitor.run();
     const wantedRoutes = new Map<string, PlannedRoute>();
     for (const endpoint of endpoints) {
       const network = networks.get(endpoint.networkId);
@@ -251,7 +389,7 @@ export class Dataplane {
     }
     if (this.bpfMaps) {
       const vanished = new Set(report.vanished.map((e) => e.id));
-      const pruned = this.bpfMaps.prune(endpoints.filter((e) => !vanished.has(e.id)));
+      const pruned = this.bpfMaps.prune(endpoints.filter((e) => !vanished.has(e.id)), this.prepared?.names ?? []);
       report.bpfEntriesRemoved = pruned.entries;
       report.bpfPinsRemoved = pruned.pins;
     }

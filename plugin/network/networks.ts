@@ -130,7 +130,7 @@ export class NetworkManager {
       for (const address of Object.values(entry.aux)) ctx.ipam.markOwner(pool.id, address, 'aux');
     }
     ctx.state.networks[network.id] = network;
-    await ctx.store.commit();
+    await ctx.store.commit([['networks', network.id], ...[...network.ipv4, ...network.ipv6].map((e) => ['pools', e.poolId!])]);
     this.applyAll();
     await this.syncNetfilter();
     ctx.log.info('network created', { network: network.id, ipv4: network.ipv4.map((f) => f.pool), ipv6: network.ipv6.map((f) => f.pool), internal: network.internal, mtu });

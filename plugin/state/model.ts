@@ -154,6 +154,12 @@ export interface MembraneState {
   services?: ServicesState;
 }
 
+/**
+ * The top-level keys of MembraneState the store writes only when a commit names them (records by
+ * id, or a whole section); the other top-level fields are small and go with every write.
+ */
+export const STATE_COLLECTIONS = ['pools', 'networks', 'endpoints', 'identities', 'policy', 'services'] as const;
+
 export function emptyState(ulaPrefix: string): MembraneState {
   return { version: STATE_VERSION, ulaPrefix, nextIPv6Subnet: 1, nextIPv4Subnet: 0, nextPoolSerial: 1, pools: {}, networks: {}, endpoints: {} };
 }

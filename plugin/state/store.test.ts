@@ -21,8 +21,11 @@ function tempFile(): string {
   return path.join(dir, 'state', 'state.json');
 }
 
+/** The snapshot file alone, without the store's generation counter. */
 function readDoc(file: string): Doc {
-  return JSON.parse(fs.readFileSync(file, 'utf8')) as Doc;
+  const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as Doc & { storeGeneration?: number };
+  delete doc.storeGeneration;
+  return doc;
 }
 
 test('load: no file yet is undefined and creates the directory', (t) => {
@@ -185,4 +188,143 @@ test('commit: a write that cannot happen rejects with a StateError naming the fi
   fs.mkdirSync(path.dirname(file), { recursive: true });
   await store.commit();
   t.is(readDoc(file).n, 1);
+});
+
+// ---- the journal ------------------------------------------------------------------------------
+
+interface Tree {
+  counter: number;
+  records: Record<string, { v: number }>;
+  section?: { big: string };
+}
+
+function treeStore(file: string, tree: Tree, options: { compactBytes?: number; verify?: boolean } = {}) {
+  return new JsonStore<Tree>(file, () => tree, { touchable: ['records', 'section'], ...options });
+}
+
+test('journal: a commit naming records appends them (and the top-level fields) instead of rewriting the snapshot', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: { a: { v: 1 } }, section: { big: 'x'.repeat(10_000) } };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  const snapshotBefore = fs.readFileSync(file, 'utf8');
+  tree.records.b = { v: 2 };
+  tree.counter = 2;
+  await store.commit([['records', 'b']]);
+  delete tree.records.a;
+  tree.records.b.v = 3;
+  await store.commit([['records', 'a'], ['records', 'b']]);
+  t.is(fs.readFileSync(file, 'utf8'), snapshotBefore, 'the snapshot was not rewritten');
+  t.is(store.snapshots, 1);
+  t.is(store.journalLines, 2);
+  const journal = fs.readFileSync(`${file}.journal`, 'utf8');
+  t.true(journal.length < 500, `journal lines carry only the records (${journal.length} bytes)`);
+  t.deepEqual(treeStore(file, tree).load(), { counter: 2, records: { b: { v: 3 } }, section: tree.section });
+});
+
+test('journal: touch() marks what a lower layer changed, and commit([]) writes it', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  tree.records.x = { v: 7 };
+  store.touch(['records', 'x']);
+  await store.commit([]);
+  t.deepEqual(treeStore(file, tree).load()!.records, { x: { v: 7 } });
+});
+
+test('journal: a torn last line was never acknowledged and is dropped; the next write starts a new snapshot', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  tree.records.ok = { v: 1 };
+  await store.commit([['records', 'ok']]);
+  // A kill -9 in the middle of the next append.
+  fs.appendFileSync(`${file}.journal`, '{"meta":{"counter":9},"ops":[{"path":["records","torn"],"va');
+  const again = treeStore(file, tree);
+  t.deepEqual(again.load(), { counter: 1, records: { ok: { v: 1 } } });
+  tree.records.next = { v: 2 };
+  await again.commit([['records', 'next']]);
+  t.is(again.snapshots, 1, 'appending after a torn line would corrupt the journal: a snapshot instead');
+  t.deepEqual(treeStore(file, tree).load()!.records, { ok: { v: 1 }, next: { v: 2 } });
+});
+
+test('journal: a journal from before the snapshot it would continue (a crash inside compaction) is ignored', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  tree.records.a = { v: 1 };
+  await store.commit([['records', 'a']]);
+  const oldJournal = fs.readFileSync(`${file}.journal`, 'utf8');
+  tree.records.a.v = 2;
+  await store.commit();
+  // The new snapshot landed, the journal's rename did not.
+  fs.writeFileSync(`${file}.journal`, oldJournal);
+  t.deepEqual(treeStore(file, tree).load()!.records, { a: { v: 2 } });
+});
+
+test('journal: a corrupt line before the last is an error that says what to do', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  tree.records.a = { v: 1 };
+  await store.commit([['records', 'a']]);
+  const lines = fs.readFileSync(`${file}.journal`, 'utf8').split('\n');
+  fs.writeFileSync(`${file}.journal`, [lines[0], 'garbage', lines[1], ''].join('\n'));
+  const err = t.throws(() => treeStore(file, tree).load(), { instanceOf: StateError });
+  t.regex(err!.message, /line 2 is not valid JSON.*move the journal away/);
+});
+
+test('journal: it is folded into a new snapshot once it outgrows the snapshot, so its length stays bounded', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 0, records: {} };
+  const store = treeStore(file, tree, { compactBytes: 2_000 });
+  store.load();
+  await store.commit();
+  for (let i = 0; i < 200; i++) {
+    tree.records[`r${i % 10}`] = { v: i };
+    tree.counter = i;
+    await store.commit([['records', `r${i % 10}`]]);
+  }
+  t.true(store.snapshots > 2, `${store.snapshots} snapshots`);
+  t.true(fs.statSync(`${file}.journal`).size <= 2_000 + 200, `journal ${fs.statSync(`${file}.journal`).size} bytes`);
+  t.deepEqual(treeStore(file, tree).load(), JSON.parse(JSON.stringify(tree)));
+});
+
+test('journal: concurrent commits are grouped into one line', async (t) => {
+  const file = tempFile();
+  const tree: Tree = { counter: 0, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  const commits = [];
+  for (let i = 0; i < 50; i++) {
+    tree.records[`r${i}`] = { v: i };
+    commits.push(store.commit([['records', `r${i}`]]));
+  }
+  await Promise.all(commits);
+  t.true(store.journalLines <= 2, `${store.journalLines} lines for 50 commits`);
+  t.is(Object.keys(treeStore(file, tree).load()!.records).length, 50);
+});
+
+test('journal: verification (tests) catches a commit that did not name what it changed', async (t) => {
+  const file = tempFile();
+  const tree = { counter: 0, records: {} as Record<string, { v: number }>, pools: {} as Record<string, { v: number }> };
+  const store = new JsonStore(file, () => tree, { touchable: ['records', 'pools'], verify: true });
+  store.load();
+  await store.commit();
+  tree.pools.p = { v: 1 };
+  tree.records.r = { v: 1 };
+  const err = await t.throwsAsync(store.commit([['records', 'r']]), { instanceOf: StateError });
+  t.regex(err!.message, /pools: memory has \[p\], disk \[\]/);
+  await store.commit([['pools', 'p']]);
+  t.pass();
 });

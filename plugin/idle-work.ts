@@ -1,0 +1,114 @@
+// Kernel work that Docker need not wait for, run while the plugin is idle.
+//
+// Some kernel operations cost an RCU grace period (10-30 ms here): deleting a veth, attaching a
+// tcx program, replacing an entry of a map of maps. Most also hold the rtnl lock while they wait,
+// so any netlink request made meanwhile (a route for the next container) waits too. Docker's calls
+// for one container come in bursts (RequestAddress, CreateEndpoint, Join, ProgramExternal-
+// Connectivity within a few ms, then nothing while runc starts the process), so this work is
+// queued and run in small steps in the gaps: a step starts only when no plugin call is in flight
+// and none has arrived for `quietMs`, and the event loop gets a turn between steps.
+//
+// Nothing queued here may be needed for correctness after a crash: every task finishes a change
+// whose acknowledged part is already in the state, and the start-up reconciliation finishes it
+// (or undoes it) if the daemon dies first.
+
+import { performance } from 'node:perf_hooks';
+import type { Logger } from './log.js';
+
+export interface IdleTask {
+  /** For logs and `membrane status`. */
+  name: string;
+  /** Steps run in order, each on its own turn of the event loop; each should take one grace period or less. */
+  steps: Array<() => void>;
+  /** Called when a step throws: the remaining steps are dropped, and this undoes what the done ones made. */
+  abort?: () => void;
+}
+
+export class IdleWork {
+  private readonly queue: IdleTask[] = [];
+  private inFlight = 0;
+  private lastActivity = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  /** Tasks finished and steps that threw, since start (for `membrane status`). */
+  done = 0;
+  failed = 0;
+
+  constructor(private readonly log: Logger, private readonly quietMs = 20) {}
+
+  /** A plugin call began: no step starts until it has finished and the line has been quiet. */
+  requestStarted(): void {
+    this.inFlight++;
+    this.lastActivity = performance.now();
+  }
+
+  requestFinished(): void {
+    this.inFlight = Math.max(0, this.inFlight - 1);
+    this.lastActivity = performance.now();
+    this.schedule();
+  }
+
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  add(task: IdleTask): void {
+    this.queue.push(task);
+    this.schedule();
+  }
+
+  /** Runs everything queued now, idle or not (shutdown, tests). */
+  drain(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    while (this.queue.length) this.step(this.queue[0]!);
+  }
+
+  private idleFor(): number {
+    return this.inFlight > 0 ? -1 : performance.now() - this.lastActivity;
+  }
+
+  private schedule(): void {
+    if (this.timer || this.running || !this.queue.length) return;
+    const idle = this.idleFor();
+    const wait = idle < 0 ? this.quietMs : Math.max(0, this.quietMs - idle);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.idleFor() < this.quietMs) {
+        this.schedule();
+        return;
+      }
+      this.running = true;
+      try {
+        if (this.queue.length) this.step(this.queue[0]!);
+      } finally {
+        this.running = false;
+      }
+      this.schedule();
+    }, wait);
+    // Pending idle work never keeps the process alive: shutdown drains it explicitly.
+    this.timer.unref();
+  }
+
+  private step(task: IdleTask): void {
+    const step = task.steps.shift();
+    if (step) {
+      try {
+        step();
+      } catch (err) {
+        this.failed++;
+        task.steps.length = 0;
+        this.log.warn('background kernel work failed; the next start-up reconciliation repairs what is left', { task: task.name, error: String(err) });
+        try {
+          task.abort?.();
+        } catch (abortError) {
+          this.log.warn('undoing failed background work failed', { task: task.name, error: String(abortError) });
+        }
+      }
+    }
+    if (!task.steps.length) {
+      this.queue.shift();
+      this.done++;
+    }
+  }
+}
