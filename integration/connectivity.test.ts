@@ -144,8 +144,18 @@ test('docker network rm leaves no veth, route, rule or state behind', async (t) 
   t.true(during.links.length >= 1 && during.routes.length >= 1 && during.rules.length >= 1, 'plumbing exists while the network is in use');
   await docker('rm', '-f', a);
   await docker('network', 'rm', net);
+  // What could carry traffic goes before Docker's answer; the veth itself goes right after it,
+  // once the plugin is idle (deleting a veth waits for RCU grace periods; see "Attaching").
+  t.deepEqual((await kernelLeftovers()).routes, []);
+  t.deepEqual((await kernelLeftovers()).rules, []);
+  await eventually(async () => {
+    const left = { ...(await kernelLeftovers()), ...(await bpfLeftovers()) };
+    if (left.links.length || left.linkPins.length) throw new Error(`not yet deleted: ${JSON.stringify(left)}`);
+  }, 5_000);
   t.deepEqual(await kernelLeftovers(), { links: [], routes: [], rules: [] });
   t.deepEqual(await bpfLeftovers(), { linkPins: [], endpointEntries: 0 });
+  const status = await apiGet<{ backgroundWork: { pending: number; failed: number } }>('/v1/status');
+  t.is(status.backgroundWork.failed, 0);
   t.deepEqual(await apiGet('/v1/endpoints'), []);
   t.deepEqual(await apiGet('/v1/networks'), []);
   const ipam = await apiGet<{ pools: unknown[] }>('/v1/ipam');

@@ -257,7 +257,9 @@ export async function addressesOf(container: string, network: string): Promise<C
 
 /** BPF state Membrane owns for endpoints: link pins and endpoint map entries. */
 export async function bpfLeftovers(): Promise<{ linkPins: string[]; endpointEntries: number }> {
-  const pins = fs.existsSync('/sys/fs/bpf/membrane/links') ? fs.readdirSync('/sys/fs/bpf/membrane/links') : [];
+  // Prepared veth pairs ('mbp…', kept ready for the next containers) are not leftovers.
+  const pins = (fs.existsSync('/sys/fs/bpf/membrane/links') ? fs.readdirSync('/sys/fs/bpf/membrane/links') : [])
+    .filter((pin) => !pin.startsWith('mbp'));
   let endpointEntries = 0;
   for (const map of ['mb_endpoints', 'mb_endpoints_by_if']) {
     const pinned = `/sys/fs/bpf/membrane/${map}`;

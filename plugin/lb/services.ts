@@ -190,7 +190,11 @@ export class ServiceManager {
   constructor(private readonly ctx: Context, private readonly options: ServiceManagerOptions) {}
 
   get state(): ServicesState {
-    this.ctx.state.services ??= emptyServicesState();
+    if (!this.ctx.state.services) {
+      this.ctx.state.services = emptyServicesState();
+      // Written whole once, so that later commits naming single services have a section to land in.
+      this.ctx.store.touch(['services']);
+    }
     return this.ctx.state.services;
   }
 
@@ -262,6 +266,7 @@ export class ServiceManager {
         used.frontends.add(key);
         if (s.frontendIds[key] === undefined) {
           s.frontendIds[key] = s.nextFrontendId++;
+          this.ctx.store.touch(['services', 'frontendIds', key]);
           this.indexFrontend(index, key, s.frontendIds[key]);
         }
         return s.frontendIds[key]!;
@@ -270,6 +275,7 @@ export class ServiceManager {
         used.backends.add(key);
         if (s.backendIds[key] === undefined) {
           s.backendIds[key] = s.nextBackendId++;
+          this.ctx.store.touch(['services', 'backendIds', key]);
           this.indexBackend(index, key);
         }
         return s.backendIds[key]!;
@@ -354,8 +360,8 @@ export class ServiceManager {
       lb.update({ frontends: upsertFrontends, backends: upsertBackends, removeFrontendIds: removeFrontends, removeBackendIds: removeBackends });
     }
     const written = performance.now();
-    // The services section is written whole, and only when a service changed.
-    await this.ctx.store.commit(keys.length ? [['services']] : []);
+    // Only the services that changed (their ids were touched as they changed).
+    await this.ctx.store.commit([...keys.map((key) => ['services', 'services', key]), ['services', 'nextFrontendId'], ['services', 'nextBackendId']]);
     this.lastChange = {
       services: keys.length, planMs: planned - started, mapWritesMs: written - planned, commitMs: performance.now() - written,
     };
@@ -380,11 +386,13 @@ export class ServiceManager {
       for (const b of [...backendKeys]) {
         if (gone || !used.backends.has(b)) {
           delete s.backendIds[b];
+          this.ctx.store.touch(['services', 'backendIds', b]);
           backendKeys.delete(b);
         }
       }
       if (gone) {
         delete s.frontendIds[k];
+        this.ctx.store.touch(['services', 'frontendIds', k]);
         frontendKeys.delete(k);
         index.frontendById.delete(id);
         index.backendKeys.delete(id);
