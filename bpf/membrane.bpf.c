@@ -40,21 +40,24 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  */
 static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_info *dst)
 {
+	/* Written in place (the program's unclone prologue made the head private), no helper calls. */
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
 	if (p->family == FAMILY_IPV4) {
 		struct iphdr *ip = data + sizeof(struct ethhdr);
 		if ((void *)(ip + 1) > data_end)
 			return -1;
 		if (ip->ttl <= 1)
 			return -1;
-		/* TTL shares a 16-bit checksum word with the protocol byte. */
-		__be16 old_word = *(__be16 *)&ip->ttl;
+		/*
+		 * RFC 1624 incremental update, as the kernel's ip_decrease_ttl: TTL is the high byte of
+		 * its 16-bit word, so the word drops by 0x0100 and the checksum rises by as much.
+		 */
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__sum16)(check + (check >= 0xffff));
 		ip->ttl--;
-		__be16 new_word = *(__be16 *)&ip->ttl;
-		if (bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, check), old_word,
-					new_word, sizeof(__u16)))
-			return -1;
 	} else {
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > data_end)
@@ -63,8 +66,8 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt
 			return -1;
 		ip6->hop_limit--;
 	}
-	if (bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0) || bpf_skb_store_bytes(skb, 6, dst->host_mac, 6, 0))
-		return -1;
+	__builtin_memcpy(eth->h_dest, dst->mac, 6);
+	__builtin_memcpy(eth->h_source, dst->host_mac, 6);
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
@@ -75,6 +78,10 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct pkt
  * backend (a new flow keeps it in its entry); `reply` receives what a reply of a translated flow
  * needs undone. A client that is its own backend (hairpin) talks to itself: policy does not judge
  * that, as Kubernetes and Cilium do not. Returns -1 to go on, or the drop verdict.
+ *
+ * admit() is inlined in both programs and does what a packet of a known flow needs (one
+ * conntrack lookup, the counters): most packets. The rest (new flows, packets without a flow of
+ * their own, a known flow after a policy change) goes on to admit_judge().
  */
 struct admit_args {
 	__u64 now;
@@ -84,18 +91,29 @@ struct admit_args {
 	struct lb_result reply; /* out: what a reply of a translated flow needs undone */
 };
 
-/* A function of its own (a BPF-to-BPF call), so that its stack frame and lb_translate's are never stacked. */
-static __noinline int admit(struct __sk_buff *skb, const struct pkt *p, struct admit_args *a)
+/* A known flow's packet, policy passed: counted, and what its reply needs undone read out. */
+ALWAYS_INLINE void admit_known(struct __sk_buff *skb, const struct pkt *p, struct admit_args *a, int ct, struct ct_entry *e)
+{
+	ct_account(e, p, skb->len, ct == CT_RESULT_REPLY, a->now);
+	if (ct == CT_RESULT_REPLY && e->lb_flags) {
+		a->reply.frontend_id = e->frontend_id;
+		a->reply.backend_id = e->backend_id;
+		a->reply.lb_flags = e->lb_flags;
+	}
+}
+
+/*
+ * A function of its own (a BPF-to-BPF call), so that its stack frame and lb_translate's are never
+ * stacked. `ct` and `e` are ct_lookup's answer for the packet.
+ */
+static __noinline int admit_judge(struct __sk_buff *skb, const struct pkt *p, struct admit_args *a, int ct, struct ct_entry *e)
 {
 	__u64 now = a->now;
 	__u32 direction = a->direction;
 	__u32 endpoint_id = a->endpoint_id;
 	const struct lb_result *lb = &a->lb;
-	struct lb_result *reply = &a->reply;
 	const struct config *cfg = config_get();
 	__u32 epoch = cfg ? cfg->policy_epoch : 0;
-	struct ct_entry *e;
-	int ct = ct_lookup(p, now, &e);
 	if (ct == CT_RESULT_UNTRACKED && icmp_is_error(p) && ct_related(skb, p, now))
 		return -1;
 	/* A client that is its own backend talks to itself; a query for service names goes to Membrane's responder. */
@@ -113,17 +131,27 @@ static __noinline int admit(struct __sk_buff *skb, const struct pkt *p, struct a
 			emit(EVENT_POLICY, v.audit ? (v.verdict == POLICY_DENY ? DROP_POLICY_DENY : DROP_POLICY_DEFAULT) : 0,
 			     direction, skb, endpoint_id, p, &v);
 	}
-	if (ct == CT_RESULT_NEW) {
-		ct_create(p, skb->len, endpoint_id, epoch, now, lb->frontend_id, lb->backend_id, lb->lb_flags);
-	} else if (e) {
-		ct_account(e, p, skb->len, ct == CT_RESULT_REPLY, now);
-		if (ct == CT_RESULT_REPLY && e->lb_flags) {
-			reply->frontend_id = e->frontend_id;
-			reply->backend_id = e->backend_id;
-			reply->lb_flags = e->lb_flags;
+	if (ct == CT_RESULT_NEW)
+		ct_create(p, skb->len, endpoint_id, epoch, lb->frontend_id, lb->backend_id, lb->lb_flags);
+	else if (e)
+		admit_known(skb, p, a, ct, e);
+	return -1;
+}
+
+ALWAYS_INLINE int admit(struct __sk_buff *skb, const struct pkt *p, struct admit_args *a)
+{
+	struct ct_entry *e;
+	int ct = ct_lookup(p, a->now, &e);
+	if (e) {
+		const struct config *cfg = config_get();
+		__u32 epoch = cfg ? cfg->policy_epoch : 0;
+		/* The same test as admit_judge's: nothing to judge. */
+		if (((a->lb.lb_flags | e->lb_flags) & (CT_LB_F_HAIRPIN | CT_LB_F_DNS)) || e->policy_epoch == epoch) {
+			admit_known(skb, p, a, ct, e);
+			return -1;
 		}
 	}
-	return -1;
+	return admit_judge(skb, p, a, ct, e);
 }
 
 SEC("tc")
@@ -189,13 +217,17 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct admit_args a = { .now = now, .direction = DIR_FROM_CONTAINER, .endpoint_id = ep->endpoint_id };
 	const struct lb_result *lb = &a.lb;
-	int verdict = dns_intercept(skb, &p, ep, &a.lb);
-	if (verdict >= 0)
-		return verdict;
-	if (!(lb->lb_flags & CT_LB_F_DNS)) {
+	/* The calls only for packets that may concern them: their first tests, made here, turn away most. */
+	int verdict;
+	if (dns_candidate(&p)) {
+		verdict = dns_intercept(skb, &p, ep, &a.lb);
+		if (verdict >= 0)
+			return verdict;
+	}
+	if (!(lb->lb_flags & CT_LB_F_DNS) && lb_candidate(&p)) {
 		verdict = lb_translate(skb, &p, ep, now, &a.lb);
 		if (verdict >= 0)
 			return verdict;
@@ -257,7 +289,7 @@ int to_container(struct __sk_buff *skb)
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
 		parsed = parse_ipv6(data, data_end, &p);
 	if (parsed == 0 && !is_link_scope(&p)) {
-		struct admit_args a = { .now = bpf_ktime_get_ns(), .direction = DIR_TO_CONTAINER, .endpoint_id = endpoint_id };
+		struct admit_args a = { .now = ct_now(), .direction = DIR_TO_CONTAINER, .endpoint_id = endpoint_id };
 		int verdict = admit(skb, &p, &a);
 		if (verdict >= 0)
 			return verdict;

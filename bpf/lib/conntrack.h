@@ -16,6 +16,43 @@
 #define CT_TIMEOUT_TCP_CLOSING (10 * NSEC_PER_SEC)
 #define CT_TIMEOUT_OTHER (60 * NSEC_PER_SEC)
 
+/*
+ * Time. Every packet reads the coarse clock (ct_now: CLOCK_MONOTONIC as of the last timer tick,
+ * at most one tick behind bpf_ktime_get_ns, and without its TSC read): liveness and expiry are
+ * decided in seconds. An entry is stamped with the exact clock when it is created (created_ns,
+ * and its first expiry), so the daemon can place it on its own clock (plugin/clock.ts).
+ *
+ * A known flow's expiry is written back only when it moves forward by more than CT_REFRESH_NS,
+ * or when the flow's state changes (a change may shorten it: FIN, RST): a flow busy with packets
+ * writes its expiry about once a second instead of on every packet, and its cache line stays
+ * clean for the other direction's CPU. An entry thus expires between timeout - CT_REFRESH_NS and
+ * timeout after its last packet (plus a timer tick), instead of exactly at timeout.
+ */
+#define CT_REFRESH_NS NSEC_PER_SEC
+
+ALWAYS_INLINE __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Moves a known entry to `state` with its expiry at `expires` (now plus the state's timeout; see CT_REFRESH_NS). */
+ALWAYS_INLINE void ct_refresh(struct ct_entry *e, __u8 state, __u64 expires)
+{
+	if (state != e->state) {
+		e->state = state;
+		e->expires_ns = expires;
+	} else if (expires > e->expires_ns && expires - e->expires_ns > CT_REFRESH_NS) {
+		e->expires_ns = expires;
+	}
+}
+
+/* ORs a packet's TCP flags into an entry's, writing only when a flag is new. */
+ALWAYS_INLINE void ct_or_flags(__u8 *flags, __u8 seen)
+{
+	if ((*flags | seen) != *flags)
+		*flags |= seen;
+}
+
 enum ct_result {
 	CT_RESULT_NEW = 0,
 	CT_RESULT_ESTABLISHED = 1, /* original direction of a known flow */
@@ -86,14 +123,14 @@ ALWAYS_INLINE void ct_account(struct ct_entry *e, const struct pkt *p, __u32 len
 	if (reply) {
 		__sync_fetch_and_add(&e->packets_reply, 1);
 		__sync_fetch_and_add(&e->bytes_reply, len);
-		e->tcp_flags_reply |= p->tcp_flags;
+		ct_or_flags(&e->tcp_flags_reply, p->tcp_flags);
 	} else {
 		__sync_fetch_and_add(&e->packets_orig, 1);
 		__sync_fetch_and_add(&e->bytes_orig, len);
-		e->tcp_flags_orig |= p->tcp_flags;
+		ct_or_flags(&e->tcp_flags_orig, p->tcp_flags);
 	}
-	e->state = ct_next_state(p, e->state, reply);
-	e->expires_ns = now + ct_timeout(p, e->state);
+	__u8 state = ct_next_state(p, e->state, reply);
+	ct_refresh(e, state, now + ct_timeout(p, state));
 }
 
 /*
@@ -187,11 +224,13 @@ ALWAYS_INLINE bool ct_related(struct __sk_buff *skb, const struct pkt *p, __u64 
 
 /*
  * Starts tracking a new flow (policy allowed it at `policy_epoch`). A flow to a service carries
- * its frontend and backend, so that its replies are rewritten to come from the VIP.
+ * its frontend and backend, so that its replies are rewritten to come from the VIP. Stamped with
+ * the exact clock (see ct_now).
  */
-ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch, __u64 now,
+ALWAYS_INLINE void ct_create(const struct pkt *p, __u32 len, __u32 endpoint_id, __u32 policy_epoch,
 			     __u32 frontend_id, __u32 backend_id, __u8 lb_flags)
 {
+	__u64 now = bpf_ktime_get_ns();
 	struct ct_entry fresh = {
 		.frontend_id = frontend_id,
 		.backend_id = backend_id,

@@ -67,6 +67,12 @@ ALWAYS_INLINE bool dns_query_in_zone(struct __sk_buff *skb, const struct pkt *p,
 	return true;
 }
 
+/* Whether a packet may be a DNS query (dns_intercept's first test, inlined in its caller). */
+ALWAYS_INLINE bool dns_candidate(const struct pkt *p)
+{
+	return p->proto == IPPROTO_UDP && p->l4_valid && p->dport == bpf_htons(DNS_PORT);
+}
+
 /*
  * A query for the zone goes to the responder: its destination becomes the endpoint's gateway and
  * the responder's port, and where it was going is remembered for the answer. Returns -1 to go on
@@ -74,7 +80,7 @@ ALWAYS_INLINE bool dns_query_in_zone(struct __sk_buff *skb, const struct pkt *p,
  */
 static __noinline int dns_intercept(struct __sk_buff *skb, struct pkt *p, const struct endpoint_info *ep, struct lb_result *out)
 {
-	if (p->proto != IPPROTO_UDP || !p->l4_valid || p->dport != bpf_htons(DNS_PORT))
+	if (!dns_candidate(p))
 		return -1;
 	const struct lb_config *cfg = lb_config_get();
 	if (!cfg || !(cfg->flags & LB_CONFIG_F_DNS) || !dns_query_in_zone(skb, p, cfg))

@@ -308,16 +308,26 @@ ALWAYS_INLINE void lb_service_account(struct ct_entry *e, const struct pkt *p, _
 {
 	__sync_fetch_and_add(&e->packets_orig, 1);
 	__sync_fetch_and_add(&e->bytes_orig, len);
-	e->tcp_flags_orig |= p->tcp_flags;
+	ct_or_flags(&e->tcp_flags_orig, p->tcp_flags);
+	__u8 state = e->state;
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & (TCP_FIN | TCP_RST))
-			e->state = CT_CLOSING;
-		else if (e->state == CT_NEW && (p->tcp_flags & TCP_ACK) && !(p->tcp_flags & TCP_SYN))
-			e->state = CT_ESTABLISHED; /* the client acknowledged the backend's SYN-ACK */
+			state = CT_CLOSING;
+		else if (state == CT_NEW && (p->tcp_flags & TCP_ACK) && !(p->tcp_flags & TCP_SYN))
+			state = CT_ESTABLISHED; /* the client acknowledged the backend's SYN-ACK */
 	} else {
-		e->state = CT_ESTABLISHED;
+		state = CT_ESTABLISHED;
 	}
-	e->expires_ns = now + ct_timeout(p, e->state);
+	ct_refresh(e, state, now + ct_timeout(p, state));
+}
+
+/* Whether a packet may be for a VIP (lb_translate's first tests, inlined in its caller). */
+ALWAYS_INLINE bool lb_candidate(const struct pkt *p)
+{
+	if (!p->l4_valid || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return false;
+	const struct lb_config *cfg = lb_config_get();
+	return !cfg || lb_in_vip_range(cfg, p); /* not a VIP: the common case costs a few comparisons, no hash lookup */
 }
 
 /*
@@ -329,11 +339,8 @@ ALWAYS_INLINE void lb_service_account(struct ct_entry *e, const struct pkt *p, _
 static __noinline int lb_translate(struct __sk_buff *skb, struct pkt *p, const struct endpoint_info *ep, __u64 now,
 				   struct lb_result *out)
 {
-	if (!p->l4_valid || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+	if (!lb_candidate(p))
 		return -1;
-	const struct lb_config *cfg = lb_config_get();
-	if (cfg && !lb_in_vip_range(cfg, p))
-		return -1; /* not a VIP: the common case costs a few comparisons, no hash lookup */
 	struct lb_frontend_key fk = { .vip = p->daddr, .port = p->dport, .proto = p->proto, .family = p->family };
 	const struct lb_frontend *fe = bpf_map_lookup_elem(&mb_lb_frontends, &fk);
 	if (!fe)
@@ -369,12 +376,13 @@ static __noinline int lb_translate(struct __sk_buff *skb, struct pkt *p, const s
 		be = backend_id ? bpf_map_lookup_elem(&mb_lb_backends, &backend_id) : 0;
 		if (!be || be->family != p->family)
 			goto refuse;
+		__u64 created = bpf_ktime_get_ns(); /* the exact clock for a new entry (see ct_now) */
 		struct ct_entry fresh = {
-			.created_ns = now, .packets_orig = 1, .bytes_orig = skb->len, .endpoint_id = ep->endpoint_id,
+			.created_ns = created, .packets_orig = 1, .bytes_orig = skb->len, .endpoint_id = ep->endpoint_id,
 			.tcp_flags_orig = p->tcp_flags, .state = CT_NEW, .lb_flags = CT_LB_F_TRANSLATED,
 			.frontend_id = frontend_id, .backend_id = backend_id,
 		};
-		fresh.expires_ns = now + ct_timeout(p, CT_NEW);
+		fresh.expires_ns = created + ct_timeout(p, CT_NEW);
 		bpf_map_update_elem(&mb_conntrack, &sk, &fresh, BPF_ANY);
 		out->new_flow = 1;
 	} else {

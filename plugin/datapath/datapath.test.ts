@@ -14,7 +14,7 @@ import {
 } from './codec.js';
 import { A, B, OBJECT, OTHER_NET, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, fromA, setup } from './test-fixture.js';
 import {
-  ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpReply, arpRequest, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
+  ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_SYN, arpReply, arpRequest, checksum, ethernet, icmpEcho, icmpv6ChecksumOk, ipv4, ipv4ChecksumOk,
   ipv6, neighbourSolicitation, tcp, udp,
 } from './packets.js';
 
@@ -102,6 +102,33 @@ test('traffic to a local endpoint of the same network is redirected to it: MACs 
   t.is(f.metric(1, 0), 2n, 'redirect-peer counted');
 });
 
+test('the TTL decrement keeps the IPv4 header checksum right at its edges (the carry of RFC 1624)', (t) => {
+  const f = setup(t);
+  const frame = fromA(ipv4(A.ipv4, B.ipv4, udp(5000, 53), 200), ETH_P_IP);
+  // The IP id field (not looked at by the programs) picks the header's checksum; every value near the carry.
+  const byChecksum = new Map<number, Buffer>();
+  for (let id = 0; id < 0x10000; id++) {
+    const candidate = Buffer.from(frame);
+    candidate.writeUInt16BE(id, 14 + 4);
+    candidate.writeUInt16BE(0, 14 + 10);
+    candidate.writeUInt16BE(checksum(candidate.subarray(14, 34)), 14 + 10);
+    byChecksum.set(candidate.readUInt16BE(14 + 10), candidate);
+  }
+  const wanted = [0x0000, 0x0001, 0x00ff, 0x0100, 0x7fff, 0xfefe, 0xfeff, 0xff00, 0xff01, 0xfffe, 0xffff];
+  let tried = 0;
+  for (const check of wanted) {
+    const input = byChecksum.get(check);
+    if (!input) continue; // a sum a header cannot have (0xffff: only an all-zero header sums to it)
+    tried++;
+    const r = f.run('from_container', f.ifindex.a, input);
+    t.is(r.retval, TC_ACT_REDIRECT);
+    t.is(r.data[14 + 8], 199, `TTL decremented (checksum 0x${check.toString(16)})`);
+    t.true(ipv4ChecksumOk(r.data), `checksum still valid (was 0x${check.toString(16)}, now 0x${r.data.readUInt16BE(14 + 10).toString(16)})`);
+    t.deepEqual(r.data.subarray(14 + 12), input.subarray(14 + 12), 'addresses and payload untouched');
+  }
+  t.true(tried >= 9, `${tried} checksums near the carry tried`);
+});
+
 test('other networks are refused, the rest goes to the host stack unchanged', (t) => {
   const f = setup(t);
   t.is(f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, OTHER_NET.ipv4, tcp(40000, 80, TCP_SYN)), ETH_P_IP)).retval, TC_ACT_SHOT);
@@ -165,6 +192,58 @@ test('the daemon reads the clock the datapath stamps with: a new flow\'s created
   t.true(entry.createdNs >= before && entry.createdNs <= after, `${before} <= ${entry.createdNs} <= ${after}`);
   t.is(entry.expiresNs - entry.createdNs, 60n * NS_PER_SECOND, 'UDP lives 60 s from its last packet');
   t.log(`kernel clock at this test: ${Number(before / 1_000_000n) / 1000} s since boot`);
+});
+
+test('conntrack: a known flow\'s expiry is written back when it moves by more than a second or the state changes; the flow lives as before', (t) => {
+  const f = setup(t);
+  const nl = native();
+  const key = { family: 4, proto: 17, saddr: A.ipv4, daddr: '198.51.100.7', sport: 7100, dport: 53 };
+  const packet = fromA(ipv4(A.ipv4, '198.51.100.7', udp(7100, 53)), ETH_P_IP);
+  const timeout = 60n * NS_PER_SECOND;
+  // A timer tick at HZ=100, the coarsest: how far the coarse clock of a known flow's packets may lag kernelNowNs().
+  const tick = 10_000_000n;
+  t.is(f.run('from_container', f.ifindex.a, packet).retval, TC_ACT_OK);
+  const rewrite = (expiresNs: bigint) => nl.bpfMapUpdate(f.map('mb_conntrack'), encodeCtKey(key), encodeCtEntry({ ...f.ct(key)!, expiresNs }), 0);
+
+  // Half a second short of what a packet now would set: left as it is, but the packet is counted.
+  let now = kernelNowNs();
+  rewrite(nsAfter(now, timeout - NS_PER_SECOND / 2n));
+  t.is(f.run('from_container', f.ifindex.a, packet).retval, TC_ACT_OK);
+  t.like(f.ct(key)!, { expiresNs: nsAfter(now, timeout - NS_PER_SECOND / 2n), packetsOrig: 2n }, 'within the threshold: not written');
+
+  // Three seconds short: moved on to the packet's time plus the timeout (on the coarse clock).
+  now = kernelNowNs();
+  rewrite(nsAfter(now, timeout - 3n * NS_PER_SECOND));
+  t.is(f.run('from_container', f.ifindex.a, packet).retval, TC_ACT_OK);
+  let after = kernelNowNs();
+  let expires = f.ct(key)!.expiresNs;
+  t.true(expires >= nsAfter(now, timeout) - tick && expires <= nsAfter(after, timeout), `refreshed: ${now} + 60 s <= ${expires} (within a tick)`);
+  t.is(f.ct(key)!.packetsOrig, 3n);
+
+  // A flow about to expire lives on with its next packet (a reply here), for a whole timeout.
+  now = kernelNowNs();
+  rewrite(nsAfter(now, NS_PER_SECOND / 5n));
+  f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, udp(53, 7100))));
+  after = kernelNowNs();
+  expires = f.ct(key)!.expiresNs;
+  t.true(expires >= nsAfter(now, timeout) - tick && expires <= nsAfter(after, timeout), 'a reply refreshes it too');
+  t.like(f.ct(key)!, { packetsReply: 1n, state: 'established' });
+
+  // A state change is always written, even one that shortens the expiry: TCP FIN.
+  const tcpKey = { family: 4, proto: 6, saddr: A.ipv4, daddr: '198.51.100.7', sport: 41000, dport: 443 };
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', tcp(41000, 443, TCP_SYN)), ETH_P_IP));
+  f.run('to_container', f.ifindex.a, ethernet(A.mac, A.hostMac, ETH_P_IP, ipv4('198.51.100.7', A.ipv4, tcp(443, 41000, TCP_SYN | TCP_ACK))));
+  t.like(f.ct(tcpKey)!, { state: 'established' });
+  const longLived = f.ct(tcpKey)!.expiresNs;
+  now = kernelNowNs();
+  f.run('from_container', f.ifindex.a, fromA(ipv4(A.ipv4, '198.51.100.7', tcp(41000, 443, TCP_FIN | TCP_ACK)), ETH_P_IP));
+  after = kernelNowNs();
+  const closing = f.ct(tcpKey)!;
+  t.is(closing.state, 'closing');
+  t.true(closing.expiresNs < longLived, 'the shorter timeout of a closing flow is written');
+  t.true(closing.expiresNs >= nsAfter(now, 10n * NS_PER_SECOND) - tick && closing.expiresNs <= nsAfter(after, 10n * NS_PER_SECOND), 'ten seconds from the FIN');
+  t.is(closing.tcpFlagsOrig, TCP_SYN | TCP_FIN | TCP_ACK, 'flags of the original direction');
+  t.is(closing.tcpFlagsReply, TCP_SYN | TCP_ACK, 'flags of the replies');
 });
 
 test('conntrack: an expired entry is no entry, in either direction', (t) => {
