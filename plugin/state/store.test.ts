@@ -328,3 +328,17 @@ test('journal: verification (tests) catches a commit that did not name what it c
   await store.commit([['pools', 'p']]);
   t.pass();
 });
+
+test('journal: an array of records is written record by record, found by id (policy rules)', async (t) => {
+  const file = tempFile();
+  const tree = { counter: 0, list: { rules: [{ id: 1, v: 'a' }, { id: 2, v: 'b' }] } };
+  const store = new JsonStore(file, () => tree, { touchable: ['list'] });
+  store.load();
+  await store.commit();
+  tree.list.rules.push({ id: 3, v: 'c' });
+  tree.list.rules[0]!.v = 'a2';
+  tree.list.rules.splice(1, 1);
+  await store.commit([['list', 'rules', '3'], ['list', 'rules', '1'], ['list', 'rules', '2']]);
+  t.is(store.snapshots, 1);
+  t.deepEqual(new JsonStore(file, () => tree, { touchable: ['list'] }).load(), { counter: 0, list: { rules: [{ id: 1, v: 'a2' }, { id: 3, v: 'c' }] } });
+});

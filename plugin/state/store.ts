@@ -51,23 +51,51 @@ export interface StoreOptions {
 
 const GENERATION_KEY = 'storeGeneration';
 
+/**
+ * One step down a path. Objects are indexed by key; an array of records (policy rules) by the
+ * records' `id`, so that one rule can be written or deleted without the whole list.
+ */
+function child(node: unknown, key: string): { found: boolean; value?: unknown } {
+  if (Array.isArray(node)) {
+    const element = node.find((e) => String((e as { id?: unknown })?.id) === key);
+    return { found: element !== undefined, value: element };
+  }
+  if (typeof node !== 'object' || node === null || !Object.prototype.hasOwnProperty.call(node, key)) return { found: false };
+  return { found: true, value: (node as Record<string, unknown>)[key] };
+}
+
 function applyOp(root: Record<string, unknown>, op: { path: string[]; value?: unknown }): void {
-  let node = root;
+  let node: unknown = root;
   for (const key of op.path.slice(0, -1)) {
-    let next = node[key];
-    if (typeof next !== 'object' || next === null) node[key] = next = {};
-    node = next as Record<string, unknown>;
+    let next = child(node, key).value;
+    if (typeof next !== 'object' || next === null) {
+      next = {};
+      if (!Array.isArray(node)) (node as Record<string, unknown>)[key] = next;
+    }
+    node = next;
   }
   const leaf = op.path[op.path.length - 1]!;
-  if ('value' in op) node[leaf] = op.value;
-  else delete node[leaf];
+  if (Array.isArray(node)) {
+    const index = node.findIndex((e) => String((e as { id?: unknown })?.id) === leaf);
+    if ('value' in op) {
+      if (index >= 0) node[index] = op.value;
+      else node.push(op.value);
+    } else if (index >= 0) {
+      node.splice(index, 1);
+    }
+    return;
+  }
+  const object = node as Record<string, unknown>;
+  if ('value' in op) object[leaf] = op.value;
+  else delete object[leaf];
 }
 
 function valueAt(root: unknown, keys: readonly string[]): { found: boolean; value?: unknown } {
   let node = root;
   for (const key of keys) {
-    if (typeof node !== 'object' || node === null || !Object.prototype.hasOwnProperty.call(node, key)) return { found: false };
-    node = (node as Record<string, unknown>)[key];
+    const next = child(node, key);
+    if (!next.found) return { found: false };
+    node = next.value;
   }
   return { found: node !== undefined, value: node };
 }
