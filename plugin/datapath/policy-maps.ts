@@ -30,8 +30,12 @@ export interface ApplyReport {
   deleted: number;
 }
 
-/** Orders writes and deletions so that no intermediate state allows more than old or new. */
-function applyDifference(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>,
+/**
+ * Orders writes and deletions so that no intermediate state allows more than old or new.
+ * `desired` holds the keys to write (skipped when the map holds that value already) and
+ * `deletions` the keys to remove (skipped when absent).
+ */
+function applyChanges(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>, deletions: string[],
   isDeny: (value: Buffer) => boolean): ApplyReport {
   const denyWrites: [string, Buffer][] = [];
   const allowWrites: [string, Buffer][] = [];
@@ -39,20 +43,69 @@ function applyDifference(bpf: BpfAddon, fd: number, current: Map<string, string>
     if (current.get(key) === value.toString('hex')) continue;
     (isDeny(value) ? denyWrites : allowWrites).push([key, value]);
   }
+  const present = deletions.filter((key) => current.has(key));
+  write(bpf, fd, current, denyWrites);
+  if (present.length >= BATCH_FROM && batchDelete(bpf, fd, present)) {
+    for (const key of present) current.delete(key);
+  } else {
+    for (const key of present) {
+      bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
+      current.delete(key);
+    }
+  }
+  write(bpf, fd, current, allowWrites);
+  return { written: denyWrites.length + allowWrites.length, deleted: present.length };
+}
+
+/** From this many entries on, writes and deletions go in batches (one syscall per few thousand entries). */
+const BATCH_FROM = 32;
+/** Set when the kernel refuses batch operations on a map type: every later write goes key by key. */
+let batchUnsupported = false;
+
+function unsupported(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'EINVAL' || code === 'ENOTSUPP' || code === 'EOPNOTSUPP' || code === 'ENOSYS';
+}
+
+function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: [string, Buffer][]): void {
+  if (writes.length >= BATCH_FROM && !batchUnsupported) {
+    const keys = Buffer.from(writes.map(([key]) => key).join(''), 'hex');
+    const values = Buffer.concat(writes.map(([, value]) => value));
+    try {
+      const count = bpf.bpfMapUpdateBatch(fd, keys, values, 0);
+      if (count === writes.length) {
+        for (const [key, value] of writes) current.set(key, value.toString('hex'));
+        return;
+      }
+    } catch (err) {
+      if (!unsupported(err)) throw err;
+      batchUnsupported = true;
+    }
+  }
+  // Key by key (also after a partial batch: rewriting an entry with its own value is harmless).
+  for (const [key, value] of writes) {
+    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
+    current.set(key, value.toString('hex'));
+  }
+}
+
+/** Deletes keys that are all present in one batch; false when the kernel cannot (then nothing or a prefix went). */
+function batchDelete(bpf: BpfAddon, fd: number, keys: string[]): boolean {
+  if (batchUnsupported) return false;
+  try {
+    return bpf.bpfMapDeleteBatch(fd, Buffer.from(keys.join(''), 'hex')) === keys.length;
+  } catch (err) {
+    if (!unsupported(err)) throw err;
+    batchUnsupported = true;
+    return false;
+  }
+}
+
+/** Makes the map hold exactly `desired`. */
+function applyDifference(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>,
+  isDeny: (value: Buffer) => boolean): ApplyReport {
   const deletions = [...current.keys()].filter((key) => !desired.has(key));
-  for (const [key, value] of denyWrites) {
-    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-    current.set(key, value.toString('hex'));
-  }
-  for (const key of deletions) {
-    bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
-    current.delete(key);
-  }
-  for (const [key, value] of allowWrites) {
-    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-    current.set(key, value.toString('hex'));
-  }
-  return { written: denyWrites.length + allowWrites.length, deleted: deletions.length };
+  return applyChanges(bpf, fd, current, desired, deletions, isDeny);
 }
 
 const isPolicyDeny = (value: Buffer): boolean => decodePolicyEntry(value).verdict === POLICY_DENY;
@@ -108,6 +161,22 @@ export class PolicyMaps {
     const desired = new Map<string, Buffer>();
     for (const { key, entry } of entries) desired.set(encodePolicyKey(key).toString('hex'), encodePolicyEntry(entry));
     return applyDifference(this.bpf, trie.fd, trie.content, desired, isPolicyDeny);
+  }
+
+  /**
+   * Changes some keys of the endpoint's trie: each to the entry given, or away when it has none.
+   * Keys not named keep what they hold.
+   */
+  applyDelta(endpointNumber: number, changes: readonly { key: PolicyKey; entry: PolicyEntry | undefined }[]): ApplyReport {
+    const trie = this.open(endpointNumber);
+    const desired = new Map<string, Buffer>();
+    const deletions: string[] = [];
+    for (const { key, entry } of changes) {
+      const hex = encodePolicyKey(key).toString('hex');
+      if (entry) desired.set(hex, encodePolicyEntry(entry));
+      else deletions.push(hex);
+    }
+    return applyChanges(this.bpf, trie.fd, trie.content, desired, deletions, isPolicyDeny);
   }
 
   /** What the endpoint's trie holds (from the kernel, not the cache). */
