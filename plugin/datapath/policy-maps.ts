@@ -30,21 +30,27 @@ export interface ApplyReport {
   deleted: number;
 }
 
+/** One key to write: its bytes as hex (the cache's key), the value, the value as hex, and whether it is a deny. */
+interface Write {
+  key: string;
+  value: Buffer;
+  hex: string;
+  deny: boolean;
+}
+
+/** The write of `key` = `value`, or undefined when the map holds that already. */
+function writeOf(current: Map<string, string>, key: string, value: Buffer, deny: boolean): Write | undefined {
+  const hex = value.toString('hex');
+  return current.get(key) === hex ? undefined : { key, value, hex, deny };
+}
+
 /**
- * Orders writes and deletions so that no intermediate state allows more than old or new.
- * `desired` holds the keys to write (skipped when the map holds that value already) and
- * `deletions` the keys to remove (skipped when absent).
+ * Applies writes and deletions (keys absent from the map are skipped) in an order that never
+ * allows more than either the old or the new content: denies first, then removals, then allows.
  */
-function applyChanges(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>, deletions: string[],
-  isDeny: (value: Buffer) => boolean): ApplyReport {
-  const denyWrites: [string, Buffer][] = [];
-  const allowWrites: [string, Buffer][] = [];
-  for (const [key, value] of desired) {
-    if (current.get(key) === value.toString('hex')) continue;
-    (isDeny(value) ? denyWrites : allowWrites).push([key, value]);
-  }
+function applyChanges(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: Write[], deletions: string[]): ApplyReport {
   const present = deletions.filter((key) => current.has(key));
-  write(bpf, fd, current, denyWrites);
+  write(bpf, fd, current, writes.filter((w) => w.deny));
   if (present.length >= BATCH_FROM && batchDelete(bpf, fd, present)) {
     for (const key of present) current.delete(key);
   } else {
@@ -53,62 +59,52 @@ function applyChanges(bpf: BpfAddon, fd: number, current: Map<string, string>, d
       current.delete(key);
     }
   }
-  write(bpf, fd, current, allowWrites);
-  return { written: denyWrites.length + allowWrites.length, deleted: present.length };
+  write(bpf, fd, current, writes.filter((w) => !w.deny));
+  return { written: writes.length, deleted: present.length };
 }
 
 /** From this many entries on, writes and deletions go in batches (one syscall per few thousand entries). */
 const BATCH_FROM = 32;
-/** Set when the kernel refuses batch operations on a map type: every later write goes key by key. */
-let batchUnsupported = false;
+/** Maps (by fd) whose kernel refused batch operations: every later write to them goes key by key. */
+const noBatch = new Set<number>();
 
 function unsupported(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === 'EINVAL' || code === 'ENOTSUPP' || code === 'EOPNOTSUPP' || code === 'ENOSYS';
 }
 
-function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: [string, Buffer][]): void {
-  if (writes.length >= BATCH_FROM && !batchUnsupported) {
-    const keys = Buffer.from(writes.map(([key]) => key).join(''), 'hex');
-    const values = Buffer.concat(writes.map(([, value]) => value));
+function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: Write[]): void {
+  if (writes.length >= BATCH_FROM && !noBatch.has(fd)) {
     try {
-      const count = bpf.bpfMapUpdateBatch(fd, keys, values, 0);
+      const count = bpf.bpfMapUpdateBatch(fd, Buffer.from(writes.map((w) => w.key).join(''), 'hex'), Buffer.concat(writes.map((w) => w.value)), 0);
       if (count === writes.length) {
-        for (const [key, value] of writes) current.set(key, value.toString('hex'));
+        for (const w of writes) current.set(w.key, w.hex);
         return;
       }
     } catch (err) {
-      if (!unsupported(err)) throw err;
-      batchUnsupported = true;
+      if (unsupported(err)) noBatch.add(fd);
+      // Any other failure: key by key below, which fails at the same key and leaves the cache
+      // knowing exactly what was written before it.
     }
   }
   // Key by key (also after a partial batch: rewriting an entry with its own value is harmless).
-  for (const [key, value] of writes) {
-    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-    current.set(key, value.toString('hex'));
+  for (const w of writes) {
+    bpf.bpfMapUpdate(fd, Buffer.from(w.key, 'hex'), w.value, 0);
+    current.set(w.key, w.hex);
   }
 }
 
-/** Deletes keys that are all present in one batch; false when the kernel cannot (then nothing or a prefix went). */
+/** Deletes keys that are all present in one batch; false when that did not happen (then nothing or a prefix went). */
 function batchDelete(bpf: BpfAddon, fd: number, keys: string[]): boolean {
-  if (batchUnsupported) return false;
+  if (noBatch.has(fd)) return false;
   try {
     return bpf.bpfMapDeleteBatch(fd, Buffer.from(keys.join(''), 'hex')) === keys.length;
   } catch (err) {
-    if (!unsupported(err)) throw err;
-    batchUnsupported = true;
+    if (unsupported(err)) noBatch.add(fd);
     return false;
   }
 }
 
-/** Makes the map hold exactly `desired`. */
-function applyDifference(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>,
-  isDeny: (value: Buffer) => boolean): ApplyReport {
-  const deletions = [...current.keys()].filter((key) => !desired.has(key));
-  return applyChanges(bpf, fd, current, desired, deletions, isDeny);
-}
-
-const isPolicyDeny = (value: Buffer): boolean => decodePolicyEntry(value).verdict === POLICY_DENY;
 
 export class PolicyMaps {
   /** Endpoint number -> open fd of its trie and what it holds (key hex -> value hex). */
@@ -158,9 +154,16 @@ export class PolicyMaps {
   /** Makes the endpoint's trie hold exactly `entries`. */
   apply(endpointNumber: number, entries: PolicyMapEntry[]): ApplyReport {
     const trie = this.open(endpointNumber);
-    const desired = new Map<string, Buffer>();
-    for (const { key, entry } of entries) desired.set(encodePolicyKey(key).toString('hex'), encodePolicyEntry(entry));
-    return applyDifference(this.bpf, trie.fd, trie.content, desired, isPolicyDeny);
+    const wanted = new Set<string>();
+    const writes: Write[] = [];
+    for (const { key, entry } of entries) {
+      const hex = encodePolicyKey(key).toString('hex');
+      wanted.add(hex);
+      const w = writeOf(trie.content, hex, encodePolicyEntry(entry), entry.verdict === POLICY_DENY);
+      if (w) writes.push(w);
+    }
+    const deletions = [...trie.content.keys()].filter((key) => !wanted.has(key));
+    return applyChanges(this.bpf, trie.fd, trie.content, writes, deletions);
   }
 
   /**
@@ -169,14 +172,17 @@ export class PolicyMaps {
    */
   applyDelta(endpointNumber: number, changes: readonly { key: PolicyKey; entry: PolicyEntry | undefined }[]): ApplyReport {
     const trie = this.open(endpointNumber);
-    const desired = new Map<string, Buffer>();
+    const writes: Write[] = [];
     const deletions: string[] = [];
     for (const { key, entry } of changes) {
       const hex = encodePolicyKey(key).toString('hex');
-      if (entry) desired.set(hex, encodePolicyEntry(entry));
-      else deletions.push(hex);
+      if (!entry) deletions.push(hex);
+      else {
+        const w = writeOf(trie.content, hex, encodePolicyEntry(entry), entry.verdict === POLICY_DENY);
+        if (w) writes.push(w);
+      }
     }
-    return applyChanges(this.bpf, trie.fd, trie.content, desired, deletions, isPolicyDeny);
+    return applyChanges(this.bpf, trie.fd, trie.content, writes, deletions);
   }
 
   /** What the endpoint's trie holds (from the kernel, not the cache). */
@@ -233,9 +239,16 @@ export class PolicyMaps {
       this.ipcacheContent = new Map();
       for (const [key, value] of mapEntries(this.bpf, fd, 1_000_000)) this.ipcacheContent.set(key.toString('hex'), value.toString('hex'));
     }
-    const desired = new Map<string, Buffer>();
-    for (const [cidr, value] of entries) desired.set(encodeIpcacheKey(cidr).toString('hex'), encodeIpcacheValue(value));
-    return applyDifference(this.bpf, fd, this.ipcacheContent, desired, () => false);
+    const wanted = new Set<string>();
+    const writes: Write[] = [];
+    for (const [cidr, value] of entries) {
+      const hex = encodeIpcacheKey(cidr).toString('hex');
+      wanted.add(hex);
+      const w = writeOf(this.ipcacheContent, hex, encodeIpcacheValue(value), false);
+      if (w) writes.push(w);
+    }
+    const deletions = [...this.ipcacheContent.keys()].filter((key) => !wanted.has(key));
+    return applyChanges(this.bpf, fd, this.ipcacheContent, writes, deletions);
   }
 
   readIpcache(): { cidr: string; value: IpcacheValue }[] {
@@ -271,8 +284,24 @@ export class PolicyMaps {
 
   /** Zeroes a rule's counters (a rule id is being given to a new rule). */
   resetCounter(ruleId: number): void {
+    this.resetCounters([ruleId]);
+  }
+
+  /** Zeroes the counters of rules (their ids are being given to new rules); in batches when there are many. */
+  resetCounters(ruleIds: readonly number[]): void {
+    if (!ruleIds.length) return;
     const fd = this.datapath.map('mb_policy_verdicts');
-    this.bpf.bpfMapUpdate(fd, encodeIfindexKey(ruleId), Buffer.alloc(SIZES.policy_counter * this.bpf.bpfNumPossibleCpus()), 0);
+    const size = SIZES.policy_counter * this.bpf.bpfNumPossibleCpus();
+    const zero = Buffer.alloc(size);
+    if (ruleIds.length >= BATCH_FROM && !noBatch.has(fd)) {
+      try {
+        const keys = Buffer.concat(ruleIds.map((id) => encodeIfindexKey(id)));
+        if (this.bpf.bpfMapUpdateBatch(fd, keys, Buffer.alloc(size * ruleIds.length), 0) === ruleIds.length) return;
+      } catch (err) {
+        if (unsupported(err)) noBatch.add(fd);
+      }
+    }
+    for (const id of ruleIds) this.bpf.bpfMapUpdate(fd, encodeIfindexKey(id), zero, 0);
   }
 
   close(): void {

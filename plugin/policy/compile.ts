@@ -29,7 +29,7 @@ import type { PolicyMapEntry } from '../datapath/policy-maps.js';
 import type { IdentityView } from '../identity/identities.js';
 import { parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import { selectorMatches } from './selector.js';
-import type { EndpointSelector, EnforcementMode, Label, PolicyPeerRule, StoredRule } from './types.js';
+import type { EndpointSelector, EnforcementMode, Label, PolicyPeerRule, PolicyRule, StoredRule } from './types.js';
 
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
@@ -67,9 +67,71 @@ export interface CompiledPolicy {
 }
 
 /** Every CIDR the rules name (cidr, cidrSet and their excepts), canonical: each needs an identity. */
-export function cidrsOf(rules: readonly StoredRule[]): Set<string> {
-  const out = new Set<string>();
-  for (const { rule } of rules) {
+export function cidrsOf(rules: readonly StoredRule[]): ReadonlySet<string> {
+  let out = cidrsByList.get(rules);
+  if (!out) {
+    // The repository makes a new list for every change: count the CIDRs of the rules that came
+    // and went since the last list instead of walking every rule.
+    const { gone, fresh } = difference(cidrCounts.list, rules);
+    for (const r of gone) for (const c of ruleCidrs(r.rule)) {
+      const n = cidrCounts.counts.get(c)! - 1;
+      if (n) cidrCounts.counts.set(c, n);
+      else cidrCounts.counts.delete(c);
+    }
+    for (const r of fresh) for (const c of ruleCidrs(r.rule)) cidrCounts.counts.set(c, (cidrCounts.counts.get(c) ?? 0) + 1);
+    cidrCounts.list = rules;
+    out = new Set(cidrCounts.counts.keys());
+    cidrsByList.set(rules, out);
+  }
+  return out;
+}
+
+const cidrsByList = new WeakMap<readonly StoredRule[], Set<string>>();
+/** The list cidrsOf last counted, and how many of its rules name each CIDR. */
+const cidrCounts: { list: readonly StoredRule[]; counts: Map<string, number> } = { list: [], counts: new Map() };
+
+const sortedById = (rules: readonly StoredRule[]): boolean => rules.every((r, i) => i === 0 || rules[i - 1]!.id < r.id);
+
+/** Rules (by object) only in `before`, and only in `after`. */
+export function difference(before: readonly StoredRule[], after: readonly StoredRule[]): { gone: StoredRule[]; fresh: StoredRule[] } {
+  const gone: StoredRule[] = [];
+  const fresh: StoredRule[] = [];
+  if (sortedById(before) && sortedById(after)) {
+    // The repository keeps its list sorted by id: one walk along both, nothing hashed.
+    let i = 0;
+    let j = 0;
+    while (i < before.length || j < after.length) {
+      const a = before[i];
+      const b = after[j];
+      if (a === b) {
+        i++;
+        j++;
+      } else if (b === undefined || (a !== undefined && a.id < b.id)) {
+        gone.push(a!);
+        i++;
+      } else if (a === undefined || b.id < a.id) {
+        fresh.push(b);
+        j++;
+      } else {
+        gone.push(a);
+        fresh.push(b);
+        i++;
+        j++;
+      }
+    }
+    return { gone, fresh };
+  }
+  const kept = new Set(after);
+  const had = new Set(before);
+  return { gone: before.filter((r) => !kept.has(r)), fresh: after.filter((r) => !had.has(r)) };
+}
+
+/** The CIDRs of one rule (as cidrsOf), once per rule: rules are never edited once stored. */
+const cidrsByRule = new WeakMap<PolicyRule, readonly string[]>();
+function ruleCidrs(rule: PolicyRule): readonly string[] {
+  let cidrs = cidrsByRule.get(rule);
+  if (!cidrs) {
+    const out = new Set<string>();
     for (const el of [...(rule.ingress ?? []), ...(rule.egress ?? []), ...(rule.ingressDeny ?? []), ...(rule.egressDeny ?? [])]) {
       for (const c of el.cidr ?? []) out.add(c);
       for (const set of el.cidrSet ?? []) {
@@ -77,10 +139,12 @@ export function cidrsOf(rules: readonly StoredRule[]): Set<string> {
         for (const e of set.except) out.add(e);
       }
     }
+    // A /0 is the world itself, not an ipcache entry.
+    for (const c of out) if (c.endsWith('/0')) out.delete(c);
+    cidrs = [...out];
+    cidrsByRule.set(rule, cidrs);
   }
-  // A /0 is the world itself, not an ipcache entry.
-  for (const c of out) if (c.endsWith('/0')) out.delete(c);
-  return out;
+  return cidrs;
 }
 
 /** Port keys of an element: [protocol, port, bits]; protocol 0 = everything. */

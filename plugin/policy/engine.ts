@@ -206,7 +206,7 @@ export class PolicyEngine {
   async import(rules: PolicyRule[]): Promise<{ revision: number; added: StoredRule[]; replaced: number[] }> {
     return this.changeRules(() => {
       const result = this.repository.add(rules, 'api');
-      for (const r of result.added) this.maps?.resetCounter(r.id);
+      this.maps?.resetCounters(result.added.map((r) => r.id));
       return result;
     });
   }
@@ -238,7 +238,7 @@ export class PolicyEngine {
   }
 
   /** Gives every CIDR the rules name an identity, and hands the rules and identities to the compiler. */
-  private syncCompiler(cidrs = cidrsOf(this.repository.rules())): void {
+  private syncCompiler(cidrs: ReadonlySet<string> = cidrsOf(this.repository.rules())): void {
     for (const c of cidrs) this.identities.forCidr(c);
     this.incremental.sync(this.repository.rules(), this.identities);
     this.synced = true;

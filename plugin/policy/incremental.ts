@@ -27,7 +27,7 @@ import type { PolicyMapEntry } from '../datapath/policy-maps.js';
 import type { IdentityView } from '../identity/identities.js';
 import { parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import {
-  PolicyCompiler, coveringKeys, isEmptySelector, keyString, maskPort, namesReserved, portKeys, selectorKey,
+  PolicyCompiler, coveringKeys, difference, isEmptySelector, keyString, maskPort, namesReserved, portKeys, selectorKey,
   type EndpointPolicyInput, type IdentitySource,
 } from './compile.js';
 import { selectorMatches } from './selector.js';
@@ -191,9 +191,9 @@ export class IncrementalCompiler {
     const added: RuleInfo[] = [];
     const removed: RuleInfo[] = [];
     if (rules !== this.lastRules) {
-      const current = new Set(rules);
-      for (const [rule, info] of this.infos) {
-        if (current.has(rule)) continue;
+      const { gone, fresh } = difference(this.lastRules ?? [], rules);
+      for (const rule of gone) {
+        const info = this.infos.get(rule)!;
         this.infos.delete(rule);
         const group = this.subjects.get(info.subjectKey)!;
         group.rules.delete(rule.id);
@@ -201,8 +201,7 @@ export class IncrementalCompiler {
         this.indexPeers(info, false);
         removed.push(info);
       }
-      for (const rule of rules) {
-        if (this.infos.has(rule)) continue;
+      for (const rule of fresh) {
         const info = ruleInfo(rule);
         this.infos.set(rule, info);
         let group = this.subjects.get(info.subjectKey);

@@ -7,6 +7,7 @@
 // re-importing the same file is idempotent; unlabelled rules are always added.
 
 import { ConflictError } from '../errors.js';
+import { difference } from './compile.js';
 import { labelSetKey } from './labels.js';
 import type { Label, PolicyRule, StoredRule } from './types.js';
 
@@ -22,13 +23,104 @@ export function emptyPolicyState(): PolicyState {
 /** Rule ids index the per-CPU verdict counters (mb_policy_verdicts, 65536 slots; 0 is "no rule"). */
 const MAX_RULE_ID = 65535;
 
+/** A rule's labels, indexed: `source\0key\0value` and `\0key\0value` (any source). Rules are never edited once stored. */
+const labelIndexes = new WeakMap<PolicyRule, Set<string>>();
+function labelIndex(rule: PolicyRule): Set<string> {
+  let index = labelIndexes.get(rule);
+  if (!index) {
+    index = new Set();
+    for (const l of rule.labels) {
+      index.add(`${l.source}\0${l.key}\0${l.value}`);
+      index.add(`\0${l.key}\0${l.value}`);
+    }
+    labelIndexes.set(rule, index);
+  }
+  return index;
+}
+
+/** The labelIndex key a wanted label looks for. */
+const wantedKey = (w: Label): string => `${w.source === 'any' ? '' : w.source}\0${w.key}\0${w.value}`;
+
 /** Does `rule` carry every label of `wanted` (source, key and value; source "any" matches any source)? */
 export function ruleHasLabels(rule: PolicyRule, wanted: readonly Label[]): boolean {
-  return wanted.every((w) => rule.labels.some((l) => l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)));
+  return labelMatcher(wanted)(rule);
+}
+
+/** ruleHasLabels for one `wanted` over many rules. */
+function labelMatcher(wanted: readonly Label[]): (rule: PolicyRule) => boolean {
+  if (!wanted.length) return () => true;
+  const keys = wanted.map(wantedKey);
+  return (rule) => {
+    const index = labelIndex(rule);
+    return keys.every((k) => index.has(k));
+  };
+}
+
+/** labelSetKey of a rule's labels, once per rule. */
+const labelKeys = new WeakMap<PolicyRule, string>();
+function ruleLabelKey(rule: PolicyRule): string {
+  let key = labelKeys.get(rule);
+  if (key === undefined) {
+    key = labelSetKey(rule.labels);
+    labelKeys.set(rule, key);
+  }
+  return key;
+}
+
+/** Two lists sorted by id, as one. */
+function mergeById(a: readonly StoredRule[], b: readonly StoredRule[]): StoredRule[] {
+  const out: StoredRule[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(a[i]!.id < b[j]!.id ? a[i++]! : b[j++]!);
+  while (i < a.length) out.push(a[i++]!);
+  while (j < b.length) out.push(b[j++]!);
+  return out;
 }
 
 export class PolicyRepository {
+  /** The rules by label (labelIndex's keys) and by label set (labelSetKey), for the list `indexed`; brought up to date on use. */
+  private readonly byLabel = new Map<string, Set<StoredRule>>();
+  private readonly byLabelSet = new Map<string, Set<StoredRule>>();
+  private indexed: readonly StoredRule[] = [];
+
   constructor(private readonly state: PolicyState) {}
+
+  /** Brings the indexes up to date with the list (every change makes a new list; the engine may put an earlier one back). */
+  private index(): void {
+    if (this.indexed === this.state.rules) return;
+    const { gone, fresh } = difference(this.indexed, this.state.rules);
+    const drop = (map: Map<string, Set<StoredRule>>, k: string, r: StoredRule): void => {
+      const set = map.get(k)!;
+      set.delete(r);
+      if (!set.size) map.delete(k);
+    };
+    const put = (map: Map<string, Set<StoredRule>>, k: string, r: StoredRule): void => {
+      let set = map.get(k);
+      if (!set) map.set(k, set = new Set());
+      set.add(r);
+    };
+    for (const r of gone) {
+      for (const k of labelIndex(r.rule)) drop(this.byLabel, k, r);
+      if (r.rule.labels.length) drop(this.byLabelSet, ruleLabelKey(r.rule), r);
+    }
+    for (const r of fresh) {
+      for (const k of labelIndex(r.rule)) put(this.byLabel, k, r);
+      if (r.rule.labels.length) put(this.byLabelSet, ruleLabelKey(r.rule), r);
+    }
+    this.indexed = this.state.rules;
+  }
+
+  /** Rules carrying all of `labels`, sorted by id as the list is, found through the label index. */
+  private matching(labels: readonly Label[]): StoredRule[] {
+    if (!labels.length) return [...this.state.rules];
+    this.index();
+    const sets = labels.map((w) => this.byLabel.get(wantedKey(w)));
+    if (sets.some((set) => set === undefined)) return [];
+    const [smallest, ...others] = (sets as Set<StoredRule>[]).sort((a, b) => a.size - b.size);
+    // The list is sorted by id: so is the answer.
+    return [...smallest!].filter((r) => others.every((set) => set.has(r))).sort((a, b) => a.id - b.id);
+  }
 
   get revision(): number {
     return this.state.revision;
@@ -40,13 +132,20 @@ export class PolicyRepository {
 
   /** Rules carrying all of `labels` (every rule when empty). */
   find(labels: readonly Label[] = []): StoredRule[] {
-    return this.state.rules.filter((r) => ruleHasLabels(r.rule, labels));
+    return this.matching(labels);
   }
 
   private freeIds(count: number, releasing: Set<number>): number[] {
-    const used = new Set(this.state.rules.filter((r) => !releasing.has(r.id)).map((r) => r.id));
     const ids: number[] = [];
-    for (let id = 1; id <= MAX_RULE_ID && ids.length < count; id++) if (!used.has(id)) ids.push(id);
+    // The free ids are the gaps between the ids in use (the list is sorted by id).
+    let next = 1;
+    for (let i = 0; i <= this.state.rules.length && ids.length < count; i++) {
+      const rule = this.state.rules[i];
+      if (rule && releasing.has(rule.id)) continue;
+      const end = rule ? Math.min(rule.id, MAX_RULE_ID + 1) : MAX_RULE_ID + 1;
+      for (let id = next; id < end && ids.length < count; id++) ids.push(id);
+      if (rule) next = Math.max(next, rule.id + 1);
+    }
     if (ids.length < count) {
       throw new ConflictError(`the policy would hold more than ${MAX_RULE_ID} rules; ` +
         'merge rules that share an endpointSelector, or delete rules that are no longer needed');
@@ -59,15 +158,15 @@ export class PolicyRepository {
    * revision, the stored rules and the ids that were replaced.
    */
   add(rules: readonly PolicyRule[], origin = 'api'): { revision: number; added: StoredRule[]; replaced: number[] } {
-    const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => labelSetKey(r.labels)));
-    const replaced = this.state.rules
-      .filter((r) => r.origin === origin && r.rule.labels.length && incomingKeys.has(labelSetKey(r.rule.labels)))
-      .map((r) => r.id);
+    const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => ruleLabelKey(r)));
+    this.index();
+    const replaced = [...incomingKeys].flatMap((k) => [...(this.byLabelSet.get(k) ?? [])])
+      .filter((r) => r.origin === origin).map((r) => r.id).sort((a, b) => a - b);
     const replacing = new Set(replaced);
     const ids = this.freeIds(rules.length, replacing);
     const revision = this.state.revision + 1;
     const added = rules.map((rule, i) => ({ id: ids[i]!, rule, origin, revision }));
-    this.state.rules = [...this.state.rules.filter((r) => !replacing.has(r.id)), ...added].sort((a, b) => a.id - b.id);
+    this.state.rules = mergeById(replacing.size ? this.state.rules.filter((r) => !replacing.has(r.id)) : this.state.rules, added);
     this.state.revision = revision;
     return { revision, added, replaced };
   }
@@ -77,7 +176,7 @@ export class PolicyRepository {
     if (!labels.length && !options.all) {
       throw new ConflictError('say which rules to delete: give labels (key=value), or --all to delete every imported rule');
     }
-    const deleted = this.state.rules.filter((r) => r.origin === 'api' && ruleHasLabels(r.rule, labels));
+    const deleted = this.matching(labels).filter((r) => r.origin === 'api');
     if (!deleted.length) return { revision: this.state.revision, deleted };
     const gone = new Set(deleted.map((r) => r.id));
     this.state.rules = this.state.rules.filter((r) => !gone.has(r.id));
