@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { BpfAddon } from '../kernel/native.js';
 import {
   POLICY_DENY, SIZES, decodeConfig, decodeIpcacheKey, decodeIpcacheValue, decodePerCpuPolicyCounter, decodePolicyEntry,
-  decodePolicyKey, encodeConfig, encodeIfindexKey, encodeIpcacheKey, encodeIpcacheValue, encodePolicyEntry, encodePolicyKey,
+  decodePolicyKey, encodeConfig, encodeIfindexKey, encodeIpcacheKey, encodeIpcacheValue,
   type IpcacheValue, type PolicyEntry, type PolicyKey,
 } from './codec.js';
 import type { Datapath } from './loader.js';
@@ -30,18 +30,33 @@ export interface ApplyReport {
   deleted: number;
 }
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const u32le = (n: number): string => HEX[n & 255]! + HEX[(n >>> 8) & 255]! + HEX[(n >>> 16) & 255]! + HEX[(n >>> 24) & 255]!;
+
+/**
+ * encodePolicyKey(k).toString('hex'), without a buffer per key (the maps' caches are keyed by
+ * hex; an import writes tens of thousands of keys). policy-maps.test.ts holds the two together.
+ */
+export function policyKeyHex(k: PolicyKey): string {
+  return u32le(k.protocol === 0 ? 40 : 48 + k.portBits) + u32le(k.identity) + HEX[k.direction]! + HEX[k.protocol]! +
+    HEX[(k.port >>> 8) & 255]! + HEX[k.port & 255]!;
+}
+
+/** encodePolicyEntry(e).toString('hex'), likewise. */
+export function policyEntryHex(e: PolicyEntry): string {
+  return `${u32le(e.ruleId)}${HEX[e.verdict]!}000000`;
+}
+
 /** One key to write: its bytes as hex (the cache's key), the value, the value as hex, and whether it is a deny. */
 interface Write {
   key: string;
-  value: Buffer;
   hex: string;
   deny: boolean;
 }
 
-/** The write of `key` = `value`, or undefined when the map holds that already. */
-function writeOf(current: Map<string, string>, key: string, value: Buffer, deny: boolean): Write | undefined {
-  const hex = value.toString('hex');
-  return current.get(key) === hex ? undefined : { key, value, hex, deny };
+/** The write of `key` = value `hex`, or undefined when the map holds that already. */
+function writeOf(current: Map<string, string>, key: string, hex: string, deny: boolean): Write | undefined {
+  return current.get(key) === hex ? undefined : { key, hex, deny };
 }
 
 /**
@@ -76,7 +91,8 @@ function unsupported(err: unknown): boolean {
 function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: Write[]): void {
   if (writes.length >= BATCH_FROM && !noBatch.has(fd)) {
     try {
-      const count = bpf.bpfMapUpdateBatch(fd, Buffer.from(writes.map((w) => w.key).join(''), 'hex'), Buffer.concat(writes.map((w) => w.value)), 0);
+      const count = bpf.bpfMapUpdateBatch(fd, Buffer.from(writes.map((w) => w.key).join(''), 'hex'),
+        Buffer.from(writes.map((w) => w.hex).join(''), 'hex'), 0);
       if (count === writes.length) {
         for (const w of writes) current.set(w.key, w.hex);
         return;
@@ -89,7 +105,7 @@ function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: 
   }
   // Key by key (also after a partial batch: rewriting an entry with its own value is harmless).
   for (const w of writes) {
-    bpf.bpfMapUpdate(fd, Buffer.from(w.key, 'hex'), w.value, 0);
+    bpf.bpfMapUpdate(fd, Buffer.from(w.key, 'hex'), Buffer.from(w.hex, 'hex'), 0);
     current.set(w.key, w.hex);
   }
 }
@@ -157,9 +173,9 @@ export class PolicyMaps {
     const wanted = new Set<string>();
     const writes: Write[] = [];
     for (const { key, entry } of entries) {
-      const hex = encodePolicyKey(key).toString('hex');
+      const hex = policyKeyHex(key);
       wanted.add(hex);
-      const w = writeOf(trie.content, hex, encodePolicyEntry(entry), entry.verdict === POLICY_DENY);
+      const w = writeOf(trie.content, hex, policyEntryHex(entry), entry.verdict === POLICY_DENY);
       if (w) writes.push(w);
     }
     const deletions = [...trie.content.keys()].filter((key) => !wanted.has(key));
@@ -175,10 +191,10 @@ export class PolicyMaps {
     const writes: Write[] = [];
     const deletions: string[] = [];
     for (const { key, entry } of changes) {
-      const hex = encodePolicyKey(key).toString('hex');
+      const hex = policyKeyHex(key);
       if (!entry) deletions.push(hex);
       else {
-        const w = writeOf(trie.content, hex, encodePolicyEntry(entry), entry.verdict === POLICY_DENY);
+        const w = writeOf(trie.content, hex, policyEntryHex(entry), entry.verdict === POLICY_DENY);
         if (w) writes.push(w);
       }
     }
@@ -244,7 +260,7 @@ export class PolicyMaps {
     for (const [cidr, value] of entries) {
       const hex = encodeIpcacheKey(cidr).toString('hex');
       wanted.add(hex);
-      const w = writeOf(this.ipcacheContent, hex, encodeIpcacheValue(value), false);
+      const w = writeOf(this.ipcacheContent, hex, encodeIpcacheValue(value).toString('hex'), false);
       if (w) writes.push(w);
     }
     const deletions = [...this.ipcacheContent.keys()].filter((key) => !wanted.has(key));

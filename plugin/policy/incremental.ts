@@ -79,10 +79,10 @@ interface EndpointCache {
   contributions: Map<number, Contribution>;
   raw: Map<string, KeyState>;
   /** identity/direction -> keys of that group (for deny coverage), and how many of them are denies. */
-  groups: Map<string, { keys: Set<string>; denies: number }>;
+  groups: Map<number, { keys: Set<string>; denies: number }>;
   entries: Map<string, PolicyMapEntry>;
-  /** Keys whose entry changed since the endpoint was last written; undefined: write everything. */
-  dirty: Set<string> | undefined;
+  /** Keys whose entry changed since the endpoint was last written (with the key); undefined: write everything. */
+  dirty: Map<string, PolicyKey> | undefined;
 }
 
 export interface EndpointResult {
@@ -95,7 +95,8 @@ export interface EndpointResult {
   full: boolean;
 }
 
-const groupOf = (k: PolicyKey): string => `${k.identity}/${k.direction}`;
+/** identity and direction, as one number (identities are 32 bits, directions 0 or 1). */
+const groupOf = (k: PolicyKey): number => k.identity * 2 + k.direction;
 
 function minOf(ids: number[]): number {
   let m = ids[0]!;
@@ -130,16 +131,20 @@ function ruleInfo(rule: StoredRule): RuleInfo {
   const cidrPrefixes: Prefix[] = [];
   const has = { ingress: false, egress: false };
   const requires = { ingress: false, egress: false };
+  const look = (elements: readonly PolicyPeerRule[]): void => {
+    for (const el of elements) {
+      if (el.endpoints) for (const sel of el.endpoints) if (!isEmptySelector(sel)) peerSelectors.set(selectorKey(sel), sel);
+      if (el.entities?.includes('network')) hasNetworkEntity = true;
+      if (el.cidr) for (const c of el.cidr) cidrPrefixes.push(parsePrefix(c));
+      if (el.cidrSet) for (const set of el.cidrSet) cidrPrefixes.push(parsePrefix(set.cidr));
+    }
+  };
   for (const direction of DIRECTIONS) {
     const { allow, deny } = sectionsOf(rule, direction);
     has[direction] = allow.length + deny.length > 0;
     requires[direction] = allow.some((el) => (el.requires?.length ?? 0) > 0);
-    for (const el of [...allow, ...deny]) {
-      for (const sel of el.endpoints ?? []) if (!isEmptySelector(sel)) peerSelectors.set(selectorKey(sel), sel);
-      if (el.entities?.includes('network')) hasNetworkEntity = true;
-      for (const c of el.cidr ?? []) cidrPrefixes.push(parsePrefix(c));
-      for (const set of el.cidrSet ?? []) cidrPrefixes.push(parsePrefix(set.cidr));
-    }
+    look(allow);
+    look(deny);
   }
   return { rule, subjectKey: selectorKey(rule.rule.endpointSelector), has, requires, peerSelectors, hasNetworkEntity, cidrPrefixes };
 }
@@ -298,7 +303,12 @@ export class IncrementalCompiler {
     const rebuilt = this.build(signatureOf(input), input);
     // The map holds what the old cache said (but for its unwritten changes), unless it was never
     // written: then the whole map is compared.
-    if (old?.dirty) rebuilt.dirty = new Set([...old.dirty, ...old.entries.keys(), ...rebuilt.entries.keys()]);
+    if (old?.dirty) {
+      const dirty = new Map(old.dirty);
+      for (const [k, e] of old.entries) dirty.set(k, e.key);
+      for (const [k, e] of rebuilt.entries) dirty.set(k, e.key);
+      rebuilt.dirty = dirty;
+    }
     this.endpoints.set(endpointId, rebuilt);
     return this.resultOf(rebuilt);
   }
@@ -321,18 +331,14 @@ export class IncrementalCompiler {
     if (!cache) return [];
     if (!cache.dirty) return [...cache.entries.values()];
     const out: { key: PolicyKey; entry: PolicyMapEntry['entry'] | undefined }[] = [];
-    for (const k of cache.dirty) {
-      const e = cache.entries.get(k);
-      if (e) out.push(e);
-      else out.push({ key: cache.raw.get(k)?.key ?? parseKeyString(k), entry: undefined });
-    }
+    for (const [k, key] of cache.dirty) out.push(cache.entries.get(k) ?? { key, entry: undefined });
     return out;
   }
 
   /** The endpoint's map now holds what its cache says. */
   written(endpointId: string): void {
     const cache = this.endpoints.get(endpointId);
-    if (cache) cache.dirty = new Set();
+    if (cache) cache.dirty = new Map();
   }
 
   // ---- building and patching --------------------------------------------------------------------
@@ -363,7 +369,24 @@ export class IncrementalCompiler {
     }
     for (const direction of DIRECTIONS) cache.enforce[direction] = this.enforceOf(input, cache.sectionRules[direction].size > 0);
     const requires = this.requiresOf(cache);
-    for (const [id, info] of cache.applying) this.contribute(cache, id, this.contributionOf(cache, info, requires));
+    // Every contribution first, then every key settled once (contribute() settles key by key).
+    for (const [id, info] of cache.applying) {
+      const contribution = this.contributionOf(cache, info, requires);
+      cache.contributions.set(id, contribution);
+      for (const { k, key, verdict } of contribution.values()) {
+        let state = cache.raw.get(k);
+        if (!state) cache.raw.set(k, state = { key, allow: [], deny: [] });
+        (verdict === POLICY_DENY ? state.deny : state.allow).push(id);
+      }
+    }
+    for (const [k, state] of cache.raw) {
+      const g = groupOf(state.key);
+      let group = cache.groups.get(g);
+      if (!group) cache.groups.set(g, group = { keys: new Set(), denies: 0 });
+      group.keys.add(k);
+      if (state.deny.length) group.denies++;
+    }
+    for (const [k, state] of cache.raw) this.refresh(cache, k, state, cache.groups.get(groupOf(state.key))!.denies);
     return cache;
   }
 
@@ -556,7 +579,7 @@ export class IncrementalCompiler {
       if (current && current.entry.verdict === verdict && current.entry.ruleId === ruleId) return;
       cache.entries.set(k, { key: state.key, entry: { ruleId, verdict } });
     }
-    cache.dirty?.add(k);
+    cache.dirty?.set(k, state.key);
   }
 }
 
@@ -564,7 +587,3 @@ function signatureOf(input: EndpointPolicyInput): string {
   return JSON.stringify([input.identity, input.labels, input.mode, input.audit, !!input.initFailOpen, !!input.forceEnforce]);
 }
 
-function parseKeyString(k: string): PolicyKey {
-  const [identity, direction, protocol, port, portBits] = k.split('/').map(Number) as [number, number, number, number, number];
-  return { identity, direction: direction as PolicyKey['direction'], protocol, port, portBits };
-}

@@ -23,38 +23,13 @@ export function emptyPolicyState(): PolicyState {
 /** Rule ids index the per-CPU verdict counters (mb_policy_verdicts, 65536 slots; 0 is "no rule"). */
 const MAX_RULE_ID = 65535;
 
-/** A rule's labels, indexed: `source\0key\0value` and `\0key\0value` (any source). Rules are never edited once stored. */
-const labelIndexes = new WeakMap<PolicyRule, Set<string>>();
-function labelIndex(rule: PolicyRule): Set<string> {
-  let index = labelIndexes.get(rule);
-  if (!index) {
-    index = new Set();
-    for (const l of rule.labels) {
-      index.add(`${l.source}\0${l.key}\0${l.value}`);
-      index.add(`\0${l.key}\0${l.value}`);
-    }
-    labelIndexes.set(rule, index);
-  }
-  return index;
-}
-
-/** The labelIndex key a wanted label looks for. */
-const wantedKey = (w: Label): string => `${w.source === 'any' ? '' : w.source}\0${w.key}\0${w.value}`;
-
 /** Does `rule` carry every label of `wanted` (source, key and value; source "any" matches any source)? */
 export function ruleHasLabels(rule: PolicyRule, wanted: readonly Label[]): boolean {
-  return labelMatcher(wanted)(rule);
+  return wanted.every((w) => rule.labels.some((l) => l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)));
 }
 
-/** ruleHasLabels for one `wanted` over many rules. */
-function labelMatcher(wanted: readonly Label[]): (rule: PolicyRule) => boolean {
-  if (!wanted.length) return () => true;
-  const keys = wanted.map(wantedKey);
-  return (rule) => {
-    const index = labelIndex(rule);
-    return keys.every((k) => index.has(k));
-  };
-}
+/** The label index's key: key and value (sources are checked on the few rules found). */
+const keyValue = (l: Label): string => `${l.key}\0${l.value}`;
 
 /** labelSetKey of a rule's labels, once per rule. */
 const labelKeys = new WeakMap<PolicyRule, string>();
@@ -65,6 +40,12 @@ function ruleLabelKey(rule: PolicyRule): string {
     labelKeys.set(rule, key);
   }
   return key;
+}
+
+interface Index {
+  map: Map<string, Set<StoredRule>>;
+  list: readonly StoredRule[];
+  keys: (rule: StoredRule) => string[];
 }
 
 /** Two lists sorted by id, as one. */
@@ -79,47 +60,46 @@ function mergeById(a: readonly StoredRule[], b: readonly StoredRule[]): StoredRu
 }
 
 export class PolicyRepository {
-  /** The rules by label (labelIndex's keys) and by label set (labelSetKey), for the list `indexed`; brought up to date on use. */
-  private readonly byLabel = new Map<string, Set<StoredRule>>();
-  private readonly byLabelSet = new Map<string, Set<StoredRule>>();
-  private indexed: readonly StoredRule[] = [];
+  /** Rules by label (key and value) and by label set (labelSetKey), each for the list it was brought up to date with. */
+  private readonly byLabel: Index = { map: new Map(), list: [], keys: (r) => r.rule.labels.map(keyValue) };
+  private readonly byLabelSet: Index = { map: new Map(), list: [], keys: (r) => (r.rule.labels.length ? [ruleLabelKey(r.rule)] : []) };
 
   constructor(private readonly state: PolicyState) {}
 
-  /** Brings the indexes up to date with the list (every change makes a new list; the engine may put an earlier one back). */
-  private index(): void {
-    if (this.indexed === this.state.rules) return;
-    const { gone, fresh } = difference(this.indexed, this.state.rules);
-    const drop = (map: Map<string, Set<StoredRule>>, k: string, r: StoredRule): void => {
-      const set = map.get(k)!;
-      set.delete(r);
-      if (!set.size) map.delete(k);
-    };
-    const put = (map: Map<string, Set<StoredRule>>, k: string, r: StoredRule): void => {
-      let set = map.get(k);
-      if (!set) map.set(k, set = new Set());
-      set.add(r);
-    };
+  /** An index brought up to date with the list (every change makes a new list; the engine may put an earlier one back). */
+  private index(index: Index): Map<string, Set<StoredRule>> {
+    if (index.list === this.state.rules) return index.map;
+    const { gone, fresh } = difference(index.list, this.state.rules);
     for (const r of gone) {
-      for (const k of labelIndex(r.rule)) drop(this.byLabel, k, r);
-      if (r.rule.labels.length) drop(this.byLabelSet, ruleLabelKey(r.rule), r);
+      for (const k of index.keys(r)) {
+        const set = index.map.get(k);
+        set?.delete(r);
+        if (set && !set.size) index.map.delete(k);
+      }
     }
     for (const r of fresh) {
-      for (const k of labelIndex(r.rule)) put(this.byLabel, k, r);
-      if (r.rule.labels.length) put(this.byLabelSet, ruleLabelKey(r.rule), r);
+      for (const k of index.keys(r)) {
+        let set = index.map.get(k);
+        if (!set) index.map.set(k, set = new Set());
+        set.add(r);
+      }
     }
-    this.indexed = this.state.rules;
+    index.list = this.state.rules;
+    return index.map;
   }
 
   /** Rules carrying all of `labels`, sorted by id as the list is, found through the label index. */
   private matching(labels: readonly Label[]): StoredRule[] {
     if (!labels.length) return [...this.state.rules];
-    this.index();
-    const sets = labels.map((w) => this.byLabel.get(wantedKey(w)));
-    if (sets.some((set) => set === undefined)) return [];
-    const [smallest, ...others] = (sets as Set<StoredRule>[]).sort((a, b) => a.size - b.size);
+    const byLabel = this.index(this.byLabel);
+    let smallest: Set<StoredRule> | undefined;
+    for (const w of labels) {
+      const set = byLabel.get(keyValue(w));
+      if (!set) return [];
+      if (!smallest || set.size < smallest.size) smallest = set;
+    }
     // The list is sorted by id: so is the answer.
-    return [...smallest!].filter((r) => others.every((set) => set.has(r))).sort((a, b) => a.id - b.id);
+    return [...smallest!].filter((r) => ruleHasLabels(r.rule, labels)).sort((a, b) => a.id - b.id);
   }
 
   get revision(): number {
@@ -159,8 +139,8 @@ export class PolicyRepository {
    */
   add(rules: readonly PolicyRule[], origin = 'api'): { revision: number; added: StoredRule[]; replaced: number[] } {
     const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => ruleLabelKey(r)));
-    this.index();
-    const replaced = [...incomingKeys].flatMap((k) => [...(this.byLabelSet.get(k) ?? [])])
+    const byLabelSet = incomingKeys.size ? this.index(this.byLabelSet) : new Map<string, Set<StoredRule>>();
+    const replaced = [...incomingKeys].flatMap((k) => [...(byLabelSet.get(k) ?? [])])
       .filter((r) => r.origin === origin).map((r) => r.id).sort((a, b) => a - b);
     const replacing = new Set(replaced);
     const ids = this.freeIds(rules.length, replacing);
