@@ -126,6 +126,8 @@ export class PolicyMaps {
   /** Endpoint number -> open fd of its trie and what it holds (key hex -> value hex). */
   private readonly tries = new Map<number, { fd: number; content: Map<string, string> }>();
   private ipcacheContent: Map<string, string> | undefined;
+  /** CIDR or address -> its ipcache key as hex, for the entries of the last sync. */
+  private ipcacheKeys = new Map<string, string>();
 
   constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath, private readonly pinDir: string,
     private readonly trieMaxEntries = 65536) {}
@@ -257,12 +259,16 @@ export class PolicyMaps {
     }
     const wanted = new Set<string>();
     const writes: Write[] = [];
+    const keys = new Map<string, string>();
     for (const [cidr, value] of entries) {
-      const hex = encodeIpcacheKey(cidr).toString('hex');
+      // The same CIDRs come back every regeneration: their keys are encoded once.
+      const hex = this.ipcacheKeys.get(cidr) ?? encodeIpcacheKey(cidr).toString('hex');
+      keys.set(cidr, hex);
       wanted.add(hex);
       const w = writeOf(this.ipcacheContent, hex, encodeIpcacheValue(value).toString('hex'), false);
       if (w) writes.push(w);
     }
+    this.ipcacheKeys = keys;
     const deletions = [...this.ipcacheContent.keys()].filter((key) => !wanted.has(key));
     return applyChanges(this.bpf, fd, this.ipcacheContent, writes, deletions);
   }

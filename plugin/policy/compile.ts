@@ -27,7 +27,7 @@ import {
 } from '../datapath/codec.js';
 import type { PolicyMapEntry } from '../datapath/policy-maps.js';
 import type { IdentityView } from '../identity/identities.js';
-import { parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
+import { parsePrefix as parsePrefixText, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import { selectorMatches } from './selector.js';
 import type { EndpointSelector, EnforcementMode, Label, PolicyPeerRule, PolicyRule, StoredRule } from './types.js';
 
@@ -64,6 +64,18 @@ export interface CompiledPolicy {
   entries: PolicyMapEntry[];
   /** Ids of the rules that apply, per direction (allow and deny sections). */
   appliedRules: { ingress: number[]; egress: number[] };
+}
+
+/** parsePrefix, once per text: the compiler meets the same CIDRs at every change (the answers are never modified). */
+const prefixes = new Map<string, Readonly<Prefix>>();
+export function parsePrefix(cidr: string): Readonly<Prefix> {
+  let prefix = prefixes.get(cidr);
+  if (!prefix) {
+    prefix = parsePrefixText(cidr);
+    if (prefixes.size >= 100_000) prefixes.clear();
+    prefixes.set(cidr, prefix);
+  }
+  return prefix;
 }
 
 /** Every CIDR the rules name (cidr, cidrSet and their excepts), canonical: each needs an identity. */

@@ -25,9 +25,9 @@
 import { POLICY_ALLOW, POLICY_DENY, POLICY_EGRESS, POLICY_INGRESS, ID_INIT, type PolicyKey } from '../datapath/codec.js';
 import type { PolicyMapEntry } from '../datapath/policy-maps.js';
 import type { IdentityView } from '../identity/identities.js';
-import { parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
+import { prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import {
-  PolicyCompiler, coveringKeys, difference, isEmptySelector, keyString, maskPort, namesReserved, portKeys, selectorKey,
+  PolicyCompiler, coveringKeys, difference, isEmptySelector, parsePrefix, keyString, maskPort, namesReserved, portKeys, selectorKey,
   type EndpointPolicyInput, type IdentitySource,
 } from './compile.js';
 import { selectorMatches } from './selector.js';
