@@ -186,9 +186,14 @@ export class PolicyMaps {
 
   /**
    * Changes some keys of the endpoint's trie: each to the entry given, or away when it has none.
-   * Keys not named keep what they hold.
+   * Keys not named keep what they hold. `everything` is the endpoint's whole policy, for a trie
+   * this instance has not written since it was opened.
    */
-  applyDelta(endpointNumber: number, changes: readonly { key: PolicyKey; entry: PolicyEntry | undefined }[]): ApplyReport {
+  applyDelta(endpointNumber: number, changes: readonly { key: PolicyKey; entry: PolicyEntry | undefined }[],
+    everything: () => PolicyMapEntry[]): ApplyReport {
+    // A trie opened afresh (after close(), or created because its pin went) may not hold what the
+    // caller last wrote: then the whole policy is written as a difference.
+    if (!this.tries.has(endpointNumber)) return this.apply(endpointNumber, everything());
     const trie = this.open(endpointNumber);
     const writes: Write[] = [];
     const deletions: string[] = [];

@@ -272,7 +272,7 @@ export class PolicyEngine {
     if (this.maps && endpoint.number !== undefined) {
       counts = compiled.full
         ? this.maps.apply(endpoint.number, this.incremental.entries(endpoint.id))
-        : this.maps.applyDelta(endpoint.number, this.incremental.changes(endpoint.id));
+        : this.maps.applyDelta(endpoint.number, this.incremental.changes(endpoint.id), () => this.incremental.entries(endpoint.id));
     }
     this.incremental.written(endpoint.id);
     const written = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit, identity: endpoint.identity ?? ID_INIT };
