@@ -8,7 +8,6 @@
 
 import { ConflictError } from '../errors.js';
 import { difference } from './compile.js';
-import { labelSetKey } from './labels.js';
 import type { Label, PolicyRule, StoredRule } from './types.js';
 
 export interface PolicyState {
@@ -28,15 +27,17 @@ export function ruleHasLabels(rule: PolicyRule, wanted: readonly Label[]): boole
   return wanted.every((w) => rule.labels.some((l) => l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)));
 }
 
-/** The label index's key: key and value (sources are checked on the few rules found). */
-const keyValue = (l: Label): string => `${l.key}\0${l.value}`;
-
-/** labelSetKey of a rule's labels, once per rule. */
+/**
+ * A rule's label set as a string, once per rule: equal for equal sets (order and duplicates
+ * ignored), as labelSetKey is, but cheaper (only compared here, never stored).
+ */
 const labelKeys = new WeakMap<PolicyRule, string>();
 function ruleLabelKey(rule: PolicyRule): string {
   let key = labelKeys.get(rule);
   if (key === undefined) {
-    key = labelSetKey(rule.labels);
+    // Sources and keys hold no NUL, so source NUL key NUL value names one label unambiguously.
+    const parts = [...new Set(rule.labels.map((l) => `${l.source}\0${l.key}\0${l.value}`))].sort();
+    key = JSON.stringify(parts);
     labelKeys.set(rule, key);
   }
   return key;
@@ -60,8 +61,7 @@ function mergeById(a: readonly StoredRule[], b: readonly StoredRule[]): StoredRu
 }
 
 export class PolicyRepository {
-  /** Rules by label (key and value) and by label set (labelSetKey), each for the list it was brought up to date with. */
-  private readonly byLabel: Index = { map: new Map(), list: [], keys: (r) => r.rule.labels.map(keyValue) };
+  /** Rules by label set (ruleLabelKey), for the list it was last brought up to date with. */
   private readonly byLabelSet: Index = { map: new Map(), list: [], keys: (r) => (r.rule.labels.length ? [ruleLabelKey(r.rule)] : []) };
 
   constructor(private readonly state: PolicyState) {}
@@ -88,18 +88,25 @@ export class PolicyRepository {
     return index.map;
   }
 
-  /** Rules carrying all of `labels`, sorted by id as the list is, found through the label index. */
+  /** Rules carrying all of `labels`, in the list's order: one walk, nothing allocated per rule. */
   private matching(labels: readonly Label[]): StoredRule[] {
     if (!labels.length) return [...this.state.rules];
-    const byLabel = this.index(this.byLabel);
-    let smallest: Set<StoredRule> | undefined;
-    for (const w of labels) {
-      const set = byLabel.get(keyValue(w));
-      if (!set) return [];
-      if (!smallest || set.size < smallest.size) smallest = set;
+    const out: StoredRule[] = [];
+    rules: for (const r of this.state.rules) {
+      const have = r.rule.labels;
+      for (const w of labels) {
+        let found = false;
+        for (const l of have) {
+          if (l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)) {
+            found = true;
+            break;
+          }
+        }
+        if (!found) continue rules;
+      }
+      out.push(r);
     }
-    // The list is sorted by id: so is the answer.
-    return [...smallest!].filter((r) => ruleHasLabels(r.rule, labels)).sort((a, b) => a.id - b.id);
+    return out;
   }
 
   get revision(): number {
