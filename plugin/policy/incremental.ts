@@ -6,9 +6,10 @@
 //    which peers, sections and CIDRs it has;
 //  - per subject selector (by content): the rules that use it, so finding the rules that select an
 //    endpoint costs one match per distinct selector, not one per rule;
-//  - per endpoint: its input (identity, labels, mode...), the rules that select it, each rule's
-//    contribution (the keys it allows or denies), every key's contributors, and the resulting
-//    entries; plus the keys whose entry changed since the endpoint was last written.
+//  - per endpoint input (identity, labels, mode...; endpoints with equal inputs, replicas of one
+//    service, share it): the rules that select it, each rule's contribution (the keys it allows
+//    or denies), every key's contributors, and the resulting entries; plus, per endpoint, the
+//    keys whose entry changed since that endpoint's map was last written.
 //
 // What a change recompiles:
 //  - a rule added or removed: its own contribution, on the endpoints its endpointSelector selects;
@@ -81,8 +82,13 @@ interface EndpointCache {
   /** identity/direction -> keys of that group (for deny coverage), and how many of them are denies. */
   groups: Map<number, { keys: Set<string>; denies: number }>;
   entries: Map<string, PolicyMapEntry>;
-  /** Keys whose entry changed since the endpoint was last written (with the key); undefined: write everything. */
-  dirty: Map<string, PolicyKey> | undefined;
+  /**
+   * The endpoints compiled by this cache (endpoints with equal inputs share one), each with the
+   * keys whose entry changed since that endpoint was last written; undefined: write everything.
+   */
+  users: Map<string, Map<string, PolicyKey> | undefined>;
+  /** The sync() this cache is up to date with. */
+  seq: number;
 }
 
 export interface EndpointResult {
@@ -174,7 +180,10 @@ export class IncrementalCompiler {
   private readonly infos = new Map<StoredRule, RuleInfo>();
   private readonly subjects = new Map<string, SubjectGroup>();
   private lastRules: readonly StoredRule[] | undefined;
+  /** Endpoint id -> the cache that compiles it; signature -> the cache of that input. */
   private readonly endpoints = new Map<string, EndpointCache>();
+  private readonly compiled = new Map<string, EndpointCache>();
+  private seq = 0;
   /** The identities the caches were compiled against (by id; a new view object means a new identity). */
   private known = new Map<number, IdentityView>();
   private peerCompiler: PolicyCompiler | undefined;
@@ -193,6 +202,7 @@ export class IncrementalCompiler {
    * many rules were added and removed.
    */
   sync(rules: readonly StoredRule[], identities: IdentitySource): { added: number; removed: number; identities: number } {
+    this.seq++;
     const added: RuleInfo[] = [];
     const removed: RuleInfo[] = [];
     if (rules !== this.lastRules) {
@@ -273,8 +283,13 @@ export class IncrementalCompiler {
 
   /** Drops what is cached for endpoints (all of them when no id is given): they compile from scratch next time. */
   forget(endpointId?: string): void {
-    if (endpointId === undefined) this.endpoints.clear();
-    else this.endpoints.delete(endpointId);
+    if (endpointId === undefined) {
+      this.endpoints.clear();
+      this.compiled.clear();
+      return;
+    }
+    const cache = this.endpoints.get(endpointId);
+    if (cache) this.detach(endpointId, cache);
   }
 
   /** Endpoint ids with a cache; the caller forgets those that no longer exist. */
@@ -289,34 +304,62 @@ export class IncrementalCompiler {
   update(endpointId: string, input: EndpointPolicyInput): EndpointResult {
     const cache = this.endpoints.get(endpointId);
     if (!cache || cache.signature !== signatureOf(input)) return this.rebuild(endpointId, input);
-    if (!this.patch(cache)) return this.rebuild(endpointId, input);
-    return this.resultOf(cache);
+    return this.resultOf(endpointId, this.current(cache));
   }
 
   /**
-   * Compiles one endpoint from scratch against the rules and identities of the last sync() (an
-   * endpoint that appears between two syncs; the next sync's changes then apply to it as well).
+   * Compiles one endpoint against the rules and identities of the last sync() (also an endpoint
+   * that appears between two syncs: the next sync's changes then apply to it as well).
    */
   rebuild(endpointId: string, input: EndpointPolicyInput): EndpointResult {
     if (!this.peerCompiler) throw new Error('IncrementalCompiler.rebuild before the first sync');
+    const signature = signatureOf(input);
     const old = this.endpoints.get(endpointId);
-    const rebuilt = this.build(signatureOf(input), input);
-    // The map holds what the old cache said (but for its unwritten changes), unless it was never
-    // written: then the whole map is compared.
-    if (old?.dirty) {
-      const dirty = new Map(old.dirty);
-      for (const [k, e] of old.entries) dirty.set(k, e.key);
-      for (const [k, e] of rebuilt.entries) dirty.set(k, e.key);
-      rebuilt.dirty = dirty;
+    let target = this.compiled.get(signature);
+    if (target) target = this.current(target);
+    else {
+      target = this.build(signature, input);
+      this.compiled.set(signature, target);
     }
-    this.endpoints.set(endpointId, rebuilt);
-    return this.resultOf(rebuilt);
+    let dirty: Map<string, PolicyKey> | undefined;
+    if (old === target) dirty = target.users.get(endpointId);
+    else if (old) {
+      // The map holds what the old cache said (but for its unwritten changes), unless it was
+      // never written: then the whole map is compared.
+      const before = old.users.get(endpointId);
+      if (before) dirty = unionOf(before, old.entries, target.entries);
+      this.detach(endpointId, old);
+    }
+    target.users.set(endpointId, dirty);
+    this.endpoints.set(endpointId, target);
+    return this.resultOf(endpointId, target);
   }
 
-  private resultOf(cache: EndpointCache): EndpointResult {
+  /** The cache brought up to date with the last sync (patched once per sync, or rebuilt for all its endpoints). */
+  private current(cache: EndpointCache): EndpointCache {
+    if (cache.seq === this.seq || this.patch(cache)) {
+      cache.seq = this.seq;
+      return cache;
+    }
+    const rebuilt = this.build(cache.signature, cache.input);
+    for (const [id, dirty] of cache.users) {
+      rebuilt.users.set(id, dirty && unionOf(dirty, cache.entries, rebuilt.entries));
+      this.endpoints.set(id, rebuilt);
+    }
+    this.compiled.set(cache.signature, rebuilt);
+    return rebuilt;
+  }
+
+  private detach(endpointId: string, cache: EndpointCache): void {
+    this.endpoints.delete(endpointId);
+    cache.users.delete(endpointId);
+    if (!cache.users.size && this.compiled.get(cache.signature) === cache) this.compiled.delete(cache.signature);
+  }
+
+  private resultOf(endpointId: string, cache: EndpointCache): EndpointResult {
     return {
       enforceIngress: cache.enforce.ingress, enforceEgress: cache.enforce.egress, audit: cache.input.audit,
-      size: cache.entries.size, full: cache.dirty === undefined,
+      size: cache.entries.size, full: cache.users.get(endpointId) === undefined,
     };
   }
 
@@ -329,16 +372,16 @@ export class IncrementalCompiler {
   changes(endpointId: string): { key: PolicyKey; entry: PolicyMapEntry['entry'] | undefined }[] {
     const cache = this.endpoints.get(endpointId);
     if (!cache) return [];
-    if (!cache.dirty) return [...cache.entries.values()];
+    const dirty = cache.users.get(endpointId);
+    if (!dirty) return [...cache.entries.values()];
     const out: { key: PolicyKey; entry: PolicyMapEntry['entry'] | undefined }[] = [];
-    for (const [k, key] of cache.dirty) out.push(cache.entries.get(k) ?? { key, entry: undefined });
+    for (const [k, key] of dirty) out.push(cache.entries.get(k) ?? { key, entry: undefined });
     return out;
   }
 
   /** The endpoint's map now holds what its cache says. */
   written(endpointId: string): void {
-    const cache = this.endpoints.get(endpointId);
-    if (cache) cache.dirty = new Map();
+    this.endpoints.get(endpointId)?.users.set(endpointId, new Map());
   }
 
   // ---- building and patching --------------------------------------------------------------------
@@ -361,7 +404,7 @@ export class IncrementalCompiler {
     const cache: EndpointCache = {
       signature, input, enforce: { ingress: false, egress: false },
       requiresRules: { ingress: new Set(), egress: new Set() }, sectionRules: { ingress: new Set(), egress: new Set() },
-      applying: new Map(), contributions: new Map(), raw: new Map(), groups: new Map(), entries: new Map(), dirty: undefined,
+      applying: new Map(), contributions: new Map(), raw: new Map(), groups: new Map(), entries: new Map(), users: new Map(), seq: this.seq,
     };
     for (const group of this.subjects.values()) {
       if (!this.selects(group, input)) continue;
@@ -579,8 +622,16 @@ export class IncrementalCompiler {
       if (current && current.entry.verdict === verdict && current.entry.ruleId === ruleId) return;
       cache.entries.set(k, { key: state.key, entry: { ruleId, verdict } });
     }
-    cache.dirty?.set(k, state.key);
+    for (const dirty of cache.users.values()) dirty?.set(k, state.key);
   }
+}
+
+/** Changes not yet written, plus every key of the old and the new entries. */
+function unionOf(pending: Map<string, PolicyKey>, before: Map<string, PolicyMapEntry>, after: Map<string, PolicyMapEntry>): Map<string, PolicyKey> {
+  const out = new Map(pending);
+  for (const [k, e] of before) out.set(k, e.key);
+  for (const [k, e] of after) out.set(k, e.key);
+  return out;
 }
 
 function signatureOf(input: EndpointPolicyInput): string {
