@@ -140,20 +140,25 @@ export function difference(before: readonly StoredRule[], after: readonly Stored
 
 /** The CIDRs of one rule (as cidrsOf), once per rule: rules are never edited once stored. */
 const cidrsByRule = new WeakMap<PolicyRule, readonly string[]>();
+const NO_CIDRS: readonly string[] = [];
 function ruleCidrs(rule: PolicyRule): readonly string[] {
   let cidrs = cidrsByRule.get(rule);
   if (!cidrs) {
-    const out = new Set<string>();
-    for (const el of [...(rule.ingress ?? []), ...(rule.egress ?? []), ...(rule.ingressDeny ?? []), ...(rule.egressDeny ?? [])]) {
-      for (const c of el.cidr ?? []) out.add(c);
-      for (const set of el.cidrSet ?? []) {
-        out.add(set.cidr);
-        for (const e of set.except) out.add(e);
+    let out: Set<string> | undefined;
+    for (const section of [rule.ingress, rule.egress, rule.ingressDeny, rule.egressDeny]) {
+      for (const el of section ?? []) {
+        if (!el.cidr && !el.cidrSet) continue;
+        out ??= new Set();
+        for (const c of el.cidr ?? []) out.add(c);
+        for (const set of el.cidrSet ?? []) {
+          out.add(set.cidr);
+          for (const e of set.except) out.add(e);
+        }
       }
     }
     // A /0 is the world itself, not an ipcache entry.
-    for (const c of out) if (c.endsWith('/0')) out.delete(c);
-    cidrs = [...out];
+    if (out) for (const c of out) if (c.endsWith('/0')) out.delete(c);
+    cidrs = out?.size ? [...out] : NO_CIDRS;
     cidrsByRule.set(rule, cidrs);
   }
   return cidrs;
