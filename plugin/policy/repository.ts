@@ -35,9 +35,12 @@ const labelKeys = new WeakMap<PolicyRule, string>();
 function ruleLabelKey(rule: PolicyRule): string {
   let key = labelKeys.get(rule);
   if (key === undefined) {
-    // Sources and keys hold no NUL, so source NUL key NUL value names one label unambiguously.
-    const parts = [...new Set(rule.labels.map((l) => `${l.source}\0${l.key}\0${l.value}`))].sort();
-    key = JSON.stringify(parts);
+    // Sources and keys hold no NUL, so source NUL key NUL value names one label unambiguously;
+    // each part's length before it keeps the joined parts apart whatever the values hold.
+    const parts = rule.labels.map((l) => `${l.source}\0${l.key}\0${l.value}`);
+    if (parts.length > 1) parts.sort();
+    key = '';
+    for (let i = 0; i < parts.length; i++) if (i === 0 || parts[i] !== parts[i - 1]) key += `${parts[i]!.length}:${parts[i]}`;
     labelKeys.set(rule, key);
   }
   return key;
