@@ -2,7 +2,8 @@
 // the identities and the host's addresses, and applies the result to the datapath.
 //
 // Every change (an import, a delete, a container's labels arriving, an endpoint going away)
-// ends in one regeneration: compile every endpoint, write only the differences into the maps,
+// ends in one regeneration: bring every endpoint's compiled policy up to date (recompiling only
+// what the change touches: incremental.ts), write only the keys that changed into the maps,
 // sync the ipcache, then bump the policy epoch so known flows are judged again (revocation).
 // Changes that arrive together share one regeneration.
 
@@ -299,7 +300,7 @@ export class PolicyEngine {
   }
 
   /**
-   * Recompiles every endpoint and applies the differences; concurrent callers share one run.
+   * Brings every endpoint's policy up to date and applies the differences; concurrent callers share one run.
    * Idle callers (nothing changed) still get a fresh run: the host's addresses may have moved.
    */
   regenerate(): Promise<RegenerationReport> {
