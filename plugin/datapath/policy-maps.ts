@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { BpfAddon } from '../kernel/native.js';
 import {
   POLICY_DENY, SIZES, decodeConfig, decodeIpcacheKey, decodeIpcacheValue, decodePerCpuPolicyCounter, decodePolicyEntry,
-  decodePolicyKey, encodeConfig, encodeIfindexKey, encodeIpcacheKey, encodeIpcacheValue, encodePolicyEntry, encodePolicyKey,
+  decodePolicyKey, encodeConfig, encodeIfindexKey, encodeIpcacheKey, encodeIpcacheValue,
   type IpcacheValue, type PolicyEntry, type PolicyKey,
 } from './codec.js';
 import type { Datapath } from './loader.js';
@@ -31,37 +31,104 @@ export interface ApplyReport {
   deleted: number;
 }
 
-/** Orders writes and deletions so that no intermediate state allows more than old or new. */
-function applyDifference(bpf: BpfAddon, fd: number, current: Map<string, string>, desired: Map<string, Buffer>,
-  isDeny: (value: Buffer) => boolean): ApplyReport {
-  const denyWrites: [string, Buffer][] = [];
-  const allowWrites: [string, Buffer][] = [];
-  for (const [key, value] of desired) {
-    if (current.get(key) === value.toString('hex')) continue;
-    (isDeny(value) ? denyWrites : allowWrites).push([key, value]);
-  }
-  const deletions = [...current.keys()].filter((key) => !desired.has(key));
-  for (const [key, value] of denyWrites) {
-    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-    current.set(key, value.toString('hex'));
-  }
-  for (const key of deletions) {
-    bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
-    current.delete(key);
-  }
-  for (const [key, value] of allowWrites) {
-    bpf.bpfMapUpdate(fd, Buffer.from(key, 'hex'), value, 0);
-    current.set(key, value.toString('hex'));
-  }
-  return { written: denyWrites.length + allowWrites.length, deleted: deletions.length };
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const u32le = (n: number): string => HEX[n & 255]! + HEX[(n >>> 8) & 255]! + HEX[(n >>> 16) & 255]! + HEX[(n >>> 24) & 255]!;
+
+/**
+ * encodePolicyKey(k).toString('hex'), without a buffer per key (the maps' caches are keyed by
+ * hex; an import writes tens of thousands of keys). policy-maps.test.ts holds the two together.
+ */
+export function policyKeyHex(k: PolicyKey): string {
+  return u32le(k.protocol === 0 ? 40 : 48 + k.portBits) + u32le(k.identity) + HEX[k.direction]! + HEX[k.protocol]! +
+    HEX[(k.port >>> 8) & 255]! + HEX[k.port & 255]!;
 }
 
-const isPolicyDeny = (value: Buffer): boolean => decodePolicyEntry(value).verdict === POLICY_DENY;
+/** encodePolicyEntry(e).toString('hex'), likewise. */
+export function policyEntryHex(e: PolicyEntry): string {
+  return `${u32le(e.ruleId)}${HEX[e.verdict]!}000000`;
+}
+
+/** One key to write: its bytes as hex (the cache's key), the value, the value as hex, and whether it is a deny. */
+interface Write {
+  key: string;
+  hex: string;
+  deny: boolean;
+}
+
+/** The write of `key` = value `hex`, or undefined when the map holds that already. */
+function writeOf(current: Map<string, string>, key: string, hex: string, deny: boolean): Write | undefined {
+  return current.get(key) === hex ? undefined : { key, hex, deny };
+}
+
+/**
+ * Applies writes and deletions (keys absent from the map are skipped) in an order that never
+ * allows more than either the old or the new content: denies first, then removals, then allows.
+ */
+function applyChanges(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: Write[], deletions: string[]): ApplyReport {
+  const present = deletions.filter((key) => current.has(key));
+  write(bpf, fd, current, writes.filter((w) => w.deny));
+  if (present.length >= BATCH_FROM && batchDelete(bpf, fd, present)) {
+    for (const key of present) current.delete(key);
+  } else {
+    for (const key of present) {
+      bpf.bpfMapDelete(fd, Buffer.from(key, 'hex'));
+      current.delete(key);
+    }
+  }
+  write(bpf, fd, current, writes.filter((w) => !w.deny));
+  return { written: writes.length, deleted: present.length };
+}
+
+/** From this many entries on, writes and deletions go in batches (one syscall per few thousand entries). */
+const BATCH_FROM = 32;
+/** Maps (by fd) whose kernel refused batch operations: every later write to them goes key by key. */
+const noBatch = new Set<number>();
+
+function unsupported(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'EINVAL' || code === 'ENOTSUPP' || code === 'EOPNOTSUPP' || code === 'ENOSYS';
+}
+
+function write(bpf: BpfAddon, fd: number, current: Map<string, string>, writes: Write[]): void {
+  if (writes.length >= BATCH_FROM && !noBatch.has(fd)) {
+    try {
+      const count = bpf.bpfMapUpdateBatch(fd, Buffer.from(writes.map((w) => w.key).join(''), 'hex'),
+        Buffer.from(writes.map((w) => w.hex).join(''), 'hex'), 0);
+      if (count === writes.length) {
+        for (const w of writes) current.set(w.key, w.hex);
+        return;
+      }
+    } catch (err) {
+      if (unsupported(err)) noBatch.add(fd);
+      // Any other failure: key by key below, which fails at the same key and leaves the cache
+      // knowing exactly what was written before it.
+    }
+  }
+  // Key by key (also after a partial batch: rewriting an entry with its own value is harmless).
+  for (const w of writes) {
+    bpf.bpfMapUpdate(fd, Buffer.from(w.key, 'hex'), Buffer.from(w.hex, 'hex'), 0);
+    current.set(w.key, w.hex);
+  }
+}
+
+/** Deletes keys that are all present in one batch; false when that did not happen (then nothing or a prefix went). */
+function batchDelete(bpf: BpfAddon, fd: number, keys: string[]): boolean {
+  if (noBatch.has(fd)) return false;
+  try {
+    return bpf.bpfMapDeleteBatch(fd, Buffer.from(keys.join(''), 'hex')) === keys.length;
+  } catch (err) {
+    if (unsupported(err)) noBatch.add(fd);
+    return false;
+  }
+}
+
 
 export class PolicyMaps {
   /** Endpoint number -> open fd of its trie and what it holds (key hex -> value hex). */
   private readonly tries = new Map<number, { fd: number; content: Map<string, string> }>();
   private ipcacheContent: Map<string, string> | undefined;
+  /** CIDR or address -> its ipcache key as hex, for the entries of the last sync. */
+  private ipcacheKeys = new Map<string, string>();
 
   constructor(private readonly bpf: BpfAddon, private readonly datapath: Datapath, private readonly pinDir: string,
     private readonly trieMaxEntries = 65536) {}
@@ -106,9 +173,40 @@ export class PolicyMaps {
   /** Makes the endpoint's trie hold exactly `entries`. */
   apply(endpointNumber: number, entries: PolicyMapEntry[]): ApplyReport {
     const trie = this.open(endpointNumber);
-    const desired = new Map<string, Buffer>();
-    for (const { key, entry } of entries) desired.set(encodePolicyKey(key).toString('hex'), encodePolicyEntry(entry));
-    return applyDifference(this.bpf, trie.fd, trie.content, desired, isPolicyDeny);
+    const wanted = new Set<string>();
+    const writes: Write[] = [];
+    for (const { key, entry } of entries) {
+      const hex = policyKeyHex(key);
+      wanted.add(hex);
+      const w = writeOf(trie.content, hex, policyEntryHex(entry), entry.verdict === POLICY_DENY);
+      if (w) writes.push(w);
+    }
+    const deletions = [...trie.content.keys()].filter((key) => !wanted.has(key));
+    return applyChanges(this.bpf, trie.fd, trie.content, writes, deletions);
+  }
+
+  /**
+   * Changes some keys of the endpoint's trie: each to the entry given, or away when it has none.
+   * Keys not named keep what they hold. `everything` is the endpoint's whole policy, for a trie
+   * this instance has not written since it was opened.
+   */
+  applyDelta(endpointNumber: number, changes: readonly { key: PolicyKey; entry: PolicyEntry | undefined }[],
+    everything: () => PolicyMapEntry[]): ApplyReport {
+    // A trie opened afresh (after close(), or created because its pin went) may not hold what the
+    // caller last wrote: then the whole policy is written as a difference.
+    if (!this.tries.has(endpointNumber)) return this.apply(endpointNumber, everything());
+    const trie = this.open(endpointNumber);
+    const writes: Write[] = [];
+    const deletions: string[] = [];
+    for (const { key, entry } of changes) {
+      const hex = policyKeyHex(key);
+      if (!entry) deletions.push(hex);
+      else {
+        const w = writeOf(trie.content, hex, policyEntryHex(entry), entry.verdict === POLICY_DENY);
+        if (w) writes.push(w);
+      }
+    }
+    return applyChanges(this.bpf, trie.fd, trie.content, writes, deletions);
   }
 
   /** What the endpoint's trie holds (from the kernel, not the cache). */
@@ -206,9 +304,20 @@ export class PolicyMaps {
       this.ipcacheContent = new Map();
       for (const [key, value] of mapEntries(this.bpf, fd, 1_000_000)) this.ipcacheContent.set(key.toString('hex'), value.toString('hex'));
     }
-    const desired = new Map<string, Buffer>();
-    for (const [cidr, value] of entries) desired.set(encodeIpcacheKey(cidr).toString('hex'), encodeIpcacheValue(value));
-    return applyDifference(this.bpf, fd, this.ipcacheContent, desired, () => false);
+    const wanted = new Set<string>();
+    const writes: Write[] = [];
+    const keys = new Map<string, string>();
+    for (const [cidr, value] of entries) {
+      // The same CIDRs come back every regeneration: their keys are encoded once.
+      const hex = this.ipcacheKeys.get(cidr) ?? encodeIpcacheKey(cidr).toString('hex');
+      keys.set(cidr, hex);
+      wanted.add(hex);
+      const w = writeOf(this.ipcacheContent, hex, encodeIpcacheValue(value).toString('hex'), false);
+      if (w) writes.push(w);
+    }
+    this.ipcacheKeys = keys;
+    const deletions = [...this.ipcacheContent.keys()].filter((key) => !wanted.has(key));
+    return applyChanges(this.bpf, fd, this.ipcacheContent, writes, deletions);
   }
 
   readIpcache(): { cidr: string; value: IpcacheValue }[] {
@@ -244,8 +353,24 @@ export class PolicyMaps {
 
   /** Zeroes a rule's counters (a rule id is being given to a new rule). */
   resetCounter(ruleId: number): void {
+    this.resetCounters([ruleId]);
+  }
+
+  /** Zeroes the counters of rules (their ids are being given to new rules); in batches when there are many. */
+  resetCounters(ruleIds: readonly number[]): void {
+    if (!ruleIds.length) return;
     const fd = this.datapath.map('mb_policy_verdicts');
-    this.bpf.bpfMapUpdate(fd, encodeIfindexKey(ruleId), Buffer.alloc(SIZES.policy_counter * this.bpf.bpfNumPossibleCpus()), 0);
+    const size = SIZES.policy_counter * this.bpf.bpfNumPossibleCpus();
+    const zero = Buffer.alloc(size);
+    if (ruleIds.length >= BATCH_FROM && !noBatch.has(fd)) {
+      try {
+        const keys = Buffer.concat(ruleIds.map((id) => encodeIfindexKey(id)));
+        if (this.bpf.bpfMapUpdateBatch(fd, keys, Buffer.alloc(size * ruleIds.length), 0) === ruleIds.length) return;
+      } catch (err) {
+        if (unsupported(err)) noBatch.add(fd);
+      }
+    }
+    for (const id of ruleIds) this.bpf.bpfMapUpdate(fd, encodeIfindexKey(id), zero, 0);
   }
 
   close(): void {

@@ -7,9 +7,10 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { native } from '../kernel/native.js';
 import {
-  ID_HOST, ID_INIT, ID_WORLD_IPV4, POLICY_EGRESS, POLICY_INGRESS, decodeEvent, encodeConfig, encodeIfindexKey, type IpcacheValue,
+  ID_HOST, ID_INIT, ID_WORLD_IPV4, POLICY_EGRESS, POLICY_INGRESS, decodeEvent, encodeConfig, encodeIfindexKey, encodePolicyEntry,
+  encodePolicyKey, type IpcacheValue,
 } from './codec.js';
-import { PolicyMaps } from './policy-maps.js';
+import { PolicyMaps, policyEntryHex, policyKeyHex, type PolicyMapEntry } from './policy-maps.js';
 import type { Datapath } from './loader.js';
 import { ETH_P_IPV6, TCP_ACK, TCP_SYN, ethernet, icmpEcho, ipv4, ipv6, neighbourSolicitation, tcp, udp } from './packets.js';
 import { A, B, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, fromA, setup, type Fixture } from './test-fixture.js';
@@ -280,5 +281,60 @@ test('property: the BPF verdict equals the compiled lookup\'s, for random rules 
       }
     }), { numRuns: 150 });
   t.log(`${checked} flows judged by BPF and by the lookup`);
+  t.pass();
+});
+
+test('policy keys and entries as hex are the codec\'s bytes', (t) => {
+  fc.assert(fc.property(
+    fc.record({
+      identity: fc.integer({ min: 0, max: 0xffff_ffff }), direction: fc.constantFrom(POLICY_INGRESS, POLICY_EGRESS),
+      protocol: fc.constantFrom(0, 1, 6, 17, 58), port: fc.integer({ min: 0, max: 65535 }), portBits: fc.integer({ min: 0, max: 16 }),
+    }),
+    fc.record({ ruleId: fc.integer({ min: 0, max: 0xffff_ffff }), verdict: fc.constantFrom(1 as const, 2 as const) }),
+    (key, entry) => policyKeyHex(key) === encodePolicyKey(key).toString('hex') && policyEntryHex(entry) === encodePolicyEntry(entry).toString('hex'),
+  ), { numRuns: 2000 });
+  t.pass();
+});
+
+test('property: full writes and writes of changed keys (batched when many) leave the trie holding exactly what was asked', (t) => {
+  const f = policySetup(t);
+  const entryArb = fc.record({
+    key: fc.record({
+      identity: fc.integer({ min: 256, max: 300 }), direction: fc.constantFrom(POLICY_INGRESS, POLICY_EGRESS),
+      protocol: fc.constantFrom(0, 6), port: fc.integer({ min: 1, max: 200 }), portBits: fc.constant(16),
+    }).map((k) => (k.protocol === 0 ? { ...k, port: 0, portBits: 0 } : k)),
+    entry: fc.record({ ruleId: fc.integer({ min: 1, max: 9 }), verdict: fc.constantFrom(1 as const, 2 as const) }),
+  });
+  let endpoint = 10;
+  fc.assert(fc.property(fc.array(fc.tuple(fc.boolean(), fc.array(entryArb, { maxLength: 80 }), fc.array(fc.nat(), { maxLength: 60 }))),
+    (steps) => {
+      const number = endpoint++;
+      const want = new Map<string, PolicyMapEntry>();
+      for (const [full, entries, drops] of steps) {
+        if (full) {
+          want.clear();
+          for (const e of entries) want.set(policyKeyHex(e.key), e);
+          f.maps.apply(number, [...want.values()]);
+        } else {
+          const held = [...want.values()];
+          const changes: { key: PolicyMapEntry['key']; entry: PolicyMapEntry['entry'] | undefined }[] = drops.map((d) => held[d % Math.max(1, held.length)])
+            .filter((e): e is PolicyMapEntry => e !== undefined).map((e) => ({ key: e.key, entry: undefined }));
+          for (const c of changes) want.delete(policyKeyHex(c.key));
+          for (const e of entries) {
+            changes.push(e);
+            want.set(policyKeyHex(e.key), e);
+          }
+          // A key deleted and written in one delta: the write wins (as the compiler never asks both).
+          const last = new Map(changes.map((c) => [policyKeyHex(c.key), c]));
+          f.maps.applyDelta(number, [...last.values()], () => [...want.values()]);
+        }
+        if (steps.length % 3 === 0) f.maps.close(); // the next write finds the trie by its pin
+        const read = f.maps.read(number).map((e) => `${policyKeyHex(e.key)}=${policyEntryHex(e.entry)}`).sort();
+        const wanted = [...want.values()].map((e) => `${policyKeyHex(e.key)}=${policyEntryHex(e.entry)}`).sort();
+        if (JSON.stringify(read) !== JSON.stringify(wanted)) return false;
+      }
+      f.maps.remove(number);
+      return true;
+    }), { numRuns: 60 });
   t.pass();
 });

@@ -113,7 +113,7 @@ export class IdentityAllocator {
    * Forgets identities nothing uses any more: endpoint identities of label sets no endpoint
    * has, and CIDR identities of CIDRs no rule names. Returns how many went.
    */
-  collect(usedEndpointIds: Set<number>, usedCidrs: Set<string>): number {
+  collect(usedEndpointIds: ReadonlySet<number>, usedCidrs: ReadonlySet<string>): number {
     let removed = 0;
     for (const [key, { id }] of Object.entries(this.state.endpoint)) {
       if (usedEndpointIds.has(id)) continue;

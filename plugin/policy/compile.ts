@@ -27,9 +27,9 @@ import {
 } from '../datapath/codec.js';
 import type { PolicyMapEntry } from '../datapath/policy-maps.js';
 import type { IdentityView } from '../identity/identities.js';
-import { parsePrefix, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
+import { parsePrefix as parsePrefixText, prefixContainsPrefix, type Prefix } from '../ipam/prefix.js';
 import { selectorMatches } from './selector.js';
-import type { EndpointSelector, EnforcementMode, Label, PolicyPeerRule, StoredRule } from './types.js';
+import type { EndpointSelector, EnforcementMode, Label, PolicyPeerRule, PolicyRule, StoredRule } from './types.js';
 
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
@@ -66,25 +66,106 @@ export interface CompiledPolicy {
   appliedRules: { ingress: number[]; egress: number[] };
 }
 
-/** Every CIDR the rules name (cidr, cidrSet and their excepts), canonical: each needs an identity. */
-export function cidrsOf(rules: readonly StoredRule[]): Set<string> {
-  const out = new Set<string>();
-  for (const { rule } of rules) {
-    for (const el of [...(rule.ingress ?? []), ...(rule.egress ?? []), ...(rule.ingressDeny ?? []), ...(rule.egressDeny ?? [])]) {
-      for (const c of el.cidr ?? []) out.add(c);
-      for (const set of el.cidrSet ?? []) {
-        out.add(set.cidr);
-        for (const e of set.except) out.add(e);
-      }
-    }
+/** parsePrefix, once per text: the compiler meets the same CIDRs at every change (the answers are never modified). */
+const prefixes = new Map<string, Readonly<Prefix>>();
+export function parsePrefix(cidr: string): Readonly<Prefix> {
+  let prefix = prefixes.get(cidr);
+  if (!prefix) {
+    prefix = parsePrefixText(cidr);
+    if (prefixes.size >= 100_000) prefixes.clear();
+    prefixes.set(cidr, prefix);
   }
-  // A /0 is the world itself, not an ipcache entry.
-  for (const c of out) if (c.endsWith('/0')) out.delete(c);
+  return prefix;
+}
+
+/** Every CIDR the rules name (cidr, cidrSet and their excepts), canonical: each needs an identity. */
+export function cidrsOf(rules: readonly StoredRule[]): ReadonlySet<string> {
+  let out = cidrsByList.get(rules);
+  if (!out) {
+    // The repository makes a new list for every change: count the CIDRs of the rules that came
+    // and went since the last list instead of walking every rule.
+    const { gone, fresh } = difference(cidrCounts.list, rules);
+    for (const r of gone) for (const c of ruleCidrs(r.rule)) {
+      const n = cidrCounts.counts.get(c)! - 1;
+      if (n) cidrCounts.counts.set(c, n);
+      else cidrCounts.counts.delete(c);
+    }
+    for (const r of fresh) for (const c of ruleCidrs(r.rule)) cidrCounts.counts.set(c, (cidrCounts.counts.get(c) ?? 0) + 1);
+    cidrCounts.list = rules;
+    out = new Set(cidrCounts.counts.keys());
+    cidrsByList.set(rules, out);
+  }
   return out;
 }
 
+const cidrsByList = new WeakMap<readonly StoredRule[], Set<string>>();
+/** The list cidrsOf last counted, and how many of its rules name each CIDR. */
+const cidrCounts: { list: readonly StoredRule[]; counts: Map<string, number> } = { list: [], counts: new Map() };
+
+const sortedById = (rules: readonly StoredRule[]): boolean => rules.every((r, i) => i === 0 || rules[i - 1]!.id < r.id);
+
+/** Rules (by object) only in `before`, and only in `after`. */
+export function difference(before: readonly StoredRule[], after: readonly StoredRule[]): { gone: StoredRule[]; fresh: StoredRule[] } {
+  const gone: StoredRule[] = [];
+  const fresh: StoredRule[] = [];
+  if (sortedById(before) && sortedById(after)) {
+    // The repository keeps its list sorted by id: one walk along both, nothing hashed.
+    let i = 0;
+    let j = 0;
+    while (i < before.length || j < after.length) {
+      const a = before[i];
+      const b = after[j];
+      if (a === b) {
+        i++;
+        j++;
+      } else if (b === undefined || (a !== undefined && a.id < b.id)) {
+        gone.push(a!);
+        i++;
+      } else if (a === undefined || b.id < a.id) {
+        fresh.push(b);
+        j++;
+      } else {
+        gone.push(a);
+        fresh.push(b);
+        i++;
+        j++;
+      }
+    }
+    return { gone, fresh };
+  }
+  const kept = new Set(after);
+  const had = new Set(before);
+  return { gone: before.filter((r) => !kept.has(r)), fresh: after.filter((r) => !had.has(r)) };
+}
+
+/** The CIDRs of one rule (as cidrsOf), once per rule: rules are never edited once stored. */
+const cidrsByRule = new WeakMap<PolicyRule, readonly string[]>();
+const NO_CIDRS: readonly string[] = [];
+function ruleCidrs(rule: PolicyRule): readonly string[] {
+  let cidrs = cidrsByRule.get(rule);
+  if (!cidrs) {
+    let out: Set<string> | undefined;
+    for (const section of [rule.ingress, rule.egress, rule.ingressDeny, rule.egressDeny]) {
+      for (const el of section ?? []) {
+        if (!el.cidr && !el.cidrSet) continue;
+        out ??= new Set();
+        for (const c of el.cidr ?? []) out.add(c);
+        for (const set of el.cidrSet ?? []) {
+          out.add(set.cidr);
+          for (const e of set.except) out.add(e);
+        }
+      }
+    }
+    // A /0 is the world itself, not an ipcache entry.
+    if (out) for (const c of out) if (c.endsWith('/0')) out.delete(c);
+    cidrs = out?.size ? [...out] : NO_CIDRS;
+    cidrsByRule.set(rule, cidrs);
+  }
+  return cidrs;
+}
+
 /** Port keys of an element: [protocol, port, bits]; protocol 0 = everything. */
-type PortKey = [protocol: number, port: number, bits: number];
+export type PortKey = [protocol: number, port: number, bits: number];
 
 /** Splits an inclusive port range into aligned power-of-two blocks (at most 30 for 1-65535). */
 export function rangeBlocks(first: number, last: number): [port: number, bits: number][] {
@@ -99,7 +180,7 @@ export function rangeBlocks(first: number, last: number): [port: number, bits: n
   return out;
 }
 
-function portKeys(el: PolicyPeerRule): PortKey[] {
+export function portKeys(el: PolicyPeerRule): PortKey[] {
   if (!el.toPorts?.length && !el.icmps?.length) return [[0, 0, 0]];
   const out: PortKey[] = [];
   for (const rule of el.toPorts ?? []) {
@@ -119,22 +200,22 @@ function portKeys(el: PolicyPeerRule): PortKey[] {
   return out;
 }
 
-function hasPeers(el: PolicyPeerRule): boolean {
+export function hasPeers(el: PolicyPeerRule): boolean {
   return (el.endpoints?.length ?? 0) + (el.cidr?.length ?? 0) + (el.cidrSet?.length ?? 0) + (el.entities?.length ?? 0) > 0;
 }
 
-function isEmptySelector(sel: EndpointSelector): boolean {
+export function isEmptySelector(sel: EndpointSelector): boolean {
   const labels = Object.keys(sel.matchLabels ?? {}).filter((k) => k !== 'reserved:all');
   return labels.length === 0 && (sel.matchExpressions?.length ?? 0) === 0;
 }
 
 /** Does the selector name a reserved: key (then it may match reserved identities, not just endpoints)? */
-function namesReserved(sel: EndpointSelector): boolean {
+export function namesReserved(sel: EndpointSelector): boolean {
   return Object.keys(sel.matchLabels ?? {}).some((k) => k.startsWith('reserved:')) ||
     (sel.matchExpressions ?? []).some((e) => e.key.startsWith('reserved:'));
 }
 
-const networkOf = (labels: readonly Label[]): string[] =>
+export const networkOf = (labels: readonly Label[]): string[] =>
   labels.filter((l) => l.source === 'network' && l.key === 'name').map((l) => l.value);
 
 /**
@@ -144,8 +225,8 @@ const networkOf = (labels: readonly Label[]): string[] =>
 export class PolicyCompiler {
   private readonly identities: IdentityView[];
   private readonly cidrIdentities: { view: IdentityView; prefix: Prefix }[];
-  /** By selector object: rules are immutable once stored, so the same object means the same answer. */
-  private readonly selectorCache = new WeakMap<EndpointSelector, number[]>();
+  /** By selector content: thousands of rules often name the same peer selector. */
+  private readonly selectorCache = new Map<string, number[]>();
 
   constructor(private readonly rules: readonly StoredRule[], private readonly source: IdentitySource) {
     this.identities = source.all();
@@ -155,13 +236,14 @@ export class PolicyCompiler {
   /** Identities (endpoint, or reserved when the selector names reserved: keys) a selector matches. */
   private selectorPeers(sel: EndpointSelector): number[] {
     if (isEmptySelector(sel)) return [ID_CLASS_ENDPOINTS];
-    let ids = this.selectorCache.get(sel);
+    const key = selectorKey(sel);
+    let ids = this.selectorCache.get(key);
     if (!ids) {
       const reserved = namesReserved(sel);
       ids = this.identities
         .filter((v) => (v.kind === 'endpoint' || (reserved && v.kind === 'reserved')) && selectorMatches(sel, v.labels))
         .map((v) => v.id);
-      this.selectorCache.set(sel, ids);
+      this.selectorCache.set(key, ids);
     }
     return ids;
   }
@@ -181,7 +263,8 @@ export class PolicyCompiler {
     return ids;
   }
 
-  private peers(el: PolicyPeerRule, endpointLabels: readonly Label[]): number[] {
+  /** The peer identities an element names, for an endpoint with these labels (wildcards unexpanded). */
+  peers(el: PolicyPeerRule, endpointLabels: readonly Label[]): number[] {
     if (!hasPeers(el)) return el.toPorts?.length || el.icmps?.length ? [ID_ANY] : [];
     const ids: number[] = [];
     for (const sel of el.endpoints ?? []) ids.push(...this.selectorPeers(sel));
@@ -222,6 +305,13 @@ export class PolicyCompiler {
     }
   }
 
+  /** The peers of an allow element once the direction's `requires` (from every applying allow element) are applied. */
+  allowPeers(el: PolicyPeerRule, endpointLabels: readonly Label[], requires: readonly EndpointSelector[]): number[] {
+    const peers = this.peers(el, endpointLabels);
+    if (!requires.length) return peers;
+    return [...new Set(peers.flatMap((p) => this.expand(p)).filter((v) => requires.every((r) => selectorMatches(r, v.labels))).map((v) => v.id))];
+  }
+
   compile(endpoint: EndpointPolicyInput): CompiledPolicy {
     // An endpoint without known labels is only selected by rules that name reserved:init: a
     // selector like {} must not open up containers before anyone knows what they are.
@@ -259,10 +349,7 @@ export class PolicyCompiler {
         }
       };
       for (const { id, el } of allows) {
-        let peers = this.peers(el, endpoint.labels);
-        if (requires.length) {
-          peers = [...new Set(peers.flatMap((p) => this.expand(p)).filter((v) => requires.every((r) => selectorMatches(r, v.labels))).map((v) => v.id))];
-        }
+        const peers = this.allowPeers(el, endpoint.labels, requires);
         const ports = portKeys(el);
         for (const peer of peers) put(peer, ports, POLICY_ALLOW, id);
       }
@@ -283,8 +370,19 @@ export class PolicyCompiler {
   }
 }
 
-function maskPort(port: number, bits: number): number {
+export function maskPort(port: number, bits: number): number {
   return bits === 0 ? 0 : port & (0xffff << (16 - bits)) & 0xffff;
+}
+
+/** A selector's content as a string: equal selectors (written the same way) share cached answers. */
+const selectorKeys = new WeakMap<EndpointSelector, string>();
+export function selectorKey(sel: EndpointSelector): string {
+  let key = selectorKeys.get(sel);
+  if (key === undefined) {
+    key = JSON.stringify(sel);
+    selectorKeys.set(sel, key);
+  }
+  return key;
 }
 
 export function keyString(k: PolicyKey): string {
@@ -292,7 +390,7 @@ export function keyString(k: PolicyKey): string {
 }
 
 /** The shorter prefixes (same identity and direction) that contain a key, longest first. */
-function coveringKeys(k: PolicyKey): PolicyKey[] {
+export function coveringKeys(k: PolicyKey): PolicyKey[] {
   if (k.protocol === 0) return [];
   const out: PolicyKey[] = [];
   for (let bits = k.portBits - 1; bits >= 0; bits--) out.push({ ...k, port: maskPort(k.port, bits), portBits: bits });

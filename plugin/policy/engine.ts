@@ -2,7 +2,8 @@
 // the identities and the host's addresses, and applies the result to the datapath.
 //
 // Every change (an import, a delete, a container's labels arriving, an endpoint going away)
-// ends in one regeneration: compile every endpoint, write only the differences into the maps,
+// ends in one regeneration: bring every endpoint's compiled policy up to date (recompiling only
+// what the change touches: incremental.ts), write only the keys that changed into the maps,
 // sync the ipcache, then bump the policy epoch so known flows are judged again (revocation).
 // Changes that arrive together share one regeneration.
 
@@ -19,8 +20,9 @@ import {
 import { filterLabels, type LabelFilter } from '../identity/label-filter.js';
 import type { EndpointLabels } from '../identity/watcher.js';
 import { COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL } from '../identity/docker-labels.js';
-import { PolicyCompiler, PolicyLookup, cidrsOf, classOf, type CompiledPolicy, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './compile.js';
+import { PolicyCompiler, PolicyLookup, cidrsOf, classOf, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './compile.js';
 import { PolicyRepository, emptyPolicyState } from './repository.js';
+import { IncrementalCompiler, type EndpointResult } from './incremental.js';
 import { formatLabel, parseLabel } from './labels.js';
 import { hasLabelPolicy, parseLabelPolicy } from './label-policy.js';
 import type { EnforcementMode, Label, PolicyRule, StoredRule } from './types.js';
@@ -62,6 +64,9 @@ export class PolicyEngine {
   private lastReport: RegenerationReport | undefined;
   private revisionWaiters: { revision: number; resolve: () => void }[] = [];
   private collectedAtStart = false;
+  /** Every endpoint's compiled policy, kept between changes (incremental.ts). */
+  private readonly incremental = new IncrementalCompiler();
+  private synced = false;
 
   constructor(private readonly ctx: Context, private readonly settings: PolicySettings,
     private readonly maps: PolicyMaps | undefined, private readonly endpointMaps: EndpointMaps | undefined,
@@ -106,7 +111,12 @@ export class PolicyEngine {
    */
   prepare(endpoint: EndpointRecord): void {
     endpoint.identity ??= ID_INIT;
-    this.applyEndpoint(endpoint, this.compileChecked(this.compiler(), [endpoint])[0]!);
+    // Against the rules and identities of the last regeneration: a change since then has one
+    // pending, which brings this endpoint up to date with the others.
+    if (!this.synced) this.syncCompiler();
+    const result = this.incremental.rebuild(endpoint.id, this.inputOf(endpoint));
+    this.checkCapacity(endpoint, result.size);
+    this.applyEndpoint(endpoint, result);
   }
 
   /** Join was answered: the clock for "Join -> identity applied" starts. */
@@ -197,7 +207,7 @@ export class PolicyEngine {
   async import(rules: PolicyRule[]): Promise<{ revision: number; added: StoredRule[]; replaced: number[] }> {
     return this.changeRules(() => {
       const result = this.repository.add(rules, 'api');
-      for (const r of result.added) this.maps?.resetCounter(r.id);
+      this.maps?.resetCounters(result.added.map((r) => r.id));
       return result;
     });
   }
@@ -228,11 +238,11 @@ export class PolicyEngine {
     return this.changeRules(() => this.repository.delete(labels, options));
   }
 
-  private compiler(): PolicyCompiler {
-    const rules = this.repository.rules();
-    const cidrs = cidrsOf(rules);
+  /** Gives every CIDR the rules name an identity, and hands the rules and identities to the compiler. */
+  private syncCompiler(cidrs: ReadonlySet<string> = cidrsOf(this.repository.rules())): void {
     for (const c of cidrs) this.identities.forCidr(c);
-    return new PolicyCompiler(rules, this.identities);
+    this.incremental.sync(this.repository.rules(), this.identities);
+    this.synced = true;
   }
 
   private inputOf(endpoint: EndpointRecord) {
@@ -244,25 +254,28 @@ export class PolicyEngine {
   }
 
   /**
-   * Compiles endpoints, refusing before anything is written when one would need more entries
-   * than its map holds (the kernel would refuse part of it, leaving a policy nobody asked for).
+   * Refuses a compiled policy before anything is written when it needs more entries than the
+   * endpoint's map holds (the kernel would refuse part of it, leaving a policy nobody asked for).
    */
-  private compileChecked(compiler: PolicyCompiler, endpoints: EndpointRecord[]): CompiledPolicy[] {
-    const compiled = endpoints.map((endpoint) => compiler.compile(this.inputOf(endpoint)));
+  private checkCapacity(e: EndpointRecord, size: number): void {
     const capacity = this.maps?.capacity ?? Infinity;
-    compiled.forEach((c, i) => {
-      if (c.entries.length <= capacity) return;
-      const e = endpoints[i]!;
-      throw new ConflictError(`the policy would put ${c.entries.length} entries into the policy map of endpoint ` +
-        `${e.id.slice(0, 12)}${e.containerName ? ` (${e.containerName})` : ''}, which holds ${capacity}; nothing was applied. ` +
-        'Use port ranges (endPort), wildcard selectors ({} or an entity) or fewer ports per rule');
-    });
-    return compiled;
+    if (size <= capacity) return;
+    // What the compiler holds no longer matches the maps: everything compiles afresh next time.
+    this.incremental.forget();
+    throw new ConflictError(`the policy would put ${size} entries into the policy map of endpoint ` +
+      `${e.id.slice(0, 12)}${e.containerName ? ` (${e.containerName})` : ''}, which holds ${capacity}; nothing was applied. ` +
+      'Use port ranges (endPort), wildcard selectors ({} or an entity) or fewer ports per rule');
   }
 
   /** Writes one endpoint's compiled policy into its trie and its endpoint entry; returns the write counts. */
-  private applyEndpoint(endpoint: EndpointRecord, compiled: CompiledPolicy): { written: number; deleted: number } {
-    const counts = this.maps && endpoint.number !== undefined ? this.maps.apply(endpoint.number, compiled.entries) : { written: 0, deleted: 0 };
+  private applyEndpoint(endpoint: EndpointRecord, compiled: EndpointResult): { written: number; deleted: number } {
+    let counts = { written: 0, deleted: 0 };
+    if (this.maps && endpoint.number !== undefined) {
+      counts = compiled.full
+        ? this.maps.apply(endpoint.number, this.incremental.entries(endpoint.id))
+        : this.maps.applyDelta(endpoint.number, this.incremental.changes(endpoint.id), () => this.incremental.entries(endpoint.id));
+    }
+    this.incremental.written(endpoint.id);
     const written = { ingress: compiled.enforceIngress, egress: compiled.enforceEgress, audit: compiled.audit, identity: endpoint.identity ?? ID_INIT };
     const before = endpoint.policy;
     endpoint.policy = { ...written, revision: this.repository.revision };
@@ -287,7 +300,7 @@ export class PolicyEngine {
   }
 
   /**
-   * Recompiles every endpoint and applies the differences; concurrent callers share one run.
+   * Brings every endpoint's policy up to date and applies the differences; concurrent callers share one run.
    * Idle callers (nothing changed) still get a fresh run: the host's addresses may have moved.
    */
   regenerate(): Promise<RegenerationReport> {
@@ -314,9 +327,15 @@ export class PolicyEngine {
     const usedEndpointIdentities = this.collectedAtStart
       ? new Set(this.identities.all().filter((v) => v.kind === 'endpoint').map((v) => v.id))
       : new Set(endpoints.map((e) => e.identity ?? ID_INIT));
-    this.identities.collect(usedEndpointIdentities, cidrsOf(this.repository.rules()));
+    const cidrs = cidrsOf(this.repository.rules());
+    this.identities.collect(usedEndpointIdentities, cidrs);
     this.collectedAtStart = true;
-    const compiled = this.compileChecked(this.compiler(), endpoints);
+    this.syncCompiler(cidrs);
+    const live = new Set(endpoints.map((e) => e.id));
+    for (const id of this.incremental.cachedEndpoints()) if (!live.has(id)) this.incremental.forget(id);
+    // Every endpoint compiled (only what the change touches) and checked before anything is written.
+    const compiled = endpoints.map((endpoint) => this.incremental.update(endpoint.id, this.inputOf(endpoint)));
+    compiled.forEach((c, i) => this.checkCapacity(endpoints[i]!, c.size));
     let written = 0;
     let deleted = 0;
     endpoints.forEach((endpoint, i) => {

@@ -29,8 +29,33 @@ import {
 
 type Segment = string | number;
 
+/**
+ * Where a value sits, as a chain from the document's root: extending a path is one small object,
+ * not a copy (a document of 10,000 rules makes millions of paths, nearly all of them unused).
+ */
+class Path {
+  constructor(private readonly up: Path | undefined, private readonly segment: Segment | undefined) {}
+
+  at(segment: Segment): Path {
+    return new Path(this, segment);
+  }
+
+  /** The last segment alone (the root: none). */
+  last(): Segment[] {
+    return this.up === undefined ? [] : [this.segment!];
+  }
+
+  toArray(): Segment[] {
+    const out: Segment[] = [];
+    for (let p: Path | undefined = this; p?.up !== undefined; p = p.up) out.push(p.segment!);
+    return out.reverse();
+  }
+}
+
+const ROOT = new Path(undefined, undefined);
+
 interface Finding {
-  path: Segment[];
+  path: Path;
   message: string;
   /** The issue is about the field name itself (unknown field), not its value: point at the key. */
   atKey?: boolean;
@@ -104,7 +129,7 @@ interface FieldRules {
 
 interface Field {
   value: unknown;
-  path: Segment[];
+  path: Path;
 }
 
 /** Reads a known field: its value (undefined when absent) and its path. */
@@ -115,15 +140,17 @@ type Fields = (name: string) => Field;
  * ones. A misspelt or misplaced field stands in for the field it was meant as (unless that one is
  * given too), so problems inside it are reported in the same pass; the rule is invalid anyway.
  */
-function fieldsOf(obj: PlainObject, path: Segment[], rules: FieldRules, out: Findings): Fields {
-  const standIns = new Map<string, string>(); // field meant -> field written
+function fieldsOf(obj: PlainObject, path: Path, rules: FieldRules, out: Findings): Fields {
+  let standIns: Map<string, string> | undefined; // field meant -> field written
   const standIn = (meant: string, written: string): void => {
+    standIns ??= new Map();
     if (!standIns.has(meant)) standIns.set(meant, written);
   };
-  const knownList = rules.known.join(', ');
+  let knownList = '';
   for (const name of Object.keys(obj)) {
     if (rules.known.includes(name)) continue;
-    const at = [...path, name];
+    knownList ||= rules.known.join(', ');
+    const at = path.at(name);
     if (rules.special && Object.hasOwn(rules.special, name)) {
       out.push({ path: at, atKey: true, message: rules.special[name]! });
       continue;
@@ -152,8 +179,8 @@ function fieldsOf(obj: PlainObject, path: Segment[], rules: FieldRules, out: Fin
     out.push({ path: at, atKey: true, message: `unknown field ${quote(name)}; known fields here are ${knownList}` });
   }
   return (name) => {
-    const written = Object.hasOwn(obj, name) ? name : standIns.get(name);
-    return written === undefined ? { value: undefined, path: [...path, name] } : { value: obj[written], path: [...path, written] };
+    const written = Object.hasOwn(obj, name) ? name : standIns?.get(name);
+    return written === undefined ? { value: undefined, path: path.at(name) } : { value: obj[written], path: path.at(written) };
   };
 }
 
@@ -161,9 +188,17 @@ function fieldsOf(obj: PlainObject, path: Segment[], rules: FieldRules, out: Fin
  * A list field: null, non-lists and (unless allowed) empty lists are reported; each element goes
  * through `each`, and elements it returns undefined for are left out.
  */
-function listOf<T>(v: unknown, path: Segment[], out: Findings, each: (item: unknown, path: Segment[]) => T | undefined,
+function listOf<T>(v: unknown, path: Path, out: Findings, each: (item: unknown, path: Path) => T | undefined,
   ifEmpty?: string): T[] | undefined {
-  const name = formatPath(path.slice(-1));
+  if (Array.isArray(v) && (v.length > 0 || ifEmpty === undefined)) {
+    const result: T[] = [];
+    for (let i = 0; i < v.length; i++) {
+      const item = each(v[i], path.at(i)); // a for loop so holes in sparse arrays are seen too
+      if (item !== undefined) result.push(item);
+    }
+    return result;
+  }
+  const name = formatPath(path.last());
   if (v === null) {
     out.push({ path, message: `${name} is null (${NULL_HINT})` });
     return undefined;
@@ -173,19 +208,11 @@ function listOf<T>(v: unknown, path: Segment[], out: Findings, each: (item: unkn
     out.push({ path, message: `${name} must be a list, got ${describe(v)}${hint}` });
     return undefined;
   }
-  if (v.length === 0 && ifEmpty !== undefined) {
-    out.push({ path, message: `${name} is an empty list; ${ifEmpty}` });
-    return undefined;
-  }
-  const result: T[] = [];
-  for (let i = 0; i < v.length; i++) {
-    const item = each(v[i], [...path, i]); // a for loop so holes in sparse arrays are seen too
-    if (item !== undefined) result.push(item);
-  }
-  return result;
+  out.push({ path, message: `${name} is an empty list; ${ifEmpty}` });
+  return undefined;
 }
 
-function objectAt(v: unknown, path: Segment[], out: Findings, what: string): PlainObject | undefined {
+function objectAt(v: unknown, path: Path, out: Findings, what: string): PlainObject | undefined {
   if (isPlainObject(v)) return v;
   const nullHint = v === null ? ` (${NULL_HINT})` : '';
   out.push({ path, message: `${what} must be an object, got ${describe(v)}${nullHint}` });
@@ -193,7 +220,7 @@ function objectAt(v: unknown, path: Segment[], out: Findings, what: string): Pla
 }
 
 /** A string value; numbers and booleans get a "quote it" message (YAML reads 8080 and true as such). */
-function stringAt(v: unknown, path: Segment[], out: Findings, what: string): string | undefined {
+function stringAt(v: unknown, path: Path, out: Findings, what: string): string | undefined {
   if (typeof v === 'string') return v;
   if (typeof v === 'number' || typeof v === 'boolean') {
     out.push({ path, message: `${what} must be a string, got ${describe(v)}; quote it: "${v}"` });
@@ -213,7 +240,7 @@ function problemOf(err: unknown): string {
 
 const OPERATORS: readonly SelectorOperator[] = ['In', 'NotIn', 'Exists', 'DoesNotExist'];
 
-function selectorKeyAt(v: unknown, path: Segment[], out: Findings): string | undefined {
+function selectorKeyAt(v: unknown, path: Path, out: Findings): string | undefined {
   const key = stringAt(v, path, out, 'key');
   if (key === undefined) return undefined;
   try {
@@ -225,7 +252,7 @@ function selectorKeyAt(v: unknown, path: Segment[], out: Findings): string | und
   }
 }
 
-function expressionAt(v: unknown, path: Segment[], out: Findings): SelectorExpression | undefined {
+function expressionAt(v: unknown, path: Path, out: Findings): SelectorExpression | undefined {
   const obj = objectAt(v, path, out, 'a matchExpressions entry');
   if (!obj) return undefined;
   const field = fieldsOf(obj, path, { known: ['key', 'operator', 'values'] }, out);
@@ -273,12 +300,12 @@ function expressionAt(v: unknown, path: Segment[], out: Findings): SelectorExpre
   return undefined;
 }
 
-function matchLabelsAt(v: unknown, path: Segment[], out: Findings): Record<string, string> | undefined {
+function matchLabelsAt(v: unknown, path: Path, out: Findings): Record<string, string> | undefined {
   const labels = objectAt(v, path, out, 'matchLabels');
   if (!labels) return undefined;
   const entries: [string, string][] = [];
   for (const [key, value] of Object.entries(labels)) {
-    const at = [...path, key];
+    const at = path.at(key);
     try {
       parseLabelKey(key, 'any');
     } catch (err) {
@@ -290,14 +317,14 @@ function matchLabelsAt(v: unknown, path: Segment[], out: Findings): Record<strin
         'it as null); write "" to match an empty value, or use matchExpressions with operator Exists' });
       continue;
     }
-    const text = stringAt(value, at, out, `the value of ${quote(key)}`);
+    const text = typeof value === 'string' ? value : stringAt(value, at, out, `the value of ${quote(key)}`);
     if (text !== undefined) entries.push([key, text]);
   }
   // fromEntries defines own properties, so a key such as "__proto__" stays a plain key.
   return Object.fromEntries(entries);
 }
 
-function selectorAt(v: unknown, path: Segment[], out: Findings): EndpointSelector | undefined {
+function selectorAt(v: unknown, path: Path, out: Findings): EndpointSelector | undefined {
   const obj = objectAt(v, path, out, 'a selector');
   if (!obj) return undefined;
   const field = fieldsOf(obj, path, { known: ['matchLabels', 'matchExpressions'] }, out);
@@ -318,7 +345,7 @@ function selectorAt(v: unknown, path: Segment[], out: Findings): EndpointSelecto
 
 // ---- CIDRs and entities ---------------------------------------------------------------------------
 
-function cidrAt(v: unknown, path: Segment[], out: Findings): Prefix | undefined {
+function cidrAt(v: unknown, path: Path, out: Findings): Prefix | undefined {
   const text = stringAt(v, path, out, 'a CIDR');
   if (text === undefined) return undefined;
   try {
@@ -342,7 +369,7 @@ function cidrAt(v: unknown, path: Segment[], out: Findings): Prefix | undefined 
   }
 }
 
-function cidrSetAt(v: unknown, path: Segment[], out: Findings): CidrSet | undefined {
+function cidrSetAt(v: unknown, path: Path, out: Findings): CidrSet | undefined {
   if (typeof v === 'string') {
     out.push({ path, message: `a CIDR set entry is an object; write {"cidr": ${quote(v)}, "except": [...]}, ` +
       'or put plain CIDRs in fromCIDR/toCIDR' });
@@ -388,7 +415,7 @@ const ENTITY_HINTS: Readonly<Record<string, string>> = {
   'world-ipv6': 'use "world", or fromCIDR/toCIDR "::/0" for IPv6 only',
 };
 
-function entityAt(v: unknown, path: Segment[], out: Findings): Entity | undefined {
+function entityAt(v: unknown, path: Path, out: Findings): Entity | undefined {
   const text = stringAt(v, path, out, 'an entity');
   if (text === undefined) return undefined;
   const name = text.toLowerCase();
@@ -427,7 +454,7 @@ function icmpTypeByName(name: string, family: IcmpFamily): number | undefined {
 }
 
 /** An ICMP type given as a number, a numeric string or a name of the family's table. */
-function icmpTypeAt(v: unknown, family: IcmpFamily, path: Segment[], out: Findings): number | undefined {
+function icmpTypeAt(v: unknown, family: IcmpFamily, path: Path, out: Findings): number | undefined {
   let type: number | undefined;
   if (typeof v === 'number') {
     type = v;
@@ -457,7 +484,7 @@ function icmpTypeAt(v: unknown, family: IcmpFamily, path: Segment[], out: Findin
   return type;
 }
 
-function icmpFieldAt(v: unknown, path: Segment[], out: Findings): IcmpField | undefined {
+function icmpFieldAt(v: unknown, path: Path, out: Findings): IcmpField | undefined {
   const obj = objectAt(v, path, out, 'an ICMP field');
   if (!obj) return undefined;
   const field = fieldsOf(obj, path, { known: ['type', 'family'] }, out);
@@ -480,7 +507,7 @@ function icmpFieldAt(v: unknown, path: Segment[], out: Findings): IcmpField | un
   return type === undefined ? undefined : { family, type };
 }
 
-function icmpRuleAt(v: unknown, path: Segment[], out: Findings): IcmpRule | undefined {
+function icmpRuleAt(v: unknown, path: Path, out: Findings): IcmpRule | undefined {
   const obj = objectAt(v, path, out, 'an icmps entry');
   if (!obj) return undefined;
   const fieldsField = fieldsOf(obj, path, { known: ['fields'] }, out)('fields');
@@ -496,7 +523,7 @@ function icmpRuleAt(v: unknown, path: Segment[], out: Findings): IcmpRule | unde
 const ICMPS_EXAMPLE = '"icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]';
 
 /** A port number (or numeric string). Named ports and "a-b" ranges get messages saying what to write. */
-function portNumberAt(v: unknown, path: Segment[], out: Findings, what: 'port' | 'endPort'): number | undefined {
+function portNumberAt(v: unknown, path: Path, out: Findings, what: 'port' | 'endPort'): number | undefined {
   let n: number;
   if (typeof v === 'number') {
     n = v;
@@ -530,7 +557,7 @@ function portNumberAt(v: unknown, path: Segment[], out: Findings, what: 'port' |
 
 type PortOrIcmp = { port: PortProtocolSpec } | { icmp: IcmpField };
 
-function portAt(v: unknown, path: Segment[], out: Findings): PortOrIcmp | undefined {
+function portAt(v: unknown, path: Path, out: Findings): PortOrIcmp | undefined {
   const obj = objectAt(v, path, out, 'a port');
   if (!obj) return undefined;
   const field = fieldsOf(obj, path, { known: ['port', 'endPort', 'protocol'] }, out);
@@ -597,7 +624,7 @@ const L7_MESSAGE = 'L7 rules (HTTP, Kafka, DNS) are not supported: Membrane enfo
 const TLS_MESSAGE = 'TLS inspection and proxy listeners are not supported: Membrane enforces L3/L4 only; remove it';
 
 /** A toPorts entry; ICMP ports are appended to `icmpOut`. Undefined when invalid or when all ports were ICMP. */
-function portRuleAt(v: unknown, path: Segment[], out: Findings, icmpOut: IcmpField[]): PortRule | undefined {
+function portRuleAt(v: unknown, path: Path, out: Findings, icmpOut: IcmpField[]): PortRule | undefined {
   const obj = objectAt(v, path, out, 'a toPorts entry');
   if (!obj) return undefined;
   const portsField = fieldsOf(obj, path, {
@@ -636,7 +663,19 @@ const UNSUPPORTED_PEERS: Readonly<Record<string, string>> = {
   rules: 'L7 rules are not supported: Membrane enforces L3/L4 only (and in Cilium they belong inside a toPorts entry)',
 };
 
+/** The field rules of the four kinds of element, made once. */
+const peerFieldRulesMade = new Map<string, FieldRules>();
 function peerFieldRules(dir: Direction, deny: boolean): FieldRules {
+  const key = `${dir}/${deny}`;
+  let rules = peerFieldRulesMade.get(key);
+  if (!rules) {
+    rules = makePeerFieldRules(dir, deny);
+    peerFieldRulesMade.set(key, rules);
+  }
+  return rules;
+}
+
+function makePeerFieldRules(dir: Direction, deny: boolean): FieldRules {
   const mine = dir === 'ingress' ? 'from' : 'to';
   const theirs = dir === 'ingress' ? 'to' : 'from';
   const section = `${dir}${deny ? 'Deny' : ''}`;
@@ -658,7 +697,7 @@ function peerFieldRules(dir: Direction, deny: boolean): FieldRules {
   return { known: [...kinds.map((k) => `${mine}${k}`), 'toPorts', 'icmps'], special, misplaced };
 }
 
-function peerRuleAt(v: unknown, path: Segment[], out: Findings, dir: Direction, deny: boolean): PolicyPeerRule | undefined {
+function peerRuleAt(v: unknown, path: Path, out: Findings, dir: Direction, deny: boolean): PolicyPeerRule | undefined {
   const obj = objectAt(v, path, out, `an ${dir}${deny ? 'Deny' : ''} element`);
   if (!obj) return undefined;
   const mine = dir === 'ingress' ? 'from' : 'to';
@@ -725,7 +764,7 @@ const RULE_FIELDS: FieldRules = {
   },
 };
 
-function ruleLabelAt(v: unknown, path: Segment[], out: Findings): Label | undefined {
+function ruleLabelAt(v: unknown, path: Path, out: Findings): Label | undefined {
   if (typeof v === 'string') {
     try {
       return parseLabel(v, 'unspec');
@@ -755,7 +794,7 @@ function ruleLabelAt(v: unknown, path: Segment[], out: Findings): Label | undefi
   return { source, key, value };
 }
 
-function ruleAt(v: unknown, path: Segment[], out: Findings): PolicyRule | undefined {
+function ruleAt(v: unknown, path: Path, out: Findings): PolicyRule | undefined {
   const before = out.length;
   const obj = objectAt(v, path, out, 'a rule');
   if (!obj) return undefined;
@@ -794,22 +833,22 @@ function documentRules(doc: unknown, first: number, out: Findings): PolicyRule[]
   if (Array.isArray(doc)) {
     const rules: PolicyRule[] = [];
     for (let i = 0; i < doc.length; i++) {
-      const rule = ruleAt(doc[i], [first + i], out);
+      const rule = ruleAt(doc[i], ROOT.at(first + i), out);
       if (rule) rules.push(rule);
     }
     return rules;
   }
   if (isPlainObject(doc)) {
-    const rule = ruleAt(doc, [first], out);
+    const rule = ruleAt(doc, ROOT.at(first), out);
     return rule ? [rule] : [];
   }
-  out.push({ path: [], message: `a policy is a list of rules (or a single rule object), got ${describe(doc)}; ` +
+  out.push({ path: ROOT, message: `a policy is a list of rules (or a single rule object), got ${describe(doc)}; ` +
     'write e.g. [{"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [...]}]' });
   return [];
 }
 
 function toIssues(found: Findings): PolicyIssue[] {
-  return found.map((f) => ({ path: formatPath(f.path), message: f.message }));
+  return found.map((f) => ({ path: formatPath(f.path.toArray()), message: f.message }));
 }
 
 /**
@@ -965,10 +1004,11 @@ function parseYaml(source: string, out: PolicyIssue[]): PolicyRule[] {
     const found: Findings = [];
     rules.push(...documentRules(value, first, found));
     for (const f of found) {
-      const inDocument = Array.isArray(value) && f.path.length > 0
-        ? [(f.path[0] as number) - first, ...f.path.slice(1)] : f.path.slice(1);
+      const at = f.path.toArray();
+      const inDocument = Array.isArray(value) && at.length > 0
+        ? [(at[0] as number) - first, ...at.slice(1)] : at.slice(1);
       const where = yamlPosition(doc, inDocument, f.atKey ?? false, counter);
-      out.push({ path: formatPath(f.path), message: `${f.message}${where}` });
+      out.push({ path: formatPath(at), message: `${f.message}${where}` });
     }
     first += Array.isArray(value) ? value.length : 1;
   }

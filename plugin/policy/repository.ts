@@ -7,7 +7,7 @@
 // re-importing the same file is idempotent; unlabelled rules are always added.
 
 import { ConflictError } from '../errors.js';
-import { labelSetKey } from './labels.js';
+import { difference } from './compile.js';
 import type { Label, PolicyRule, StoredRule } from './types.js';
 
 export interface PolicyState {
@@ -27,8 +27,90 @@ export function ruleHasLabels(rule: PolicyRule, wanted: readonly Label[]): boole
   return wanted.every((w) => rule.labels.some((l) => l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)));
 }
 
+/**
+ * A rule's label set as a string, once per rule: equal for equal sets (order and duplicates
+ * ignored), as labelSetKey is, but cheaper (only compared here, never stored).
+ */
+const labelKeys = new WeakMap<PolicyRule, string>();
+function ruleLabelKey(rule: PolicyRule): string {
+  let key = labelKeys.get(rule);
+  if (key === undefined) {
+    // Sources and keys hold no NUL, so source NUL key NUL value names one label unambiguously;
+    // each part's length before it keeps the joined parts apart whatever the values hold.
+    const parts = rule.labels.map((l) => `${l.source}\0${l.key}\0${l.value}`);
+    if (parts.length > 1) parts.sort();
+    key = '';
+    for (let i = 0; i < parts.length; i++) if (i === 0 || parts[i] !== parts[i - 1]) key += `${parts[i]!.length}:${parts[i]}`;
+    labelKeys.set(rule, key);
+  }
+  return key;
+}
+
+interface Index {
+  map: Map<string, Set<StoredRule>>;
+  list: readonly StoredRule[];
+  keys: (rule: StoredRule) => string[];
+}
+
+/** Two lists sorted by id, as one. */
+function mergeById(a: readonly StoredRule[], b: readonly StoredRule[]): StoredRule[] {
+  const out: StoredRule[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(a[i]!.id < b[j]!.id ? a[i++]! : b[j++]!);
+  while (i < a.length) out.push(a[i++]!);
+  while (j < b.length) out.push(b[j++]!);
+  return out;
+}
+
 export class PolicyRepository {
+  /** Rules by label set (ruleLabelKey), for the list it was last brought up to date with. */
+  private readonly byLabelSet: Index = { map: new Map(), list: [], keys: (r) => (r.rule.labels.length ? [ruleLabelKey(r.rule)] : []) };
+
   constructor(private readonly state: PolicyState) {}
+
+  /** An index brought up to date with the list (every change makes a new list; the engine may put an earlier one back). */
+  private index(index: Index): Map<string, Set<StoredRule>> {
+    if (index.list === this.state.rules) return index.map;
+    const { gone, fresh } = difference(index.list, this.state.rules);
+    for (const r of gone) {
+      for (const k of index.keys(r)) {
+        const set = index.map.get(k);
+        set?.delete(r);
+        if (set && !set.size) index.map.delete(k);
+      }
+    }
+    for (const r of fresh) {
+      for (const k of index.keys(r)) {
+        let set = index.map.get(k);
+        if (!set) index.map.set(k, set = new Set());
+        set.add(r);
+      }
+    }
+    index.list = this.state.rules;
+    return index.map;
+  }
+
+  /** Rules carrying all of `labels`, in the list's order: one walk, nothing allocated per rule. */
+  private matching(labels: readonly Label[]): StoredRule[] {
+    if (!labels.length) return [...this.state.rules];
+    const out: StoredRule[] = [];
+    rules: for (const r of this.state.rules) {
+      const have = r.rule.labels;
+      for (const w of labels) {
+        let found = false;
+        for (const l of have) {
+          if (l.key === w.key && l.value === w.value && (w.source === 'any' || l.source === w.source)) {
+            found = true;
+            break;
+          }
+        }
+        if (!found) continue rules;
+      }
+      out.push(r);
+    }
+    return out;
+  }
 
   get revision(): number {
     return this.state.revision;
@@ -40,13 +122,20 @@ export class PolicyRepository {
 
   /** Rules carrying all of `labels` (every rule when empty). */
   find(labels: readonly Label[] = []): StoredRule[] {
-    return this.state.rules.filter((r) => ruleHasLabels(r.rule, labels));
+    return this.matching(labels);
   }
 
   private freeIds(count: number, releasing: Set<number>): number[] {
-    const used = new Set(this.state.rules.filter((r) => !releasing.has(r.id)).map((r) => r.id));
     const ids: number[] = [];
-    for (let id = 1; id <= MAX_RULE_ID && ids.length < count; id++) if (!used.has(id)) ids.push(id);
+    // The free ids are the gaps between the ids in use (the list is sorted by id).
+    let next = 1;
+    for (let i = 0; i <= this.state.rules.length && ids.length < count; i++) {
+      const rule = this.state.rules[i];
+      if (rule && releasing.has(rule.id)) continue;
+      const end = rule ? Math.min(rule.id, MAX_RULE_ID + 1) : MAX_RULE_ID + 1;
+      for (let id = next; id < end && ids.length < count; id++) ids.push(id);
+      if (rule) next = Math.max(next, rule.id + 1);
+    }
     if (ids.length < count) {
       throw new ConflictError(`the policy would hold more than ${MAX_RULE_ID} rules; ` +
         'merge rules that share an endpointSelector, or delete rules that are no longer needed');
@@ -59,15 +148,15 @@ export class PolicyRepository {
    * revision, the stored rules and the ids that were replaced.
    */
   add(rules: readonly PolicyRule[], origin = 'api'): { revision: number; added: StoredRule[]; replaced: number[] } {
-    const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => labelSetKey(r.labels)));
-    const replaced = this.state.rules
-      .filter((r) => r.origin === origin && r.rule.labels.length && incomingKeys.has(labelSetKey(r.rule.labels)))
-      .map((r) => r.id);
+    const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => ruleLabelKey(r)));
+    const byLabelSet = incomingKeys.size ? this.index(this.byLabelSet) : new Map<string, Set<StoredRule>>();
+    const replaced = [...incomingKeys].flatMap((k) => [...(byLabelSet.get(k) ?? [])])
+      .filter((r) => r.origin === origin).map((r) => r.id).sort((a, b) => a - b);
     const replacing = new Set(replaced);
     const ids = this.freeIds(rules.length, replacing);
     const revision = this.state.revision + 1;
     const added = rules.map((rule, i) => ({ id: ids[i]!, rule, origin, revision }));
-    this.state.rules = [...this.state.rules.filter((r) => !replacing.has(r.id)), ...added].sort((a, b) => a.id - b.id);
+    this.state.rules = mergeById(replacing.size ? this.state.rules.filter((r) => !replacing.has(r.id)) : this.state.rules, added);
     this.state.revision = revision;
     return { revision, added, replaced };
   }
@@ -77,7 +166,7 @@ export class PolicyRepository {
     if (!labels.length && !options.all) {
       throw new ConflictError('say which rules to delete: give labels (key=value), or --all to delete every imported rule');
     }
-    const deleted = this.state.rules.filter((r) => r.origin === 'api' && ruleHasLabels(r.rule, labels));
+    const deleted = this.matching(labels).filter((r) => r.origin === 'api');
     if (!deleted.length) return { revision: this.state.revision, deleted };
     const gone = new Set(deleted.map((r) => r.id));
     this.state.rules = this.state.rules.filter((r) => !gone.has(r.id));
