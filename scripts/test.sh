@@ -75,6 +75,9 @@ if [ "${MEMBRANE_SKIP_VM:-}" != 1 ]; then
   case $PWD in /tmp|/tmp/*|/run|/run/*) vm_args+=(--out "$PWD") ;; esac
   run_suite "fresh boot, Linux 6.1 in qemu" integration/vm/run.sh "${vm_args[@]}" -- bash integration/vm/fresh-boot-suite.sh
 fi
+# Every daemon the integration tests start reads its state back after each write and fails the
+# write if a restart would read something else (plugin/state/store.ts).
+export MEMBRANE_STATE_VERIFY=1
 run_suite integration npx ava --config ava.integration.config.js --tap
 # The suite's daemons pinned their maps and links under /sys/fs/bpf/membrane (no daemon runs now:
 # checked above): nothing of them stays on the machine.

@@ -67,6 +67,9 @@ export class IdentityAllocator {
     for (const [cidr, id] of Object.entries(state.cidr)) this.byId.set(id, cidrView(cidr, id));
   }
 
+  /** Told the path (under the identity state) of every record written or deleted, and of the counters. */
+  onChange: ((path: string[]) => void) | undefined;
+
   /** The identity of a label set, allocated when the set is new. */
   forLabels(labels: readonly Label[]): { id: number; allocated: boolean } {
     const key = labelSetKey([...labels]);
@@ -77,6 +80,8 @@ export class IdentityAllocator {
     const sorted = [...labels].map((l) => formatLabel(l)).sort();
     this.state.endpoint[key] = { id, labels: sorted };
     this.byId.set(id, { id, kind: 'endpoint', labels: sorted.map((l) => parseLabel(l)) });
+    this.onChange?.(['endpoint', key]);
+    this.onChange?.(['nextEndpoint']);
     return { id, allocated: true };
   }
 
@@ -88,6 +93,8 @@ export class IdentityAllocator {
     this.state.nextCidr = id + 1 > MAX_CIDR_IDENTITY ? ID_FIRST_CIDR : id + 1;
     this.state.cidr[cidr] = id;
     this.byId.set(id, cidrView(cidr, id));
+    this.onChange?.(['cidr', cidr]);
+    this.onChange?.(['nextCidr']);
     return id;
   }
 
@@ -119,12 +126,14 @@ export class IdentityAllocator {
       if (usedEndpointIds.has(id)) continue;
       delete this.state.endpoint[key];
       this.byId.delete(id);
+      this.onChange?.(['endpoint', key]);
       removed++;
     }
     for (const [cidr, id] of Object.entries(this.state.cidr)) {
       if (usedCidrs.has(cidr)) continue;
       delete this.state.cidr[cidr];
       this.byId.delete(id);
+      this.onChange?.(['cidr', cidr]);
       removed++;
     }
     return removed;

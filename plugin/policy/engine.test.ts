@@ -62,7 +62,7 @@ test('property: after any sequence of imports, deletes, label changes and endpoi
   let refused = 0;
   await fc.assert(fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 10 }), fc.constantFrom(8, 1000), async (ops, capacity) => {
     const state = { networks: { net: { id: 'net', options: {}, name: 'n1' } }, endpoints: {} } as unknown as MembraneState;
-    const ctx = { state, store: { commit: async () => {} }, log: { info() {}, debug() {}, error() {}, warn() {} } } as unknown as Context;
+    const ctx = { state, store: { commit: async () => {}, touch: () => {} }, log: { info() {}, debug() {}, error() {}, warn() {} } } as unknown as Context;
     const maps = new MemoryMaps(capacity);
     const engine = new PolicyEngine(ctx, { enforcement: 'default', audit: false, initFailOpen: false, labelFilter: DEFAULT_LABEL_FILTER },
       maps as unknown as PolicyMaps, undefined, () => ['10.0.0.1']);

@@ -71,10 +71,19 @@ export class PolicyEngine {
   constructor(private readonly ctx: Context, private readonly settings: PolicySettings,
     private readonly maps: PolicyMaps | undefined, private readonly endpointMaps: EndpointMaps | undefined,
     private readonly hostAddresses: () => string[]) {
-    ctx.state.identities ??= emptyIdentityState();
-    ctx.state.policy ??= emptyPolicyState();
+    // Sections made here are written whole once; after that, commits name the records that changed.
+    if (!ctx.state.identities) {
+      ctx.state.identities = emptyIdentityState();
+      ctx.store.touch(['identities']);
+    }
+    if (!ctx.state.policy) {
+      ctx.state.policy = emptyPolicyState();
+      ctx.store.touch(['policy']);
+    }
     this.identities = new IdentityAllocator(ctx.state.identities);
+    this.identities.onChange = (p) => ctx.store.touch(['identities', ...p]);
     this.repository = new PolicyRepository(ctx.state.policy);
+    this.repository.onChange = (p) => ctx.store.touch(['policy', ...p]);
   }
 
   /** True when policy is enforced in the kernel (the BPF datapath); false on the routing datapath. */
@@ -147,8 +156,12 @@ export class PolicyEngine {
     endpoint.infoLabels = info.map((l) => formatLabel(l));
     endpoint.containerId = update.containerId;
     endpoint.containerName = update.containerName;
+    this.ctx.store.touch(['endpoints', endpoint.id]);
     const network = this.ctx.state.networks[endpoint.networkId];
-    if (network && update.networkName) network.name = update.networkName;
+    if (network && update.networkName && network.name !== update.networkName) {
+      network.name = update.networkName;
+      this.ctx.store.touch(['networks', network.id]);
+    }
     changed = this.applyLabelPolicy(endpoint, update, identity) || changed;
     if (!changed) return;
     try {
@@ -158,6 +171,7 @@ export class PolicyEngine {
       // like an invalid one, and the container stays default-deny.
       if (!(err instanceof ConflictError) || !this.repository.setOrigin(`endpoint:${endpoint.id}`, []).changed) throw err;
       endpoint.labelPolicyError = err.message;
+      this.ctx.store.touch(['endpoints', endpoint.id]);
       await this.regenerate();
     }
     const started = this.joinedAt.get(endpoint.id);
@@ -314,7 +328,9 @@ export class PolicyEngine {
           reject(err);
         }
       });
-    }).finally(() => this.ctx.store.commit());
+    // Only what changed: rules, identities and endpoints named themselves as they changed. (An
+    // endpoint's compiled `policy` is derived again at start and is written with its record.)
+    }).finally(() => this.ctx.store.commit([]));
     return this.pending;
   }
 

@@ -67,7 +67,11 @@ export class PolicyRepository {
   /** Rules by label set (ruleLabelKey), for the list it was last brought up to date with. */
   private readonly byLabelSet: Index = { map: new Map(), list: [], keys: (r) => (r.rule.labels.length ? [ruleLabelKey(r.rule)] : []) };
 
-  constructor(private readonly state: PolicyState) {}
+  constructor(private readonly state: PolicyState) {
+    // Rules are kept sorted by id (lookups walk the list in order); a journal replays new rules at
+    // the end of the list, so the order is restored here.
+    if (state.rules.some((r, i) => i > 0 && state.rules[i - 1]!.id > r.id)) state.rules = [...state.rules].sort((a, b) => a.id - b.id);
+  }
 
   /** An index brought up to date with the list (every change makes a new list; the engine may put an earlier one back). */
   private index(index: Index): Map<string, Set<StoredRule>> {
@@ -147,6 +151,15 @@ export class PolicyRepository {
    * Adds rules from `origin`, replacing same-labelled rules of the same origin. Returns the new
    * revision, the stored rules and the ids that were replaced.
    */
+  /** Told the path (under the policy state) of every rule that is written or deleted, and of the revision. */
+  onChange: ((path: string[]) => void) | undefined;
+
+  private changed(ids: Iterable<number>): void {
+    if (!this.onChange) return;
+    for (const id of ids) this.onChange(['rules', String(id)]);
+    this.onChange(['revision']);
+  }
+
   add(rules: readonly PolicyRule[], origin = 'api'): { revision: number; added: StoredRule[]; replaced: number[] } {
     const incomingKeys = new Set(rules.filter((r) => r.labels.length).map((r) => ruleLabelKey(r)));
     const byLabelSet = incomingKeys.size ? this.index(this.byLabelSet) : new Map<string, Set<StoredRule>>();
@@ -158,6 +171,7 @@ export class PolicyRepository {
     const added = rules.map((rule, i) => ({ id: ids[i]!, rule, origin, revision }));
     this.state.rules = mergeById(replacing.size ? this.state.rules.filter((r) => !replacing.has(r.id)) : this.state.rules, added);
     this.state.revision = revision;
+    this.changed([...replaced, ...ids]);
     return { revision, added, replaced };
   }
 
@@ -171,6 +185,7 @@ export class PolicyRepository {
     const gone = new Set(deleted.map((r) => r.id));
     this.state.rules = this.state.rules.filter((r) => !gone.has(r.id));
     this.state.revision++;
+    this.changed(gone);
     return { revision: this.state.revision, deleted };
   }
 
@@ -187,6 +202,7 @@ export class PolicyRepository {
     this.state.rules = [...this.state.rules.filter((r) => !gone.has(r.id)), ...rules.map((rule, i) => ({ id: ids[i]!, rule, origin, revision }))]
       .sort((a, b) => a.id - b.id);
     this.state.revision = revision;
+    this.changed([...gone, ...ids]);
     return { revision, changed: true };
   }
 }
