@@ -47,3 +47,16 @@ test('drain runs work queued while draining (a task that queues another)', (t) =
   idle.drain();
   t.deepEqual(ran, ['second']);
 });
+
+test('a task asking for a longer quiet time lets shorter-waiting tasks queued after it go first', async (t) => {
+  const idle = new IdleWork(silentLogger(), 10);
+  const ran: string[] = [];
+  idle.requestStarted();
+  idle.add({ name: 'patient', quietMs: 80, steps: [() => ran.push('patient')] });
+  idle.add({ name: 'eager', steps: [() => ran.push('eager')] });
+  idle.requestFinished();
+  await sleep(40);
+  t.deepEqual(ran, ['eager']);
+  await sleep(100);
+  t.deepEqual(ran, ['eager', 'patient']);
+});

@@ -22,6 +22,12 @@ export interface IdleTask {
   steps: Array<() => void>;
   /** Called when a step throws: the remaining steps are dropped, and this undoes what the done ones made. */
   abort?: () => void;
+  /**
+   * How long the line must have been quiet before a step of this task starts (never less than
+   * the queue's). Work that can wait (refilling prepared endpoints) asks for longer gaps, which are
+   * the ones in which Docker is starting a container rather than between two calls of one start.
+   */
+  quietMs?: number;
 }
 
 export class IdleWork {
@@ -33,6 +39,9 @@ export class IdleWork {
   /** Tasks finished and steps that threw, since start (for `membrane status`). */
   done = 0;
   failed = 0;
+  /** Time spent in steps, and the longest one (what a call arriving mid-step could have waited). */
+  busyMs = 0;
+  longestStepMs = 0;
 
   constructor(private readonly log: Logger, private readonly quietMs = 20) {}
 
@@ -68,19 +77,34 @@ export class IdleWork {
     return this.inFlight > 0 ? -1 : performance.now() - this.lastActivity;
   }
 
-  private schedule(): void {
-    if (this.timer || this.running || !this.queue.length) return;
+  private quietFor(task: IdleTask): number {
+    return Math.max(task.quietMs ?? 0, this.quietMs);
+  }
+
+  /** The first queued task whose quiet time has passed. */
+  private ready(): IdleTask | undefined {
     const idle = this.idleFor();
-    const wait = idle < 0 ? this.quietMs : Math.max(0, this.quietMs - idle);
+    return idle < 0 ? undefined : this.queue.find((task) => idle >= this.quietFor(task));
+  }
+
+  private schedule(): void {
+    if (this.running || !this.queue.length) return;
+    // Recomputed on every change: a new task or a finished call may make an earlier start due.
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const idle = this.idleFor();
+    const shortest = Math.min(...this.queue.map((task) => this.quietFor(task)));
+    const wait = idle < 0 ? shortest : Math.max(0, shortest - idle);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      if (this.idleFor() < this.quietMs) {
+      const task = this.ready();
+      if (!task) {
         this.schedule();
         return;
       }
       this.running = true;
       try {
-        if (this.queue.length) this.step(this.queue[0]!);
+        this.step(task);
       } finally {
         this.running = false;
       }
@@ -93,6 +117,7 @@ export class IdleWork {
   private step(task: IdleTask): void {
     const step = task.steps.shift();
     if (step) {
+      const started = performance.now();
       try {
         step();
       } catch (err) {
@@ -105,9 +130,13 @@ export class IdleWork {
           this.log.warn('undoing failed background work failed', { task: task.name, error: String(abortError) });
         }
       }
+      const ms = performance.now() - started;
+      this.busyMs += ms;
+      if (ms > this.longestStepMs) this.longestStepMs = ms;
     }
     if (!task.steps.length) {
-      this.queue.shift();
+      const i = this.queue.indexOf(task);
+      if (i >= 0) this.queue.splice(i, 1);
       this.done++;
     }
   }

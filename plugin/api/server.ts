@@ -36,7 +36,7 @@ export interface StatusSource {
   lastDockerReconcile?: unknown;
   datapath?: DatapathSource;
   /** Kernel work queued for idle moments (idle-work.ts). */
-  idle?: { pending: number; done: number; failed: number };
+  idle?: { pending: number; done: number; failed: number; busyMs: number; longestStepMs: number };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -66,6 +66,7 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
         : null,
       backgroundWork: status.idle ? {
         pending: status.idle.pending, done: status.idle.done, failed: status.idle.failed,
+        busyMs: Math.round(status.idle.busyMs), longestStepMs: Math.round(status.idle.longestStepMs * 10) / 10,
         linksDeleted: ctx.dataplane.janitor.deleted, linkBatches: ctx.dataplane.janitor.batches,
       } : null,
       datapath: status.datapath ? { mode: 'bpf', features: status.datapath.features } : { mode: 'routing' },

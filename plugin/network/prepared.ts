@@ -20,6 +20,8 @@ import type { IdleWork } from '../idle-work.js';
 import type { NetlinkAddon } from '../kernel/native.js';
 
 export const POOL_ALIAS_PREFIX = 'membrane-pool:';
+/** Quiet time before a refill step: longer than the gaps between the calls of one container start. */
+export const PREPARE_QUIET_MS = 60;
 /** Host sides of prepared pairs. */
 export const POOL_HOST_IF = /^mbp[0-9a-f]{12}$/;
 
@@ -122,6 +124,8 @@ export class PreparedEndpoints {
     };
     this.idle.add({
       name: `prepare endpoint ${pair.hostName}`,
+      // The pool has pairs to spare: its refill waits for the longer gaps (see IdleTask.quietMs).
+      quietMs: PREPARE_QUIET_MS,
       steps: [
         () => {
           if (this.stopped) throw new Error('daemon stopping');
