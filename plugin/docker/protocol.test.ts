@@ -810,12 +810,23 @@ test('a pool persisted before the check keeps its containers, but hands out no s
 
 // ---- kernel work after the answer: prepared veth pairs, deferred deletion ----------------------
 
-test('prepared pairs: CreateEndpoint takes a pair made ahead, renamed and re-addressed, with its reserved number', async (t) => {
+/**
+ * A reconciled core whose background work runs only when the test drains it (the queue waits for
+ * a minute of quiet, and a call has just finished), with `prepared` pairs made.
+ */
+async function setupWithIdleWork(t: ExecutionContext, prepared: number): Promise<Env & { idle: IdleWork }> {
   const idle = new IdleWork(silentLogger(), 60_000);
-  const { call, nl, core } = await setup(t, { preparedEndpoints: 3 }, idle);
-  await core.reconcileKernel();
-  core.startPreparing();
+  const env = await setup(t, { preparedEndpoints: prepared }, idle);
+  await env.core.reconcileKernel();
+  env.core.startPreparing();
   idle.drain();
+  idle.requestStarted();
+  idle.requestFinished();
+  return { ...env, idle };
+}
+
+test('prepared pairs: CreateEndpoint takes a pair made ahead, renamed and re-addressed, with its reserved number', async (t) => {
+  const { call, nl, core, idle } = await setupWithIdleWork(t, 3);
   const pool = nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:'));
   t.is(pool.length, 3);
   t.true(pool.every((l) => /^mbp[0-9a-f]{12}$/.test(l.name) && !l.up));
@@ -845,11 +856,7 @@ test('prepared pairs: CreateEndpoint takes a pair made ahead, renamed and re-add
 });
 
 test('deferred deletion: DeleteEndpoint answers before the veth goes; the veths go in one batch when idle', async (t) => {
-  const idle = new IdleWork(silentLogger(), 60_000);
-  const { call, nl, core } = await setup(t, { preparedEndpoints: 0 }, idle);
-  await core.reconcileKernel();
-  idle.requestStarted();
-  idle.requestFinished();
+  const { call, nl, idle } = await setupWithIdleWork(t, 0);
   const net = await createNetwork(t, call);
   const containers = [await startContainer(t, call, net), await startContainer(t, call, net)];
   for (const c of containers) {
@@ -867,13 +874,7 @@ test('deferred deletion: DeleteEndpoint answers before the veth goes; the veths 
 });
 
 test('deferred deletion: a daemon that dies before the batch leaves orphans the next start removes, with leftover prepared pairs', async (t) => {
-  const idle = new IdleWork(silentLogger(), 60_000);
-  const { call, nl, core, config, dir } = await setup(t, { preparedEndpoints: 2 }, idle);
-  await core.reconcileKernel();
-  core.startPreparing();
-  idle.drain();
-  idle.requestStarted();
-  idle.requestFinished();
+  const { call, nl, core, config, dir } = await setupWithIdleWork(t, 2);
   const net = await createNetwork(t, call);
   const gone = await startContainer(t, call, net);
   const kept = await startContainer(t, call, net);

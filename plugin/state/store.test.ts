@@ -202,6 +202,12 @@ function treeStore(file: string, tree: Tree, options: { compactBytes?: number; v
   return new JsonStore<Tree>(file, () => tree, { touchable: ['records', 'section'], ...options });
 }
 
+/** A store with a snapshot of {counter: 1} and record `a` ({v: 1}) in its journal. */
+async function journaled(): Promise<{ file: string; tree: Tree; store: JsonStore<Tree> }> {
+  const { file, tree, store } = await journaled();
+  return { file, tree, store };
+}
+
 test('journal: a commit naming records appends them (and the top-level fields) instead of rewriting the snapshot', async (t) => {
   const file = tempFile();
   const tree: Tree = { counter: 1, records: { a: { v: 1 } }, section: { big: 'x'.repeat(10_000) } };
@@ -236,31 +242,19 @@ test('journal: touch() marks what a lower layer changed, and commit([]) writes i
 });
 
 test('journal: a torn last line was never acknowledged and is dropped; the next write starts a new snapshot', async (t) => {
-  const file = tempFile();
-  const tree: Tree = { counter: 1, records: {} };
-  const store = treeStore(file, tree);
-  store.load();
-  await store.commit();
-  tree.records.ok = { v: 1 };
-  await store.commit([['records', 'ok']]);
+  const { file, tree } = await journaled();
   // A kill -9 in the middle of the next append.
   fs.appendFileSync(`${file}.journal`, '{"meta":{"counter":9},"ops":[{"path":["records","torn"],"va');
   const again = treeStore(file, tree);
-  t.deepEqual(again.load(), { counter: 1, records: { ok: { v: 1 } } });
+  t.deepEqual(again.load(), { counter: 1, records: { a: { v: 1 } } });
   tree.records.next = { v: 2 };
   await again.commit([['records', 'next']]);
   t.is(again.snapshots, 1, 'appending after a torn line would corrupt the journal: a snapshot instead');
-  t.deepEqual(treeStore(file, tree).load()!.records, { ok: { v: 1 }, next: { v: 2 } });
+  t.deepEqual(treeStore(file, tree).load()!.records, { a: { v: 1 }, next: { v: 2 } });
 });
 
 test('journal: a journal from before the snapshot it would continue (a crash inside compaction) is ignored', async (t) => {
-  const file = tempFile();
-  const tree: Tree = { counter: 1, records: {} };
-  const store = treeStore(file, tree);
-  store.load();
-  await store.commit();
-  tree.records.a = { v: 1 };
-  await store.commit([['records', 'a']]);
+  const { file, tree, store } = await journaled();
   const oldJournal = fs.readFileSync(`${file}.journal`, 'utf8');
   tree.records.a.v = 2;
   await store.commit();
@@ -270,13 +264,7 @@ test('journal: a journal from before the snapshot it would continue (a crash ins
 });
 
 test('journal: a corrupt line before the last is an error that says what to do', async (t) => {
-  const file = tempFile();
-  const tree: Tree = { counter: 1, records: {} };
-  const store = treeStore(file, tree);
-  store.load();
-  await store.commit();
-  tree.records.a = { v: 1 };
-  await store.commit([['records', 'a']]);
+  const { file, tree } = await journaled();
   const lines = fs.readFileSync(`${file}.journal`, 'utf8').split('\n');
   fs.writeFileSync(`${file}.journal`, [lines[0], 'garbage', lines[1], ''].join('\n'));
   const err = t.throws(() => treeStore(file, tree).load(), { instanceOf: StateError });
