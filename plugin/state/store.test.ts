@@ -204,7 +204,13 @@ function treeStore(file: string, tree: Tree, options: { compactBytes?: number; v
 
 /** A store with a snapshot of {counter: 1} and record `a` ({v: 1}) in its journal. */
 async function journaled(): Promise<{ file: string; tree: Tree; store: JsonStore<Tree> }> {
-  const { file, tree, store } = await journaled();
+  const file = tempFile();
+  const tree: Tree = { counter: 1, records: {} };
+  const store = treeStore(file, tree);
+  store.load();
+  await store.commit();
+  tree.records.a = { v: 1 };
+  await store.commit([['records', 'a']]);
   return { file, tree, store };
 }
 
