@@ -107,7 +107,7 @@ export interface MembraneCore {
   /** Starts keeping veth pairs prepared (after the start-up reconciliation). */
   startPreparing(): void;
   /** Removes prepared pairs and finishes queued kernel work (a clean stop). */
-  stopPreparing(): void;
+  stopPreparing(): Promise<void>;
   ipam: Ipam;
   store: JsonStore<MembraneState>;
   stateFile: string;
@@ -285,9 +285,9 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
       });
       dataplane.prepared?.fill();
     },
-    stopPreparing() {
+    async stopPreparing() {
       dataplane.prepared?.discardAll();
-      deps.idle?.drain();
+      await deps.idle?.drain();
     },
     async reconcileKernel() {
       dataplane.ensureForwarding();
@@ -464,7 +464,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       });
       await Promise.all([close(pluginServer), close(apiServer)]);
       await dockerReconcile.catch(() => undefined);
-      core.stopPreparing();
+      await core.stopPreparing();
       await core.store.close();
       fs.rmSync(config.pluginSocket, { force: true });
       fs.rmSync(config.apiSocket, { force: true });

@@ -35,16 +35,16 @@ test('a failing step drops the rest of its task and runs its abort; other tasks 
   const ran: string[] = [];
   idle.add({ name: 'bad', steps: [() => { throw new Error('boom'); }, () => ran.push('never')], abort: () => ran.push('aborted') });
   idle.add({ name: 'good', steps: [() => ran.push('good')] });
-  idle.drain();
+  await idle.drain();
   t.deepEqual(ran, ['aborted', 'good']);
   t.is(idle.failed, 1);
 });
 
-test('drain runs work queued while draining (a task that queues another)', (t) => {
+test('drain runs work queued while draining (a task that queues another)', async (t) => {
   const idle = new IdleWork(silentLogger(), 60_000);
   const ran: string[] = [];
   idle.add({ name: 'first', steps: [() => idle.add({ name: 'second', steps: [() => ran.push('second')] })] });
-  idle.drain();
+  await idle.drain();
   t.deepEqual(ran, ['second']);
 });
 
@@ -52,11 +52,11 @@ test('a task asking for a longer quiet time lets shorter-waiting tasks queued af
   const idle = new IdleWork(silentLogger(), 10);
   const ran: string[] = [];
   idle.requestStarted();
-  idle.add({ name: 'patient', quietMs: 80, steps: [() => ran.push('patient')] });
+  idle.add({ name: 'patient', quietMs: 400, steps: [() => ran.push('patient')] });
   idle.add({ name: 'eager', steps: [() => ran.push('eager')] });
   idle.requestFinished();
-  await sleep(40);
+  await sleep(150);
   t.deepEqual(ran, ['eager']);
-  await sleep(100);
+  await sleep(600);
   t.deepEqual(ran, ['eager', 'patient']);
 });

@@ -18,8 +18,12 @@ import type { Logger } from './log.js';
 export interface IdleTask {
   /** For logs and `membrane status`. */
   name: string;
-  /** Steps run in order, each on its own turn of the event loop; each should take one grace period or less. */
-  steps: Array<() => void>;
+  /**
+   * Steps run in order, each on its own turn of the event loop; each should take one grace period
+   * or less. A step that returns a promise (work on a worker thread) holds the queue until it
+   * settles, but not the event loop: Docker's calls are served meanwhile.
+   */
+  steps: Array<() => unknown>;
   /** Called when a step throws: the remaining steps are dropped, and this undoes what the done ones made. */
   abort?: () => void;
   /**
@@ -39,7 +43,10 @@ export class IdleWork {
   /** Tasks finished and steps that threw, since start (for `membrane status`). */
   done = 0;
   failed = 0;
-  /** Time spent in steps, and the longest one (what a call arriving mid-step could have waited). */
+  /**
+   * Wall time spent in steps, and the longest step. A synchronous step blocks calls arriving
+   * meanwhile; an asynchronous one (on a worker thread) blocks only what needs the same kernel lock.
+   */
   busyMs = 0;
   longestStepMs = 0;
 
@@ -67,11 +74,15 @@ export class IdleWork {
   }
 
   /** Runs everything queued now, idle or not (shutdown, tests). */
-  drain(): void {
+  async drain(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    while (this.queue.length) this.step(this.queue[0]!);
+    while (this.running) await this.current;
+    while (this.queue.length) await this.step(this.queue[0]!);
   }
+
+  /** The step in flight, if it is asynchronous. */
+  private current: Promise<void> | undefined;
 
   private idleFor(): number {
     return this.inFlight > 0 ? -1 : performance.now() - this.lastActivity;
@@ -103,23 +114,22 @@ export class IdleWork {
         return;
       }
       this.running = true;
-      try {
-        this.step(task);
-      } finally {
+      this.current = this.step(task).finally(() => {
         this.running = false;
-      }
-      this.schedule();
+        this.current = undefined;
+        this.schedule();
+      });
     }, wait);
     // Pending idle work never keeps the process alive: shutdown drains it explicitly.
     this.timer.unref();
   }
 
-  private step(task: IdleTask): void {
+  private async step(task: IdleTask): Promise<void> {
     const step = task.steps.shift();
     if (step) {
       const started = performance.now();
       try {
-        step();
+        await step();
       } catch (err) {
         this.failed++;
         task.steps.length = 0;
@@ -131,6 +141,7 @@ export class IdleWork {
         }
       }
       const ms = performance.now() - started;
+      this.log.debug('background step', { task: task.name, ms: Math.round(ms * 1000) / 1000 });
       this.busyMs += ms;
       if (ms > this.longestStepMs) this.longestStepMs = ms;
     }

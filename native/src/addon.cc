@@ -13,6 +13,7 @@ Napi::Value LinkSetUp(const Napi::CallbackInfo& info);
 Napi::Value LinkSetAlias(const Napi::CallbackInfo& info);
 Napi::Value LinkSet(const Napi::CallbackInfo& info);
 Napi::Value LinkDeleteGroup(const Napi::CallbackInfo& info);
+Napi::Value LinkDeleteGroupAsync(const Napi::CallbackInfo& info);
 Napi::Value AddrAdd(const Napi::CallbackInfo& info);
 Napi::Value AddrDel(const Napi::CallbackInfo& info);
 Napi::Value AddrList(const Napi::CallbackInfo& info);
@@ -66,7 +67,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static const Entry entries[] = {
       {"linkCreateVeth", LinkCreateVeth}, {"linkDelete", LinkDelete},     {"linkGetByName", LinkGetByName},
       {"linkGetByIndex", LinkGetByIndex}, {"linkList", LinkList},         {"linkSetUp", LinkSetUp},
-      {"linkSetAlias", LinkSetAlias},     {"linkSet", LinkSet},     {"linkDeleteGroup", LinkDeleteGroup},     {"addrAdd", AddrAdd},           {"addrDel", AddrDel},
+      {"linkSetAlias", LinkSetAlias},     {"linkSet", LinkSet},     {"linkDeleteGroup", LinkDeleteGroup},     {"linkDeleteGroupAsync", LinkDeleteGroupAsync},     {"addrAdd", AddrAdd},           {"addrDel", AddrDel},
       {"addrList", AddrList},             {"routeAdd", RouteAdd},         {"routeDel", RouteDel},
       {"routeList", RouteList},           {"ruleAdd", RuleAdd},           {"ruleDel", RuleDel},
       {"ruleList", RuleList},

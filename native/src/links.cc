@@ -289,4 +289,51 @@ Napi::Value LinkDeleteGroup(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// linkDeleteGroup on a libuv worker thread, with a netlink socket of its own: the kernel's grace
+// periods for the batch (about 40 ms for veths with programs attached) then block neither the
+// event loop nor the environment's socket. Resolves true, or false when the group has no links.
+class DeleteGroupWorker : public Napi::AsyncWorker {
+ public:
+  DeleteGroupWorker(Napi::Env env, uint32_t group)
+      : Napi::AsyncWorker(env), group_(group), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    Netlink nl;
+    Message m(RTM_DELLINK, 0);
+    m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+    m.PutU32(IFLA_GROUP, group_);
+    outcome_ = nl.Request(m);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (outcome_.error == ENODEV) {
+      deferred_.Resolve(Napi::Boolean::New(env, false));
+    } else if (outcome_.error) {
+      deferred_.Reject(ErrnoError(env, outcome_, "RTM_DELLINK group " + std::to_string(group_)).Value());
+    } else {
+      deferred_.Resolve(Napi::Boolean::New(env, true));
+    }
+  }
+
+ private:
+  uint32_t group_;
+  Outcome outcome_;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value LinkDeleteGroupAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t group;
+  if (!ArgU32(env, info[0], "linkDeleteGroupAsync: group", &group, UINT32_MAX)) return env.Undefined();
+  if (group == 0) {
+    ThrowType(env, "linkDeleteGroupAsync: group 0 is every link's default group; refusing to delete it");
+    return env.Undefined();
+  }
+  auto* worker = new DeleteGroupWorker(env, group);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 }  // namespace membrane

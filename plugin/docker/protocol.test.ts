@@ -819,7 +819,7 @@ async function setupWithIdleWork(t: ExecutionContext, prepared: number): Promise
   const env = await setup(t, { preparedEndpoints: prepared }, idle);
   await env.core.reconcileKernel();
   env.core.startPreparing();
-  idle.drain();
+  await idle.drain();
   idle.requestStarted();
   idle.requestFinished();
   return { ...env, idle };
@@ -844,13 +844,13 @@ test('prepared pairs: CreateEndpoint takes a pair made ahead, renamed and re-add
   t.is(c.joined.InterfaceName.SrcName, peer.name);
   t.is(core.ctx.state.endpoints[c.endpointId]!.number, reserved[0]);
   // Refilled in the background, with a new number.
-  idle.drain();
+  await idle.drain();
   const after = nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:'));
   t.is(after.length, 3);
   t.false(after.some((l) => Number(l.alias.split(':')[1]) === reserved[0]));
   t.is(core.ctx.dataplane.prepared!.taken, 1);
   // A clean stop removes them.
-  core.stopPreparing();
+  await core.stopPreparing();
   t.is(nl.linkList().filter((l) => l.alias.startsWith('membrane-pool:')).length, 0);
   t.truthy(nl.linkGetByName(c.hostIf), 'the endpoint\'s own pair stays');
 });
@@ -867,7 +867,7 @@ test('deferred deletion: DeleteEndpoint answers before the veth goes; the veths 
     t.false(nl.routeList(4, 0).some((r) => r.dst === plain(c.ipv4)));
   }
   const before = nl.calls.filter((c) => c === 'linkDeleteGroup').length;
-  idle.drain();
+  await idle.drain();
   for (const c of containers) t.is(nl.linkGetByName(c.hostIf), null);
   t.is(nl.calls.filter((c) => c === 'linkDeleteGroup').length - before, 1, 'one request for both');
   t.is(nl.linkList().filter((l) => l.group === DOOMED_LINK_GROUP).length, 0);

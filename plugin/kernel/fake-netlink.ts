@@ -202,6 +202,14 @@ export class FakeNetlink implements NetlinkAddon {
     return doomed.length > 0;
   }
 
+  linkDeleteGroupAsync(group: number): Promise<boolean> {
+    try {
+      return Promise.resolve(this.linkDeleteGroup(group));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
   // ---- addresses ------------------------------------------------------------------------------
 
   addrAdd(index: number, family: Family, address: string, prefixLen: number, options: AddrOptions): void {

@@ -149,6 +149,23 @@ test('linkDeleteGroup deletes every link of a group in one request, and only tho
   t.throws(() => nl.linkDeleteGroup(0), { instanceOf: TypeError });
 });
 
+test('linkDeleteGroupAsync deletes a group on a worker thread while the event loop runs', async (t) => {
+  const group = 0x4d430000 + randomInt(0xffff);
+  const doomed = [makeVeth(t), makeVeth(t)];
+  for (const v of doomed) nl.linkSet(v.index, { group });
+  let ticks = 0;
+  const ticker = setInterval(() => ticks++, 1);
+  try {
+    t.true(await nl.linkDeleteGroupAsync(group));
+  } finally {
+    clearInterval(ticker);
+  }
+  for (const v of doomed) t.is(nl.linkGetByName(v.host), null);
+  t.log(`event loop turns during the deletion: ${ticks}`);
+  t.false(await nl.linkDeleteGroupAsync(group));
+  t.throws(() => nl.linkDeleteGroupAsync(0), { instanceOf: TypeError });
+});
+
 test('addrAdd v4 /32 and v6 /128 nodad, addrList, addrDel', (t) => {
   const { index } = makeVeth(t);
   const v4 = `198.51.100.${randomInt(1, 255)}`;

@@ -236,6 +236,8 @@ export interface NetlinkAddon {
    * for the batch. False when the group has no links. Group 0 (every link's default) is refused.
    */
   linkDeleteGroup(group: number): boolean;
+  /** linkDeleteGroup on a worker thread with its own netlink socket: the event loop does not wait for the kernel. */
+  linkDeleteGroupAsync(group: number): Promise<boolean>;
 
   addrAdd(index: number, family: Family, address: string, prefixLen: number, options: AddrOptions): void;
   addrDel(index: number, family: Family, address: string, prefixLen: number): void;

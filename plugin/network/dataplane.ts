@@ -73,15 +73,30 @@ export class LinkJanitor {
     }
     if (this.queued) return;
     this.queued = true;
-    this.idle.add({ name: 'delete links', steps: [() => this.run()] });
+    this.idle.add({ name: 'delete links', steps: [() => this.runInBackground()] });
   }
 
-  /** Deletes everything queued now. */
+  /** Deletes everything queued now, waiting for the kernel (start-up: a restored endpoint may need a name an orphan holds). */
   run(): void {
+    const batch = this.mark();
+    if (!batch.length) return;
+    this.nl.linkDeleteGroup(DOOMED_LINK_GROUP);
+    this.finish(batch);
+  }
+
+  /** Deletes everything queued now on a worker thread: Docker's calls are served meanwhile. */
+  private async runInBackground(): Promise<void> {
+    const batch = this.mark();
+    if (!batch.length) return;
+    await this.nl.linkDeleteGroupAsync(DOOMED_LINK_GROUP);
+    this.finish(batch);
+  }
+
+  /** Takes the queue and puts its links in the doomed group (no grace period: a plain attribute change). */
+  private mark(): Array<{ name: string; then?: () => void }> {
     this.queued = false;
     const batch = [...this.doomed.entries()];
     this.doomed.clear();
-    if (!batch.length) return;
     const grouped: Array<{ name: string; then?: () => void }> = [];
     for (const [index, doomed] of batch) {
       // An ifindex is only reused after the counter wraps, but check the name anyway.
@@ -95,10 +110,13 @@ export class LinkJanitor {
       }
       grouped.push(doomed);
     }
-    this.nl.linkDeleteGroup(DOOMED_LINK_GROUP);
-    this.deleted += grouped.length;
+    return grouped;
+  }
+
+  private finish(batch: Array<{ name: string; then?: () => void }>): void {
+    this.deleted += batch.length;
     this.batches++;
-    for (const doomed of grouped) doomed.then?.();
+    for (const doomed of batch) doomed.then?.();
   }
 }
 
