@@ -279,7 +279,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         datapathSteps: (pair) => endpointMaps ? [
           () => endpointMaps!.datapath.attachDirection(pair.hostName, pair.hostIndex, 'ingress'),
           () => endpointMaps!.datapath.attachDirection(pair.hostName, pair.hostIndex, 'egress'),
-          () => policyMaps?.prepare(pair.number),
+          () => policyMaps?.prepareAsync(pair.number),
         ] : [],
         release: (pair) => policyMaps?.remove(pair.number),
       });

@@ -37,6 +37,8 @@ Napi::Value BpfMapNextKey(const Napi::CallbackInfo& info);
 Napi::Value BpfMapLookupBatch(const Napi::CallbackInfo& info);
 Napi::Value BpfMapUpdateBatch(const Napi::CallbackInfo& info);
 Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info);
+Napi::Value BpfMapUpdateAsync(const Napi::CallbackInfo& info);
+Napi::Value BpfMapDeleteBatchAsync(const Napi::CallbackInfo& info);
 Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info);
 Napi::Value BpfProgTestRun(const Napi::CallbackInfo& info);
 Napi::Value TcxAttach(const Napi::CallbackInfo& info);
@@ -75,7 +77,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"bpfObjectLoad", BpfObjectLoad},   {"bpfObjGet", BpfObjGet},       {"bpfObjPin", BpfObjPin},
       {"bpfClose", BpfClose},             {"bpfMapInfo", BpfMapInfo},     {"bpfMapLookup", BpfMapLookup},
       {"bpfMapUpdate", BpfMapUpdate},     {"bpfMapDelete", BpfMapDelete}, {"bpfMapNextKey", BpfMapNextKey}, {"bpfMapLookupBatch", BpfMapLookupBatch},
-      {"bpfMapUpdateBatch", BpfMapUpdateBatch}, {"bpfMapCreate", BpfMapCreate}, {"bpfMapGetFdById", BpfMapGetFdById}, {"bpfMapDeleteBatch", BpfMapDeleteBatch},
+      {"bpfMapUpdateBatch", BpfMapUpdateBatch}, {"bpfMapCreate", BpfMapCreate}, {"bpfMapGetFdById", BpfMapGetFdById}, {"bpfMapDeleteBatch", BpfMapDeleteBatch}, {"bpfMapUpdateAsync", BpfMapUpdateAsync}, {"bpfMapDeleteBatchAsync", BpfMapDeleteBatchAsync},
       {"bpfNumPossibleCpus", BpfNumPossibleCpus}, {"bpfProgTestRun", BpfProgTestRun},
       {"tcxAttach", TcxAttach},           {"bpfLinkUpdate", BpfLinkUpdate}, {"tcAttach", TcAttach},
       {"tcDetach", TcDetach},             {"tcxQuery", TcxQuery},         {"ringbufConsume", RingbufConsume},

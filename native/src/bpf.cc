@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <functional>
+#include <memory>
+#include <vector>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -638,6 +641,99 @@ Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info) {
     if (e == ENOENT) deleted++;  // the missing key
   }
   return Napi::Number::New(env, total);
+}
+
+// ---- map writes on a worker thread --------------------------------------------------------
+//
+// An insert into or delete from a map of maps (mb_policy) waits for an RCU grace period before
+// the syscall returns (10-20 ms here). Done on a libuv worker thread, the event loop serves
+// Docker's calls meanwhile; none of this takes the rtnl lock. The buffers are copied: the caller
+// may reuse its own.
+
+namespace {
+
+class BpfCallWorker : public Napi::AsyncWorker {
+ public:
+  BpfCallWorker(Napi::Env env, std::function<int()> call, std::string op)
+      : Napi::AsyncWorker(env), call_(std::move(call)), op_(std::move(op)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { err_ = call_(); }
+  void OnOK() override {
+    if (err_) deferred_.Reject(BpfError(Env(), err_, op_).Value());
+    else deferred_.Resolve(Env().Undefined());
+  }
+
+ private:
+  std::function<int()> call_;
+  std::string op_;
+  int err_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+}  // namespace
+
+Napi::Value BpfMapUpdateAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  Napi::Buffer<uint8_t> key, value;
+  uint32_t flags;
+  if (!ArgFd(env, info[0], "bpfMapUpdateAsync: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapUpdateAsync: key", &key) ||
+      !ArgBuffer(env, info[2], "bpfMapUpdateAsync: value", &value) || !ArgU32(env, info[3], "bpfMapUpdateAsync: flags", &flags)) {
+    return env.Undefined();
+  }
+  const std::string op = "BPF_MAP_UPDATE_ELEM " + std::to_string(fd);
+  MapShape shape;
+  int err = GetMapShape(fd, &shape);
+  if (err) return ThrowBpf(env, err, op);
+  if (!CheckSize(env, "bpfMapUpdateAsync: key", key, shape.key_size, fd) ||
+      !CheckSize(env, "bpfMapUpdateAsync: value", value, shape.value_size, fd)) {
+    return env.Undefined();
+  }
+  auto k = std::make_shared<std::vector<uint8_t>>(key.Data(), key.Data() + key.Length());
+  auto v = std::make_shared<std::vector<uint8_t>>(value.Data(), value.Data() + value.Length());
+  auto* worker = new BpfCallWorker(env, [fd, k, v, flags]() {
+    int r = bpf_map_update_elem(fd, k->data(), v->data(), flags);
+    return r < 0 ? (errno ? errno : -r) : 0;
+  }, op);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value BpfMapDeleteBatchAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  Napi::Buffer<uint8_t> keys;
+  if (!ArgFd(env, info[0], "bpfMapDeleteBatchAsync: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapDeleteBatchAsync: keys", &keys)) {
+    return env.Undefined();
+  }
+  const std::string op = "BPF_MAP_DELETE_BATCH " + std::to_string(fd);
+  MapShape shape;
+  int err = GetMapShape(fd, &shape);
+  if (err) return ThrowBpf(env, err, op);
+  if (shape.key_size == 0 || keys.Length() % shape.key_size != 0) {
+    return ThrowType(env, "bpfMapDeleteBatchAsync: keys must be a multiple of " + std::to_string(shape.key_size) + " bytes");
+  }
+  const uint32_t key_size = shape.key_size;
+  auto k = std::make_shared<std::vector<uint8_t>>(keys.Data(), keys.Data() + keys.Length());
+  auto* worker = new BpfCallWorker(env, [fd, k, key_size]() {
+    const uint32_t total = static_cast<uint32_t>(k->size() / key_size);
+    uint32_t deleted = 0;
+    // As bpfMapDeleteBatch: the kernel stops at the first missing key; skip it and go on.
+    while (deleted < total) {
+      uint32_t count = total - deleted;
+      LIBBPF_OPTS(bpf_map_batch_opts, opts);
+      int r = bpf_map_delete_batch(fd, k->data() + static_cast<size_t>(deleted) * key_size, &count, &opts);
+      int e = r < 0 ? (errno ? errno : -r) : 0;
+      if (e && e != ENOENT) return e;
+      deleted += count;
+      if (e == ENOENT) deleted++;
+    }
+    return 0;
+  }, op);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
 }
 
 Napi::Value BpfNumPossibleCpus(const Napi::CallbackInfo& info) {

@@ -123,6 +123,13 @@ function batchDelete(bpf: BpfAddon, fd: number, keys: string[]): boolean {
 }
 
 
+/** A map-of-maps value: the inner map's fd, which the kernel resolves to the map. */
+function fdValue(fd: number): Buffer {
+  const value = Buffer.alloc(4);
+  value.writeUInt32LE(fd, 0);
+  return value;
+}
+
 export class PolicyMaps {
   /** Endpoint number -> open fd of its trie and what it holds (key hex -> value hex). */
   private readonly tries = new Map<number, { fd: number; content: Map<string, string> }>();
@@ -149,9 +156,17 @@ export class PolicyMaps {
   private open(endpointNumber: number): { fd: number; content: Map<string, string> } {
     const known = this.tries.get(endpointNumber);
     if (known) return known;
+    const opened = this.openTrie(endpointNumber);
+    this.bpf.bpfMapUpdate(this.datapath.map('mb_policy'), encodeIfindexKey(endpointNumber), fdValue(opened.fd), 0);
+    this.tries.set(endpointNumber, opened);
+    return opened;
+  }
+
+  /** The endpoint's trie from its pin, or a new one pinned; not yet in mb_policy. */
+  private openTrie(endpointNumber: number): { fd: number; content: Map<string, string> } {
     const pin = this.pinPath(endpointNumber);
     let fd: number;
-    let content = new Map<string, string>();
+    const content = new Map<string, string>();
     if (fs.existsSync(pin)) {
       fd = this.bpf.bpfObjGet(pin);
       for (const [key, value] of mapEntries(this.bpf, fd, this.trieMaxEntries)) content.set(key.toString('hex'), value.toString('hex'));
@@ -160,14 +175,8 @@ export class PolicyMaps {
       fd = this.bpf.bpfMapCreate(POLICY_TRIE.type, POLICY_TRIE.key.size, POLICY_TRIE.value.size, this.trieMaxEntries,
         { flags: POLICY_TRIE.flags, name: `mb_pol_${endpointNumber}`.slice(0, 15) });
       this.bpf.bpfObjPin(fd, pin);
-      content = new Map();
     }
-    const value = Buffer.alloc(4);
-    value.writeUInt32LE(fd, 0);
-    this.bpf.bpfMapUpdate(this.datapath.map('mb_policy'), encodeIfindexKey(endpointNumber), value, 0);
-    const opened = { fd, content };
-    this.tries.set(endpointNumber, opened);
-    return opened;
+    return { fd, content };
   }
 
   /** Makes the endpoint's trie hold exactly `entries`. */
@@ -230,6 +239,15 @@ export class PolicyMaps {
     this.open(endpointNumber);
   }
 
+  /** prepare() with the mb_policy insert (and its grace period) on a worker thread. */
+  async prepareAsync(endpointNumber: number): Promise<void> {
+    if (this.tries.has(endpointNumber)) return;
+    const opened = this.openTrie(endpointNumber);
+    // Known before the insert lands, so that a remove() meanwhile closes it.
+    this.tries.set(endpointNumber, opened);
+    await this.bpf.bpfMapUpdateAsync(this.datapath.map('mb_policy'), encodeIfindexKey(endpointNumber), fdValue(opened.fd), 0);
+  }
+
   /**
    * Set by the daemon: removals from mb_policy (each waits for a grace period, a batch waits once)
    * are then made while the plugin is idle. A number is never given to another endpoint, so a
@@ -249,9 +267,15 @@ export class PolicyMaps {
     if (this.doomed.length === 1) this.idle.add({ name: 'remove policy maps', steps: [() => this.flushRemovals()] });
   }
 
-  /** Makes every queued removal now, in one batch. */
-  flushRemovals(): void {
-    this.deleteFromOuter(this.doomed.splice(0));
+  /** Makes every queued removal now, in one batch, on a worker thread (the batch waits for one grace period). */
+  async flushRemovals(): Promise<void> {
+    const keys = this.presentKeys(this.doomed.splice(0));
+    if (keys.length) await this.bpf.bpfMapDeleteBatchAsync(this.datapath.map('mb_policy'), Buffer.concat(keys));
+  }
+
+  private presentKeys(numbers: number[]): Buffer[] {
+    const outer = this.datapath.map('mb_policy');
+    return numbers.map((n) => encodeIfindexKey(n)).filter((key) => this.bpf.bpfMapLookup(outer, key) !== null);
   }
 
   private forgetTrie(endpointNumber: number): void {
@@ -266,7 +290,7 @@ export class PolicyMaps {
   /** Deletes mb_policy entries with one batch request (one grace period for all of them). */
   private deleteFromOuter(numbers: number[]): void {
     const outer = this.datapath.map('mb_policy');
-    const keys = numbers.map((n) => encodeIfindexKey(n)).filter((key) => this.bpf.bpfMapLookup(outer, key) !== null);
+    const keys = this.presentKeys(numbers);
     if (!keys.length) return;
     try {
       this.bpf.bpfMapDeleteBatch(outer, Buffer.concat(keys));

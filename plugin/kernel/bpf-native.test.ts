@@ -362,3 +362,22 @@ test('bpfClose of a closed fd is EBADF; possible CPUs is positive', (t) => {
   t.like(t.throws<KernelError>(() => nl.bpfClose(0x7fffffff)), { errno: 9, code: 'EBADF' });
   t.true(nl.bpfNumPossibleCpus() >= 1);
 });
+
+test('bpfMapUpdateAsync and bpfMapDeleteBatchAsync write on a worker thread, copying their buffers', async (t) => {
+  const BPF_MAP_TYPE_HASH = 1;
+  const fd = nl.bpfMapCreate(BPF_MAP_TYPE_HASH, 4, 8, 16, { name: 'mbt_async' });
+  t.teardown(() => nl.bpfClose(fd));
+  const key = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n); return b; };
+  const value = Buffer.from('abcdefgh');
+  const pending = nl.bpfMapUpdateAsync(fd, key(1), value, 0);
+  value.fill(0); // the worker has its own copy
+  await pending;
+  await nl.bpfMapUpdateAsync(fd, key(2), Buffer.from('12345678'), 0);
+  t.is(nl.bpfMapLookup(fd, key(1))?.toString(), 'abcdefgh');
+  await nl.bpfMapDeleteBatchAsync(fd, Buffer.concat([key(1), key(7), key(2)]));
+  t.is(nl.bpfMapLookup(fd, key(1)), null);
+  t.is(nl.bpfMapLookup(fd, key(2)), null);
+  await t.throwsAsync(nl.bpfMapUpdateAsync(fd, key(3), Buffer.from('12345678'), 1 /* BPF_NOEXIST */).then(() =>
+    nl.bpfMapUpdateAsync(fd, key(3), Buffer.from('12345678'), 1)), { message: /BPF_MAP_UPDATE_ELEM/ });
+  t.throws(() => nl.bpfMapUpdateAsync(fd, Buffer.alloc(3), value, 0), { instanceOf: TypeError });
+});

@@ -282,6 +282,10 @@ export interface BpfAddon {
   bpfMapUpdateBatch(fd: number, keys: Buffer, values: Buffer, flags: number): number;
   /** BPF_MAP_DELETE_BATCH of concatenated keys; missing keys are skipped. */
   bpfMapDeleteBatch(fd: number, keys: Buffer): number;
+  /** bpfMapUpdate on a worker thread: for maps of maps, whose writes wait for an RCU grace period. */
+  bpfMapUpdateAsync(fd: number, key: Buffer, value: Buffer, flags: number): Promise<void>;
+  /** bpfMapDeleteBatch on a worker thread (missing keys are skipped). */
+  bpfMapDeleteBatchAsync(fd: number, keys: Buffer): Promise<void>;
   /**
    * BPF_MAP_CREATE for maps the daemon makes itself (the per-endpoint policy maps that go into
    * mb_policy). Returns an fd the caller owns. In a map of maps the value written is the inner
