@@ -478,25 +478,42 @@ Napi::Value BpfMapLookup(const Napi::CallbackInfo& info) {
   return value;
 }
 
-Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+namespace {
+
+// The arguments of bpfMapUpdate and bpfMapUpdateAsync, checked against the map's key and value
+// sizes. False with a pending exception when they do not fit.
+struct MapWrite {
   int fd;
   Napi::Buffer<uint8_t> key, value;
   uint32_t flags;
-  if (!ArgFd(env, info[0], "bpfMapUpdate: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapUpdate: key", &key) ||
-      !ArgBuffer(env, info[2], "bpfMapUpdate: value", &value) || !ArgU32(env, info[3], "bpfMapUpdate: flags", &flags)) {
-    return env.Undefined();
+  std::string op;
+};
+
+bool ParseMapWrite(const Napi::CallbackInfo& info, const std::string& fn, MapWrite* w) {
+  Napi::Env env = info.Env();
+  if (!ArgFd(env, info[0], (fn + ": fd").c_str(), &w->fd) || !ArgBuffer(env, info[1], (fn + ": key").c_str(), &w->key) ||
+      !ArgBuffer(env, info[2], (fn + ": value").c_str(), &w->value) || !ArgU32(env, info[3], (fn + ": flags").c_str(), &w->flags)) {
+    return false;
   }
-  const std::string op = "BPF_MAP_UPDATE_ELEM " + std::to_string(fd);
+  w->op = "BPF_MAP_UPDATE_ELEM " + std::to_string(w->fd);
   MapShape shape;
-  int err = GetMapShape(fd, &shape);
-  if (err) return ThrowBpf(env, err, op);
-  if (!CheckSize(env, "bpfMapUpdate: key", key, shape.key_size, fd) ||
-      !CheckSize(env, "bpfMapUpdate: value", value, shape.value_size, fd)) {
-    return env.Undefined();
+  int err = GetMapShape(w->fd, &shape);
+  if (err) {
+    ThrowBpf(env, err, w->op);
+    return false;
   }
-  int r = bpf_map_update_elem(fd, Ptr(key), Ptr(value), flags);
-  if (r < 0) return ThrowBpf(env, r, op);
+  return CheckSize(env, (fn + ": key").c_str(), w->key, shape.key_size, w->fd) &&
+         CheckSize(env, (fn + ": value").c_str(), w->value, shape.value_size, w->fd);
+}
+
+}  // namespace
+
+Napi::Value BpfMapUpdate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  MapWrite w;
+  if (!ParseMapWrite(info, "bpfMapUpdate", &w)) return env.Undefined();
+  int r = bpf_map_update_elem(w.fd, Ptr(w.key), Ptr(w.value), w.flags);
+  if (r < 0) return ThrowBpf(env, r, w.op);
   return env.Undefined();
 }
 
@@ -674,27 +691,16 @@ class BpfCallWorker : public Napi::AsyncWorker {
 
 Napi::Value BpfMapUpdateAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd;
-  Napi::Buffer<uint8_t> key, value;
-  uint32_t flags;
-  if (!ArgFd(env, info[0], "bpfMapUpdateAsync: fd", &fd) || !ArgBuffer(env, info[1], "bpfMapUpdateAsync: key", &key) ||
-      !ArgBuffer(env, info[2], "bpfMapUpdateAsync: value", &value) || !ArgU32(env, info[3], "bpfMapUpdateAsync: flags", &flags)) {
-    return env.Undefined();
-  }
-  const std::string op = "BPF_MAP_UPDATE_ELEM " + std::to_string(fd);
-  MapShape shape;
-  int err = GetMapShape(fd, &shape);
-  if (err) return ThrowBpf(env, err, op);
-  if (!CheckSize(env, "bpfMapUpdateAsync: key", key, shape.key_size, fd) ||
-      !CheckSize(env, "bpfMapUpdateAsync: value", value, shape.value_size, fd)) {
-    return env.Undefined();
-  }
-  auto k = std::make_shared<std::vector<uint8_t>>(key.Data(), key.Data() + key.Length());
-  auto v = std::make_shared<std::vector<uint8_t>>(value.Data(), value.Data() + value.Length());
+  MapWrite w;
+  if (!ParseMapWrite(info, "bpfMapUpdateAsync", &w)) return env.Undefined();
+  auto k = std::make_shared<std::vector<uint8_t>>(w.key.Data(), w.key.Data() + w.key.Length());
+  auto v = std::make_shared<std::vector<uint8_t>>(w.value.Data(), w.value.Data() + w.value.Length());
+  const int fd = w.fd;
+  const uint32_t flags = w.flags;
   auto* worker = new BpfCallWorker(env, [fd, k, v, flags]() {
     int r = bpf_map_update_elem(fd, k->data(), v->data(), flags);
     return r < 0 ? (errno ? errno : -r) : 0;
-  }, op);
+  }, w.op);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
