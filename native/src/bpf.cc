@@ -631,6 +631,26 @@ Napi::Value BpfMapUpdateBatch(const Napi::CallbackInfo& info) {
 }
 
 // BPF_MAP_DELETE_BATCH: deletes `keys` (concatenated). Keys already gone are skipped, not errors.
+namespace {
+
+// BPF_MAP_DELETE_BATCH of `total` keys; 0 or a positive errno. The kernel stops at the first
+// missing key (ENOENT): it is skipped and the rest deleted.
+int DeleteBatch(int fd, const uint8_t* keys, uint32_t total, uint32_t key_size) {
+  uint32_t deleted = 0;
+  while (deleted < total) {
+    uint32_t count = total - deleted;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int r = bpf_map_delete_batch(fd, keys + static_cast<size_t>(deleted) * key_size, &count, &opts);
+    int e = r < 0 ? (errno ? errno : -r) : 0;
+    if (e && e != ENOENT) return e;
+    deleted += count;
+    if (e == ENOENT) deleted++;  // the missing key
+  }
+  return 0;
+}
+
+}  // namespace
+
 Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd;
@@ -646,17 +666,8 @@ Napi::Value BpfMapDeleteBatch(const Napi::CallbackInfo& info) {
     return ThrowType(env, "bpfMapDeleteBatch: keys must be a multiple of " + std::to_string(shape.key_size) + " bytes");
   }
   const uint32_t total = static_cast<uint32_t>(keys.Length() / shape.key_size);
-  uint32_t deleted = 0;
-  // The kernel stops at the first missing key (ENOENT): skip it and go on with the rest.
-  while (deleted < total) {
-    uint32_t count = total - deleted;
-    LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    int r = bpf_map_delete_batch(fd, keys.Data() + static_cast<size_t>(deleted) * shape.key_size, &count, &opts);
-    int e = r < 0 ? (errno ? errno : -r) : 0;
-    if (e && e != ENOENT) return ThrowBpf(env, e, op);
-    deleted += count;
-    if (e == ENOENT) deleted++;  // the missing key
-  }
+  int e = DeleteBatch(fd, keys.Data(), total, shape.key_size);
+  if (e) return ThrowBpf(env, e, op);
   return Napi::Number::New(env, total);
 }
 
@@ -723,19 +734,7 @@ Napi::Value BpfMapDeleteBatchAsync(const Napi::CallbackInfo& info) {
   const uint32_t key_size = shape.key_size;
   auto k = std::make_shared<std::vector<uint8_t>>(keys.Data(), keys.Data() + keys.Length());
   auto* worker = new BpfCallWorker(env, [fd, k, key_size]() {
-    const uint32_t total = static_cast<uint32_t>(k->size() / key_size);
-    uint32_t deleted = 0;
-    // As bpfMapDeleteBatch: the kernel stops at the first missing key; skip it and go on.
-    while (deleted < total) {
-      uint32_t count = total - deleted;
-      LIBBPF_OPTS(bpf_map_batch_opts, opts);
-      int r = bpf_map_delete_batch(fd, k->data() + static_cast<size_t>(deleted) * key_size, &count, &opts);
-      int e = r < 0 ? (errno ? errno : -r) : 0;
-      if (e && e != ENOENT) return e;
-      deleted += count;
-      if (e == ENOENT) deleted++;
-    }
-    return 0;
+    return DeleteBatch(fd, k->data(), static_cast<uint32_t>(k->size() / key_size), key_size);
   }, op);
   Napi::Promise promise = worker->Promise();
   worker->Queue();

@@ -94,6 +94,14 @@ Outcome SetAlias(Netlink& nl, uint32_t index, const std::string& alias) {
   return nl.Request(m);
 }
 
+// RTM_DELLINK of every link in `group` (ENODEV: the group has none).
+Outcome DeleteGroup(Netlink& nl, uint32_t group) {
+  Message m(RTM_DELLINK, 0);
+  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
+  m.PutU32(IFLA_GROUP, group);
+  return nl.Request(m);
+}
+
 Outcome DeleteLink(Netlink& nl, uint32_t index) {
   Message m(RTM_DELLINK, 0);
   auto* ifi = m.Header<ifinfomsg>();
@@ -280,10 +288,7 @@ Napi::Value LinkDeleteGroup(const Napi::CallbackInfo& info) {
     ThrowType(env, "linkDeleteGroup: group 0 is every link's default group; refusing to delete it");
     return env.Undefined();
   }
-  Message m(RTM_DELLINK, 0);
-  m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
-  m.PutU32(IFLA_GROUP, group);
-  Outcome r = NL(info).Request(m);
+  Outcome r = DeleteGroup(NL(info), group);
   if (r.error == ENODEV) return Napi::Boolean::New(env, false);
   if (r.error) return ThrowErrno(env, r, "RTM_DELLINK group " + std::to_string(group));
   return Napi::Boolean::New(env, true);
@@ -300,10 +305,7 @@ class DeleteGroupWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     Netlink nl;
-    Message m(RTM_DELLINK, 0);
-    m.Header<ifinfomsg>()->ifi_family = AF_UNSPEC;
-    m.PutU32(IFLA_GROUP, group_);
-    outcome_ = nl.Request(m);
+    outcome_ = DeleteGroup(nl, group_);
   }
   void OnOK() override {
     Napi::Env env = Env();

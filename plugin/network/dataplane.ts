@@ -148,7 +148,7 @@ export class Dataplane {
       release: hooks.release,
       deleteLink: (index) => {
         const link = this.nl.linkGetByIndex(index);
-        if (link) this.janitor.delete(index, link.name, () => this.bpfMaps?.datapath.detach(link.name));
+        if (link) this.deleteLinkLater(index, link.name);
       },
     });
   }
@@ -244,7 +244,7 @@ export class Dataplane {
     } catch (err) {
       this.log.warn('a prepared veth pair could not be adopted; creating one', { endpoint: endpoint.id, pair: pair.hostName, error: String(err) });
       const now = this.nl.linkGetByIndex(pair.hostIndex);
-      if (now) this.janitor.delete(pair.hostIndex, now.name, () => this.bpfMaps?.datapath.detach(now.name));
+      if (now) this.deleteLinkLater(pair.hostIndex, now.name);
       return null;
     } finally {
       this.prepared?.names.delete(pair.hostName);
@@ -263,12 +263,13 @@ export class Dataplane {
     for (const route of planEndpointRoutes(endpoint)) {
       this.deleteRouteQuietly({ ...route, oif: undefined });
     }
-    const detach = (): void => this.bpfMaps?.datapath.detach(endpoint.hostIfName);
-    if (link && (link.alias === linkAlias(endpoint.id) || link.alias === '')) {
-      this.janitor.delete(link.index, link.name, detach);
-    } else {
-      detach();
-    }
+    if (link && (link.alias === linkAlias(endpoint.id) || link.alias === '')) this.deleteLinkLater(link.index, link.name);
+    else this.bpfMaps?.datapath.detach(endpoint.hostIfName);
+  }
+
+  /** Queues a host-side veth for the janitor; its program link pins go once it is gone. */
+  private deleteLinkLater(index: number, name: string): void {
+    this.janitor.delete(index, name, () => this.bpfMaps?.datapath.detach(name));
   }
 
   private resolve(route: PlannedRoute): RouteSpec {
