@@ -4,6 +4,8 @@
 
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { allCpusMask, parseCpuMask } from '../plugin/network/cpu-mask.js';
 import {
   addressesOf, apiGet, cleanupDocker, createNetwork, docker, dockerMayFail, eventually, exec,
   execMayFail, kernelLeftovers, bpfLeftovers, run, runContainer, uniqueName,
@@ -11,6 +13,9 @@ import {
   ping, CLI,
 } from './harness.js';
 
+// Receive steering is off by default (README, "Retransmits"); this file's daemon has it on, so the
+// test below sees it applied (and every other test here runs with it).
+process.env.MEMBRANE_RECEIVE_STEERING = '1';
 useMembrane(test);
 
 async function fetchPage(container: string, target: string): Promise<string> {
@@ -180,6 +185,18 @@ test('docker network create with a special-purpose or host-bit --subnet fails wi
   }
   t.deepEqual((await apiGet<{ pools: { pool: string }[] }>('/v1/ipam')).pools.map((p) => p.pool).sort(), poolsBefore, 'no pool left behind');
   t.deepEqual((await apiGet<{ id: string }[]>('/v1/networks')).map((n) => n.id).sort(), networksBefore, 'no network left behind');
+});
+
+test('receiveSteering: every endpoint\'s host-side veth steers received packets by flow to all CPUs (no reordering between backlogs)', async (t) => {
+  const net = uniqueName('mbt-rps');
+  await createNetwork(net);
+  const c = uniqueName('mbt-c');
+  await runContainer(c, net);
+  const containerMac = (await exec(c, 'cat', '/sys/class/net/eth0/address')).trim();
+  const endpoint = (await apiGet<{ hostIfName: string; mac: string }[]>('/v1/endpoints')).find((e) => e.mac === containerMac);
+  t.truthy(endpoint);
+  const mask = fs.readFileSync(`/sys/class/net/${endpoint!.hostIfName}/queues/rx-0/rps_cpus`, 'utf8');
+  t.is(parseCpuMask(mask), parseCpuMask(allCpusMask() || '0'), `rps_cpus of ${endpoint!.hostIfName}: ${mask.trim()}`);
 });
 
 test('-o com.docker.network.driver.mtu sets the MTU on both ends of the veth', async (t) => {

@@ -46,6 +46,17 @@ export interface MembraneConfig {
    * CreateEndpoints, so Docker does not wait for the kernel's grace periods; 0 = none.
    */
   preparedEndpoints: number;
+  /**
+   * Receive packet steering on every endpoint's host-side veth: a flow's packets from the
+   * container are processed on one CPU (picked by flow hash) instead of on whichever CPU sent
+   * them. Without it, a TCP sender that transmits from two CPUs (its own, and the one where its
+   * ACKs arrive) has its segments reordered between the two CPUs' backlogs, and the receiver's
+   * duplicate ACKs make it retransmit (README, "Retransmits"). Off by default until its cost is
+   * measured: a flow hashed onto its sender's own CPU may move less.
+   */
+  receiveSteering: boolean;
+  /** Where the kernel's network devices are in sysfs; a managed plugin sees the host's under a bind mount. */
+  sysClassNet: string;
   /** Conntrack table size (entries) for the BPF datapath; changing it migrates the pinned map. */
   conntrackMax: number;
   /** Where Membrane pins its BPF maps and links (on a bpffs). */
@@ -106,6 +117,8 @@ export const DEFAULT_CONFIG: MembraneConfig = {
   attachMode: 'auto',
   traceSample: 0,
   preparedEndpoints: 8,
+  receiveSteering: false,
+  sysClassNet: '/sys/class/net',
   conntrackMax: 262144,
   bpfPinDir: '/sys/fs/bpf/membrane',
   procSys: '/proc/sys',
@@ -141,6 +154,8 @@ const ENV: Record<string, keyof MembraneConfig> = {
   MEMBRANE_ATTACH_MODE: 'attachMode',
   MEMBRANE_TRACE_SAMPLE: 'traceSample',
   MEMBRANE_PREPARED_ENDPOINTS: 'preparedEndpoints',
+  MEMBRANE_RECEIVE_STEERING: 'receiveSteering',
+  MEMBRANE_SYS_CLASS_NET: 'sysClassNet',
   MEMBRANE_CONNTRACK_MAX: 'conntrackMax',
   MEMBRANE_BPF_PIN_DIR: 'bpfPinDir',
   MEMBRANE_LOG_LEVEL: 'logLevel',

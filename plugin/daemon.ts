@@ -21,6 +21,7 @@ import { emptyState, STATE_VERSION, type MembraneState } from './state/model.js'
 import { Ipam } from './ipam/ipam.js';
 import { formatPrefix, generateUlaPrefix, parsePrefix, type Prefix } from './ipam/prefix.js';
 import { refusedBlocksOverlapping } from './ipam/special-purpose.js';
+import { allCpusMask } from './network/cpu-mask.js';
 import { LbMaps } from './datapath/lb-maps.js';
 import { ServiceManager } from './lb/services.js';
 import { SocketCloser, type DoomedBackend } from './lb/sockets.js';
@@ -136,6 +137,8 @@ export interface CoreDependencies {
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;
+  /** Overrides config.sysClassNet (tests: a scratch directory). */
+  sysClassNet?: string;
   /**
    * Where kernel work Docker need not wait for runs (veth deletion, prepared endpoints). Without
    * it, that work is done inline (unit tests that check the kernel right after a call).
@@ -193,7 +196,8 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   // the kernel reconciliation, before the plugin socket listens.
   state.daemonRun = (state.daemonRun ?? 0) + 1;
 
-  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys, deps.idle);
+  const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys, deps.idle,
+    config.receiveSteering ? { sysClassNet: deps.sysClassNet ?? config.sysClassNet, cpuMask: allCpusMask() } : undefined);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
   const serviceRanges = serviceRangesOf(config, state.ulaPrefix);

@@ -31,11 +31,14 @@ import { ETH_P_IP, TCP_ACK, TCP_SYN, ethernet, ipv4, tcp } from '../../plugin/da
 import { LB_CONFIG, LB_CONFIG_F_DNS, LB_CONFIG_F_SOCKET } from '../../plugin/datapath/maps.js';
 import { U32_KEY } from '../../plugin/datapath/layout.js';
 import { median, percentileSorted, ratio, round, summarize } from './stats.js';
+import { HOST_PORTS, OUTSIDE_PORTS, RoutedPaths } from './datapath-paths.js';
 
 export const BENCH_IMAGE = process.env.MEMBRANE_BENCH_IMAGE ?? 'membrane-bench:latest';
 const OBJECT = path.join(ROOT, 'bpf', 'build', 'membrane.bpf.o');
 export const IPERF_PORT = 5201;
 export const SOCKPERF_PORT = 11111;
+/** rr's TCP and UDP echo server (rr.c: request/response over either protocol and family). */
+export const RR_PORT = 11115;
 const MESSAGE_BYTES = 64; // sockperf's minimum is 14 (its header)
 const PIN_DIR = '/sys/fs/bpf/membrane';
 const BPF_STATS_SYSCTL = '/proc/sys/kernel/bpf_stats_enabled';
@@ -65,22 +68,43 @@ export interface DatapathOptions {
    */
   progBurstRepeat: number;
   progBurstCalls: number;
+  /** The paths and workloads measured besides the headline pair (`path/workload`, see SCENARIOS). */
+  scenarios: ScenarioName[];
 }
+
+/**
+ * Where the traffic goes: container to container over IPv4 or IPv6, container to a server in the
+ * host's own namespace, container to a namespace outside the host (forwarded, masqueraded).
+ */
+export type PathKey = 'c2c-v4' | 'c2c-v6' | 'c2host' | 'c2outside';
+/** iperf3 with 1, 4 or 16 TCP streams; rr request/response over one TCP connection or over UDP. */
+export type WorkloadKey = 'tcp-1' | 'tcp-4' | 'tcp-16' | 'tcp-rr' | 'udp-rr';
+export type ScenarioName = `${PathKey}/${WorkloadKey}`;
+export const SCENARIOS: ScenarioName[] = [
+  'c2c-v4/tcp-4', 'c2c-v4/tcp-16', 'c2c-v4/tcp-rr', 'c2c-v4/udp-rr',
+  'c2c-v6/tcp-1', 'c2c-v6/tcp-rr', 'c2c-v6/udp-rr',
+  'c2host/tcp-1', 'c2host/tcp-rr', 'c2host/udp-rr',
+  'c2outside/tcp-1', 'c2outside/tcp-rr', 'c2outside/udp-rr',
+];
+/** One of each path, kind and protocol: every code path of the section, quickly. */
+const SMOKE_SCENARIOS: ScenarioName[] = ['c2c-v4/tcp-4', 'c2c-v6/udp-rr', 'c2host/tcp-1', 'c2outside/tcp-rr'];
 
 export function datapathOptions(smoke: boolean, rounds?: number): DatapathOptions {
   return {
     smoke,
-    rounds: rounds ?? (smoke ? 1 : 5),
-    iperfSeconds: smoke ? 1 : 5,
+    rounds: rounds ?? (smoke ? 1 : 10),
+    iperfSeconds: smoke ? 1 : 3,
     iperfOmitSeconds: smoke ? 0 : 1,
     latencyMessages: smoke ? 1_000 : 10_000,
-    sockperfSeconds: smoke ? 2 : 5,
-    maxSeconds: smoke ? 45 : 420,
+    sockperfSeconds: smoke ? 2 : 3,
+    // 10 rounds of every scenario take about 30 minutes here.
+    maxSeconds: smoke ? 90 : 2700,
     progRepeat: smoke ? 10_000 : 100_000,
     progSingleRuns: smoke ? 2_000 : 20_000,
     progBatches: smoke ? 3 : 5,
     progBurstRepeat: 250,
     progBurstCalls: smoke ? 40 : 400,
+    scenarios: smoke ? SMOKE_SCENARIOS : SCENARIOS,
   };
 }
 
@@ -157,6 +181,43 @@ export interface BpfStatsPhase {
   p99Us?: number;
 }
 
+/** One variant of one scenario over the rounds. */
+export interface ScenarioVariant {
+  n: number;
+  /** Throughput: Gbit/s; request/response: the p50 round trip in µs. Median over rounds. */
+  median: number;
+  min: number;
+  max: number;
+  /** Request/response only: median over rounds of each round's p99 (µs). */
+  p99?: number;
+  /** Throughput only: median retransmits per run. */
+  retransmits?: number;
+  /** UDP request/response only: answers lost in all runs together. */
+  lost?: number;
+  runs: Array<IperfRun | (LatencyRun & { lost: number })>;
+  failures: number;
+  errors: string[];
+}
+
+/** Per-round paired ratios (both variants in the same round): median and spread. */
+export interface PairedRatio {
+  median: number;
+  min: number;
+  max: number;
+  iqr: number;
+  n: number;
+}
+
+export interface ScenarioResult {
+  name: ScenarioName;
+  path: PathKey;
+  workload: WorkloadKey;
+  kind: 'throughput' | 'latency';
+  variants: Record<DatapathVariantKey, ScenarioVariant>;
+  /** Throughput: above 1 = Membrane moves more; latency (p50, and p99 separately): below 1 = Membrane answers faster. */
+  ratios: { membraneOverBridge: PairedRatio; membraneOverVeth: PairedRatio; p99MembraneOverBridge?: PairedRatio; p99MembraneOverVeth?: PairedRatio };
+}
+
 export interface DatapathLiveResult {
   note: string;
   settings: DatapathOptions;
@@ -170,6 +231,10 @@ export interface DatapathLiveResult {
   roundsCompleted: number;
   throughput: Record<DatapathVariantKey, ThroughputVariant>;
   latency: Record<DatapathVariantKey, LatencyVariant>;
+  /** The other paths and workloads (options.scenarios), measured in the same rounds. */
+  scenarioNote: string;
+  routedVariant: string;
+  scenarios: ScenarioResult[];
   ratios: {
     /** Gbit/s: above 1 means Membrane moves more. */
     throughput: VariantRatios;
@@ -291,6 +356,10 @@ function ratios(values: Record<DatapathVariantKey, number>, perRound: Array<Part
 export interface Endpoints {
   key: DatapathVariantKey;
   server: string;
+  /** The server's IPv6 address, where the variant has one. */
+  serverV6?: string;
+  /** How the client runs rr (in the bench image: on PATH; in a namespace: the copy built for this run). */
+  rrBinary: string;
   /** Runs a command where the client lives. */
   client(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string; code: number }>;
   /** Reads a file the client wrote. */
@@ -317,7 +386,7 @@ async function waitListening(list: () => Promise<string>, what: string): Promise
   let last = '';
   while (performance.now() < deadline) {
     last = await list().catch((err) => errorText(err));
-    if (last.includes(`:${IPERF_PORT} `) && last.includes(`:${SOCKPERF_PORT} `)) return;
+    if ([IPERF_PORT, SOCKPERF_PORT, RR_PORT].every((port) => last.includes(`:${port} `))) return;
     await sleep(200);
   }
   throw new Error(`${what}: servers not listening within 15 s (${linesOf(last)})`);
@@ -338,18 +407,20 @@ export async function containerPair(key: 'membrane' | 'bridge', network: string,
   options: PairOptions = {}): Promise<Endpoints> {
   const labelArgs = (extra: string[] = []) => [...labels, ...extra].flatMap((l) => ['--label', l]);
   const name = (role: 'srv' | 'cli') => (options.namePrefix ? `${options.namePrefix}-${role}` : containerName(runId, key, role));
-  const serverCmd = `iperf3 -s -p ${IPERF_PORT} ${pin.iperfServer.join(' ')} & exec ${pin.server.join(' ')} sockperf server --tcp -i 0.0.0.0 -p ${SOCKPERF_PORT}`;
+  const serverCmd = `iperf3 -s -p ${IPERF_PORT} ${pin.iperfServer.join(' ')} & ${pin.server.join(' ')} rr serve ${RR_PORT} & ` +
+    `exec ${pin.server.join(' ')} sockperf server --tcp -i 0.0.0.0 -p ${SOCKPERF_PORT}`;
   await run('docker', ['run', '-d', '--name', name('srv'), ...labelArgs(options.serverLabels), '--network', network, BENCH_IMAGE, 'sh', '-c', serverCmd],
     { timeoutMs: 60_000 });
   // Bounded: the container is removed in `finally` anyway.
   await run('docker', ['run', '-d', '--name', name('cli'), ...labelArgs(options.clientLabels), '--network', network, BENCH_IMAGE, 'sleep', '1800'],
     { timeoutMs: 60_000 });
-  const server = (await addressesOf(name('srv'), network)).ipv4;
+  const addresses = await addressesOf(name('srv'), network);
+  const server = addresses.ipv4;
   if (!server) throw new Error(`${key}: server container has no IPv4 address on ${network}`);
-  await waitListening(async () => (await run('docker', ['exec', name('srv'), 'netstat', '-ltn'], { allowFail: true, timeoutMs: 10_000 })).stdout, key);
+  await waitListening(async () => (await run('docker', ['exec', name('srv'), 'netstat', '-ltnu'], { allowFail: true, timeoutMs: 10_000 })).stdout, key);
   const client = name('cli');
   return {
-    key, server, logPath: '/tmp/sockperf.csv',
+    key, server, serverV6: addresses.ipv6, logPath: '/tmp/sockperf.csv', rrBinary: 'rr',
     client: (args, timeoutMs) => run('docker', ['exec', client, ...args], { allowFail: true, timeoutMs }),
     readClientFile: async (file) => (await run('docker', ['exec', client, 'cat', file], { timeoutMs: 20_000 })).stdout,
   };
@@ -363,6 +434,9 @@ class VethPair {
   readonly ifB: string;
   readonly addrA = '198.18.0.1'; // RFC 2544 benchmarking range, only inside these two namespaces
   readonly addrB = '198.18.0.2';
+  // RFC 5180's IPv6 benchmarking range, likewise only inside the two namespaces.
+  readonly addrA6 = '2001:2::1';
+  readonly addrB6 = '2001:2::2';
   readonly tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-veth-'));
   private readonly servers: ChildProcess[] = [];
   private created = false;
@@ -376,19 +450,21 @@ class VethPair {
   }
 
   describe(): string {
-    return `veth ${this.ifA}/${this.ifB} between netns ${this.nsA} (${this.addrA}/30) and ${this.nsB} (${this.addrB}/30), MTU 1500, default offloads`;
+    return `veth ${this.ifA}/${this.ifB} between netns ${this.nsA} (${this.addrA}/30, ${this.addrA6}/64) and ${this.nsB} ` +
+      `(${this.addrB}/30, ${this.addrB6}/64), MTU 1500, default offloads`;
   }
 
-  async up(pin: Pinning): Promise<Endpoints> {
+  async up(pin: Pinning, rrBinary: string): Promise<Endpoints> {
     this.created = true;
     await run('ip', ['netns', 'add', this.nsA]);
     await run('ip', ['netns', 'add', this.nsB]);
     await run('ip', ['link', 'add', this.ifA, 'mtu', '1500', 'type', 'veth', 'peer', 'name', this.ifB, 'mtu', '1500']);
     await run('ip', ['link', 'set', this.ifA, 'netns', this.nsA]);
     await run('ip', ['link', 'set', this.ifB, 'netns', this.nsB]);
-    for (const [ns, dev, addr] of [[this.nsA, this.ifA, this.addrA], [this.nsB, this.ifB, this.addrB]] as const) {
+    for (const [ns, dev, addr, addr6] of [[this.nsA, this.ifA, this.addrA, this.addrA6], [this.nsB, this.ifB, this.addrB, this.addrB6]] as const) {
       await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
       await run('ip', ['-n', ns, 'addr', 'add', `${addr}/30`, 'dev', dev]);
+      await run('ip', ['-n', ns, 'addr', 'add', `${addr6}/64`, 'dev', dev, 'nodad']);
       await run('ip', ['-n', ns, 'link', 'set', dev, 'up']);
     }
     const serve = (args: string[]) => {
@@ -398,9 +474,10 @@ class VethPair {
     };
     serve(['iperf3', '-s', '-p', String(IPERF_PORT), ...pin.iperfServer]);
     serve([...pin.server, 'sockperf', 'server', '--tcp', '-i', '0.0.0.0', '-p', String(SOCKPERF_PORT)]);
-    await waitListening(async () => (await run('ip', ['netns', 'exec', this.nsB, 'ss', '-ltnH'], { allowFail: true, timeoutMs: 10_000 })).stdout + ' ', 'veth');
+    serve([...pin.server, rrBinary, 'serve', String(RR_PORT)]);
+    await waitListening(async () => (await run('ip', ['netns', 'exec', this.nsB, 'ss', '-ltnuH'], { allowFail: true, timeoutMs: 10_000 })).stdout + ' ', 'veth');
     return {
-      key: 'veth', server: this.addrB, logPath: path.join(this.tmp, 'sockperf.csv'),
+      key: 'veth', server: this.addrB, serverV6: this.addrB6, logPath: path.join(this.tmp, 'sockperf.csv'), rrBinary,
       client: (args, timeoutMs) => run('ip', ['netns', 'exec', this.nsA, ...args], { allowFail: true, timeoutMs }),
       readClientFile: async (file) => fs.readFileSync(file, 'utf8'),
     };
@@ -441,9 +518,22 @@ class VethPair {
 
 // ---- one measurement ---------------------------------------------------------------------------
 
-export async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<IperfRun> {
-  const args = ['iperf3', '-c', e.server, '-p', String(IPERF_PORT), '-t', String(o.iperfSeconds), '-O', String(o.iperfOmitSeconds),
-    '-J', '--connect-timeout', '5000', ...pin.iperfClient];
+/** Where one measurement goes, when not to the variant's own server on the usual ports. */
+export interface Target {
+  server?: string;
+  port?: number;
+  /** iperf3 -P: parallel TCP streams. */
+  streams?: number;
+  /** Request/response over UDP instead of one TCP connection (rrOnce). */
+  udp?: boolean;
+  /** rr's port, where it differs from RR_PORT (scenarioTarget; rrOnce takes it as `port`). */
+  rrPort?: number;
+}
+
+export async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning, target: Target = {}): Promise<IperfRun> {
+  const args = ['iperf3', '-c', target.server ?? e.server, '-p', String(target.port ?? IPERF_PORT), '-t', String(o.iperfSeconds),
+    '-O', String(o.iperfOmitSeconds), '-J', '--connect-timeout', '5000', ...pin.iperfClient];
+  if (target.streams && target.streams > 1) args.push('-P', String(target.streams));
   const r = await e.client(args, (o.iperfSeconds + o.iperfOmitSeconds + 30) * 1000);
   try {
     return parseIperf(r.stdout);
@@ -452,14 +542,35 @@ export async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning):
   }
 }
 
-export async function latencyOnce(e: Endpoints, o: DatapathOptions, pin: Pinning): Promise<LatencyRun> {
-  const args = [...pin.client, 'sockperf', 'ping-pong', '--tcp', '-i', e.server, '-p', String(SOCKPERF_PORT), '-m', String(MESSAGE_BYTES),
+export async function latencyOnce(e: Endpoints, o: DatapathOptions, pin: Pinning, target: Target = {}): Promise<LatencyRun> {
+  const args = [...pin.client, 'sockperf', 'ping-pong', '--tcp', '-i', target.server ?? e.server, '-p', String(target.port ?? SOCKPERF_PORT),
+    '-m', String(MESSAGE_BYTES),
     '-t', String(o.sockperfSeconds), '--full-rtt', '--no-rdtsc', '--full-log', e.logPath];
   const r = await e.client(args, (o.sockperfSeconds + 30) * 1000);
   if (r.code !== 0) throw new Error(`${e.key} sockperf exit ${r.code}: ${linesOf(r.stderr || r.stdout)}`);
   const rtts = parseSockperfLog(await e.readClientFile(e.logPath));
   if (rtts.length === 0) throw new Error(`${e.key} sockperf logged no valid round trips: ${linesOf(r.stdout)}`);
   return latencyOf(rtts, o.latencyMessages);
+}
+
+/** One rr client run (rr.c): p50/p99 of every timed round trip, and the UDP answers lost. */
+export async function rrOnce(e: Endpoints, o: DatapathOptions, pin: Pinning, target: Target = {}): Promise<LatencyRun & { lost: number }> {
+  const args = [...pin.client, e.rrBinary, 'client', target.server ?? e.server, String(target.port ?? RR_PORT), ...(target.udp ? ['--udp'] : []),
+    '--size', String(MESSAGE_BYTES), '--seconds', String(o.sockperfSeconds), '--warmup-seconds', '0.5', '--count', String(o.latencyMessages)];
+  const r = await e.client(args, (o.sockperfSeconds + 30) * 1000);
+  return parseRr(r.stdout, `${e.key} rr${target.udp ? ' --udp' : ''} to ${target.server ?? e.server} (exit ${r.code}) ${linesOf(r.stderr)}`);
+}
+
+/** rr client's JSON line; throws with its error when it timed nothing. */
+export function parseRr(stdout: string, what: string): LatencyRun & { lost: number } {
+  let x: { n?: number; lost?: number; p50_us?: number; p99_us?: number; mean_us?: number; max_us?: number; first_error?: string };
+  try {
+    x = JSON.parse(stdout.trim().split('\n').pop() ?? '');
+  } catch {
+    throw new Error(`${what}: no result: ${linesOf(stdout)}`.trim());
+  }
+  if (!x.n || typeof x.p50_us !== 'number') throw new Error(`${what}: no round trip timed (${x.first_error ?? 'no error given'}, ${x.lost ?? 0} lost)`.trim());
+  return { n: x.n, lost: x.lost ?? 0, p50Us: x.p50_us, p99Us: x.p99_us ?? NaN, meanUs: x.mean_us ?? NaN, maxUs: x.max_us ?? NaN };
 }
 
 // ---- bpf_stats on live traffic -----------------------------------------------------------------
@@ -518,6 +629,98 @@ async function statsPhase<T>(workload: string, ids: number[], fn: () => Promise<
 
 // ---- the live section --------------------------------------------------------------------------
 
+// ---- the other paths and workloads -------------------------------------------------------------
+
+/** Who sends and where to, for one variant of one path; undefined when the variant cannot take it. */
+function scenarioTarget(pathKey: PathKey, key: DatapathVariantKey, pairs: Partial<Record<DatapathVariantKey, Endpoints>>,
+  routedFloor: Endpoints | undefined, routed: RoutedPaths): { client: Endpoints; target: Target } | undefined {
+  const pair = pairs[key];
+  switch (pathKey) {
+    case 'c2c-v4':
+      return pair && { client: pair, target: { server: pair.server, port: undefined } };
+    case 'c2c-v6':
+      return pair?.serverV6 ? { client: pair, target: { server: pair.serverV6 } } : undefined;
+    case 'c2host':
+    case 'c2outside': {
+      const client = key === 'veth' ? routedFloor : pair;
+      if (!client || !routedFloor) return undefined;
+      const [server, ports] = pathKey === 'c2host' ? [routed.hostAddress, HOST_PORTS] : [routed.outsideAddress, OUTSIDE_PORTS];
+      return { client, target: { server, port: ports.iperf, rrPort: ports.rr } };
+    }
+  }
+}
+
+function pairedRatio(values: number[]): PairedRatio {
+  const s = summarize(values.filter(Number.isFinite));
+  return { median: round(s.median), min: round(s.min), max: round(s.max), iqr: round(s.iqr), n: s.n };
+}
+
+/** What one scenario collects over the rounds. */
+class ScenarioRuns {
+  readonly path: PathKey;
+  readonly workload: WorkloadKey;
+  readonly kind: 'throughput' | 'latency';
+  readonly rounds: Array<Partial<Record<DatapathVariantKey, { value: number; p99?: number }>>> = [];
+  private readonly runs: Record<DatapathVariantKey, ScenarioVariant['runs']> = { membrane: [], bridge: [], veth: [] };
+  private readonly failures: Record<DatapathVariantKey, { n: number; errors: string[] }> = {
+    membrane: { n: 0, errors: [] }, bridge: { n: 0, errors: [] }, veth: { n: 0, errors: [] },
+  };
+
+  constructor(readonly name: ScenarioName) {
+    const [pathKey, workload] = name.split('/') as [PathKey, WorkloadKey];
+    this.path = pathKey;
+    this.workload = workload;
+    this.kind = workload.endsWith('-rr') ? 'latency' : 'throughput';
+  }
+
+  async measure(key: DatapathVariantKey, client: Endpoints, target: Target, o: DatapathOptions, pin: Pinning): Promise<{ value: number; p99?: number }> {
+    if (this.kind === 'throughput') {
+      const x = await iperfOnce(client, o, pin, { server: target.server, port: target.port, streams: Number(this.workload.split('-')[1]) });
+      this.runs[key].push(x);
+      return { value: x.gbps };
+    }
+    const x = await rrOnce(client, o, pin, { server: target.server, port: target.rrPort, udp: this.workload === 'udp-rr' });
+    this.runs[key].push(x);
+    return { value: x.p50Us, p99: x.p99Us };
+  }
+
+  fail(key: DatapathVariantKey, err: unknown): void {
+    this.failures[key].n++;
+    if (this.failures[key].errors.length < 3) this.failures[key].errors.push(errorText(err));
+  }
+
+  result(): ScenarioResult {
+    const variant = (key: DatapathVariantKey): ScenarioVariant => {
+      const runs = this.runs[key];
+      const main = summarize(this.rounds.map((r) => r[key]?.value).filter((v): v is number => v !== undefined));
+      const v: ScenarioVariant = {
+        n: main.n, median: round(main.median, 3), min: round(main.min, 3), max: round(main.max, 3), runs,
+        failures: this.failures[key].n, errors: this.failures[key].errors,
+      };
+      if (this.kind === 'throughput') v.retransmits = median((runs as IperfRun[]).map((x) => x.retransmits));
+      else {
+        v.p99 = round(median(this.rounds.map((r) => r[key]?.p99).filter((x): x is number => x !== undefined)), 2);
+        if (this.workload === 'udp-rr') v.lost = (runs as Array<{ lost: number }>).reduce((a, x) => a + x.lost, 0);
+      }
+      return v;
+    };
+    const per = (a: DatapathVariantKey, b: DatapathVariantKey, pick: (x: { value: number; p99?: number }) => number | undefined) =>
+      pairedRatio(this.rounds.filter((r) => r[a] && r[b]).map((r) => ratio(pick(r[a]!) ?? NaN, pick(r[b]!) ?? NaN)));
+    const ratios: ScenarioResult['ratios'] = {
+      membraneOverBridge: per('membrane', 'bridge', (x) => x.value),
+      membraneOverVeth: per('membrane', 'veth', (x) => x.value),
+    };
+    if (this.kind === 'latency') {
+      ratios.p99MembraneOverBridge = per('membrane', 'bridge', (x) => x.p99);
+      ratios.p99MembraneOverVeth = per('membrane', 'veth', (x) => x.p99);
+    }
+    return {
+      name: this.name, path: this.path, workload: this.workload, kind: this.kind,
+      variants: { membrane: variant('membrane'), bridge: variant('bridge'), veth: variant('veth') }, ratios,
+    };
+  }
+}
+
 export interface LiveContext {
   runId: string;
   labels: string[];
@@ -563,12 +766,27 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
     throughput: { membrane: emptyThroughput(), bridge: emptyThroughput(), veth: emptyThroughput() },
     latency: { membrane: emptyLatency(), bridge: emptyLatency(), veth: emptyLatency() },
     ratios: { throughput: ratios({ membrane: NaN, bridge: NaN, veth: NaN }, []), latencyP50: ratios({ membrane: NaN, bridge: NaN, veth: NaN }, []), latencyP99: ratios({ membrane: NaN, bridge: NaN, veth: NaN }, []) },
+    scenarioNote: 'The same rounds also run these paths and workloads, every variant once per round in the rotated order. ' +
+      'tcp-N: iperf3 -P N (N TCP streams, Gbit/s summed). tcp-rr / udp-rr: rr (rr.c) request/response, ' +
+      `${MESSAGE_BYTES}-byte messages, one at a time over one TCP connection (TCP_NODELAY) or one UDP socket, every round trip timed ` +
+      'after 0.5 s of warm-up. c2c-v6: the container pairs over IPv6 (the bare veth pair over 2001:2::/64). c2host: to servers in ' +
+      'the host\'s own namespace (on an address of the host). c2outside: to servers in a namespace behind a veth of its own, ' +
+      'forwarded by the host (Membrane and the bridge masquerade). For c2host and c2outside the floor is a namespace on a bare veth ' +
+      'to the host, routed by the host without NAT or programs. Ratios are medians of per-round ratios (both in the same round), ' +
+      'with their range over rounds.',
+    routedVariant: '',
+    scenarios: [],
     bpfStats: null,
     cleanup: { problems: [] },
     errors: [],
   };
   const veth = new VethPair(ctx.runId);
   result.vethVariant = veth.describe();
+  const routed = new RoutedPaths(ctx.runId);
+  result.routedVariant = routed.describe();
+  let routedFloor: Endpoints | undefined;
+  const rrDir = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-bench-rr-'));
+  const scenarioRuns = o.scenarios.map((name) => new ScenarioRuns(name));
   const endpoints: Partial<Record<DatapathVariantKey, Endpoints>> = {};
   const containers: string[] = [];
   const tput: Record<DatapathVariantKey, IperfRun[]> = { membrane: [], bridge: [], veth: [] };
@@ -582,17 +800,36 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
   };
   try {
     result.imageId = await ensureBenchImage();
+    // The namespaces' rr: the same source as the image's, built for this host.
+    const rrBinary = path.join(rrDir, 'rr');
+    await run('gcc', ['-static', '-O2', '-Wall', '-Werror', '-o', rrBinary, path.join(ROOT, 'integration', 'bench', 'rr.c')], { timeoutMs: 60_000 });
+    if (o.scenarios.some((n) => n.startsWith('c2host/') || n.startsWith('c2outside/'))) {
+      try {
+        routedFloor = await routed.up(pin, rrBinary);
+      } catch (err) {
+        result.errors.push(`host and outside paths set-up: ${errorText(err)}`);
+      }
+    }
     for (const key of VARIANTS) {
       try {
         // Listed before they exist, so a half-made pair is removed too.
         if (key !== 'veth') containers.push(containerName(ctx.runId, key, 'srv'), containerName(ctx.runId, key, 'cli'));
-        endpoints[key] = key === 'veth' ? await veth.up(pin)
+        endpoints[key] = key === 'veth' ? await veth.up(pin, rrBinary)
           : await containerPair(key, ctx.networks[key], ctx.runId, ctx.labels, pin);
         // Neighbour entries (and Membrane's conntrack) primed before anything is timed.
-        await endpoints[key]!.client(['busybox', 'ping', '-c', '2', '-W', '1', endpoints[key]!.server], 15_000);
+        const e = endpoints[key]!;
+        await e.client(['busybox', 'ping', '-c', '2', '-W', '1', e.server], 15_000);
+        if (e.serverV6) await e.client(['busybox', 'ping', '-6', '-c', '2', '-W', '1', e.serverV6], 15_000);
       } catch (err) {
         result.errors.push(`${key} set-up: ${errorText(err)}`);
         delete endpoints[key];
+      }
+    }
+    if (routedFloor) {
+      for (const client of [endpoints.membrane, endpoints.bridge, routedFloor]) {
+        for (const address of [routed.hostAddress, routed.outsideAddress]) {
+          if (client) await client.client(['busybox', 'ping', '-c', '2', '-W', '1', address], 15_000);
+        }
       }
     }
     const deadline = performance.now() + o.maxSeconds * 1000;
@@ -632,6 +869,20 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
       tputRounds.push(t);
       p50Rounds.push(p50);
       p99Rounds.push(p99);
+      for (const sc of scenarioRuns) {
+        const values: Partial<Record<DatapathVariantKey, { value: number; p99?: number }>> = {};
+        for (const key of order) {
+          if (ctx.aborted()) break;
+          const where = scenarioTarget(sc.path, key, endpoints, routedFloor, routed);
+          if (!where) continue;
+          try {
+            values[key] = await sc.measure(key, where.client, where.target, o, pin);
+          } catch (err) {
+            sc.fail(key, err);
+          }
+        }
+        sc.rounds.push(values);
+      }
       result.roundsCompleted++;
     }
     for (const key of VARIANTS) {
@@ -652,6 +903,7 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
         runs: lat[key],
       });
     }
+    result.scenarios = scenarioRuns.map((sc) => sc.result());
     const med = (pick: (k: DatapathVariantKey) => number) => ({ membrane: pick('membrane'), bridge: pick('bridge'), veth: pick('veth') });
     result.ratios = {
       throughput: ratios(med((k) => result.throughput[k].medianGbps), tputRounds),
@@ -670,6 +922,8 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
       if (r.code !== 0 && !/No such container/.test(r.stderr)) result.cleanup.problems.push(`docker rm ${c}: ${r.stderr.trim()}`);
     }
     result.cleanup.problems.push(...await veth.down());
+    result.cleanup.problems.push(...await routed.down());
+    fs.rmSync(rrDir, { recursive: true, force: true });
   }
   return result;
 }

@@ -863,6 +863,35 @@ function renderDatapath(d: DatapathLiveResult | null, whyMissing: string): strin
   for (const k of keys) {
     for (const e of [...d.throughput[k].errors, ...d.latency[k].errors]) out.push(`- ${k} error: ${e}`);
   }
+  out.push(...renderScenarios(d));
+  return out;
+}
+
+const PATH_LABELS: Record<string, string> = {
+  'c2c-v4': 'container → container, IPv4', 'c2c-v6': 'container → container, IPv6',
+  'c2host': 'container → host', 'c2outside': 'container → outside (forwarded, NAT)',
+};
+
+function renderScenarios(d: DatapathLiveResult): string[] {
+  if (!d.scenarios?.length) return [];
+  const out = ['### 4b. Every path and workload', '', d.scenarioNote, '', `Host and outside: ${d.routedVariant}.`, ''];
+  const range = (x: { median: number; min: number; max: number; n: number }) => (x.n ? `${fmt(x.median, 3)} (${fmt(x.min, 2)}–${fmt(x.max, 2)}, n ${x.n})` : '—');
+  out.push(table(['Path', 'Workload', 'Figure', 'Membrane', 'bridge', 'floor', 'Membrane/bridge (range)', 'Membrane/floor (range)', 'retransmits or p99 µs (M / b / f)', 'p99 Membrane/bridge, /floor', 'failed (M / b / f)'],
+    d.scenarios.map((sc) => {
+      const v = sc.variants;
+      const tput = sc.kind === 'throughput';
+      const extra = tput ? `${fmt(v.membrane.retransmits ?? NaN, 0)} / ${fmt(v.bridge.retransmits ?? NaN, 0)} / ${fmt(v.veth.retransmits ?? NaN, 0)}`
+        : `${fmt(v.membrane.p99 ?? NaN, 1)} / ${fmt(v.bridge.p99 ?? NaN, 1)} / ${fmt(v.veth.p99 ?? NaN, 1)}` +
+          (sc.workload === 'udp-rr' ? ` (lost ${v.membrane.lost ?? 0} / ${v.bridge.lost ?? 0} / ${v.veth.lost ?? 0})` : '');
+      const p99 = tput ? '—' : `${fmt(sc.ratios.p99MembraneOverBridge?.median ?? NaN, 3)}, ${fmt(sc.ratios.p99MembraneOverVeth?.median ?? NaN, 3)}`;
+      return [PATH_LABELS[sc.path] ?? sc.path, sc.workload, tput ? 'Gbit/s' : 'p50 µs', fmt(v.membrane.median, tput ? 2 : 1), fmt(v.bridge.median, tput ? 2 : 1),
+        fmt(v.veth.median, tput ? 2 : 1), range(sc.ratios.membraneOverBridge), range(sc.ratios.membraneOverVeth), extra, p99,
+        `${v.membrane.failures} / ${v.bridge.failures} / ${v.veth.failures}`];
+    })), '');
+  out.push('- Throughput ratios above 1 = Membrane moves more; latency ratios below 1 = Membrane answers faster.', '');
+  for (const sc of d.scenarios) {
+    for (const k of ['membrane', 'bridge', 'veth'] as const) for (const e of sc.variants[k].errors) out.push(`- ${sc.name} ${k} error: ${e}`);
+  }
   return out;
 }
 

@@ -99,6 +99,15 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
     for (const group of ['throughput', 'latencyP50', 'latencyP99']) {
       for (const k of RATIO_KEYS) t.true(finite(dp.ratios[group][k]), `datapath.ratios.${group}.${k}`);
     }
+    // 4b. Every other path and workload of the smoke set: each variant measured, ratios numbers.
+    t.true(dp.scenarios.length >= 4, 'the smoke run covers host, outside, IPv6 and multi-stream');
+    for (const sc of dp.scenarios) {
+      for (const v of DATAPATH_VARIANTS) {
+        const x = sc.variants[v];
+        t.true(x.n >= 1 && finite(x.median) && x.median > 0, `datapath.scenarios ${sc.name} ${v}: ${JSON.stringify(x.errors)}`);
+      }
+      t.true(finite(sc.ratios.membraneOverBridge.median) && finite(sc.ratios.membraneOverVeth.median), `datapath.scenarios ${sc.name} ratios`);
+    }
     t.deepEqual(dp.cleanup.problems, []);
     // Live bpf_stats: both programs found, from_container ran under both workloads (to_container may
     // not: traffic redirected into the peer with bpf_redirect_peer never reaches the host side's

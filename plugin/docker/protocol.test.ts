@@ -54,7 +54,8 @@ function tempDir(): string {
 }
 
 function buildCore(config: MembraneConfig, nl: FakeNetlink, procSys: string, idle?: IdleWork): MembraneCore {
-  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys, idle });
+  // Fake links have no sysfs entries: receive steering writes (and warns) under the scratch dir.
+  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys, sysClassNet: path.join(procSys, 'no-sys-class-net'), idle });
 }
 
 /** Sends one request the way dockerd does. `body` is sent verbatim when a string, else JSON + '\n'. */
