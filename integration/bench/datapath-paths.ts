@@ -115,16 +115,7 @@ export class RoutedPaths {
   /** Kills the servers, deletes the namespaces (their veths go with them), and the rules. */
   async down(): Promise<string[]> {
     const problems: string[] = [];
-    for (const child of this.servers) {
-      if (child.exitCode !== null || child.signalCode !== null) continue;
-      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-      child.kill('SIGTERM');
-      await Promise.race([exited, sleep(5_000)]);
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGKILL');
-        await Promise.race([exited, sleep(5_000)]);
-      }
-    }
+    await stopServers(this.servers);
     for (const rule of this.rules) {
       const r = await run('iptables', ['-w', '-D', ...rule], { allowFail: true });
       if (r.code !== 0) problems.push(`iptables -D ${rule.join(' ')}: ${r.stderr.trim()}`);
@@ -143,6 +134,20 @@ export class RoutedPaths {
     }
     fs.rmSync(this.tmp, { recursive: true, force: true });
     return problems;
+  }
+}
+
+/** SIGTERM, then SIGKILL after 5 s, for each server still running; bounded either way. */
+export async function stopServers(servers: ChildProcess[]): Promise<void> {
+  for (const child of servers) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    await Promise.race([exited, sleep(5_000)]);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await Promise.race([exited, sleep(5_000)]);
+    }
   }
 }
 

@@ -31,7 +31,7 @@ import { ETH_P_IP, TCP_ACK, TCP_SYN, ethernet, ipv4, tcp } from '../../plugin/da
 import { LB_CONFIG, LB_CONFIG_F_DNS, LB_CONFIG_F_SOCKET } from '../../plugin/datapath/maps.js';
 import { U32_KEY } from '../../plugin/datapath/layout.js';
 import { median, percentileSorted, ratio, round, summarize } from './stats.js';
-import { HOST_PORTS, OUTSIDE_PORTS, RoutedPaths } from './datapath-paths.js';
+import { HOST_PORTS, OUTSIDE_PORTS, RoutedPaths, stopServers } from './datapath-paths.js';
 
 export const BENCH_IMAGE = process.env.MEMBRANE_BENCH_IMAGE ?? 'membrane-bench:latest';
 const OBJECT = path.join(ROOT, 'bpf', 'build', 'membrane.bpf.o');
@@ -486,16 +486,7 @@ class VethPair {
   /** Kills our servers (by pid), deletes both namespaces (and with them the veth). */
   async down(): Promise<string[]> {
     const problems: string[] = [];
-    for (const child of this.servers) {
-      if (child.exitCode !== null || child.signalCode !== null) continue;
-      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-      child.kill('SIGTERM');
-      await Promise.race([exited, sleep(5_000)]);
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGKILL');
-        await Promise.race([exited, sleep(5_000)]);
-      }
-    }
+    await stopServers(this.servers);
     if (this.created) {
       for (const ns of [this.nsA, this.nsB]) {
         const r = await run('ip', ['netns', 'del', ns], { allowFail: true });
