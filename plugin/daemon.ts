@@ -137,8 +137,6 @@ export interface CoreDependencies {
   log: Logger;
   netfilter?: Netfilter;
   procSys?: string;
-  /** Overrides config.sysClassNet (tests: a scratch directory). */
-  sysClassNet?: string;
   /**
    * Where kernel work Docker need not wait for runs (veth deletion, prepared endpoints). Without
    * it, that work is done inline (unit tests that check the kernel right after a call).
@@ -197,7 +195,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
   state.daemonRun = (state.daemonRun ?? 0) + 1;
 
   const dataplane = new Dataplane(nl, log, config.rulePriority, deps.procSys ?? config.procSys, deps.idle,
-    config.receiveSteering ? { sysClassNet: deps.sysClassNet ?? config.sysClassNet, cpuMask: allCpusMask() } : undefined);
+    config.receiveSteering ? { sysClassNet: config.sysClassNet, cpuMask: allCpusMask() } : undefined);
   const netfilter = deps.netfilter ?? new Netfilter(config.manageNetfilter);
   let endpoints: EndpointManager | undefined;
   const serviceRanges = serviceRangesOf(config, state.ulaPrefix);

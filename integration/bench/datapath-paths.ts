@@ -128,7 +128,8 @@ export class RoutedPaths {
       for (const dev of [this.floorRoot, this.outsideRoot]) {
         if ((await run('ip', ['link', 'show', dev], { allowFail: true })).code === 0) {
           const r = await run('ip', ['link', 'del', dev], { allowFail: true });
-          if (r.code !== 0) problems.push(`ip link del ${dev}: ${r.stderr.trim()}`);
+          // Deleting the namespace deletes its veth ends, and their root ends, a moment later: gone in between is fine.
+          if (r.code !== 0 && !/Cannot find device/.test(r.stderr)) problems.push(`ip link del ${dev}: ${r.stderr.trim()}`);
         }
       }
     }

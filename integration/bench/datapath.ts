@@ -517,8 +517,6 @@ export interface Target {
   streams?: number;
   /** Request/response over UDP instead of one TCP connection (rrOnce). */
   udp?: boolean;
-  /** rr's port, where it differs from RR_PORT (scenarioTarget; rrOnce takes it as `port`). */
-  rrPort?: number;
 }
 
 export async function iperfOnce(e: Endpoints, o: DatapathOptions, pin: Pinning, target: Target = {}): Promise<IperfRun> {
@@ -618,25 +616,28 @@ async function statsPhase<T>(workload: string, ids: number[], fn: () => Promise<
   return { phase: { workload, seconds, programs }, value };
 }
 
-// ---- the live section --------------------------------------------------------------------------
-
 // ---- the other paths and workloads -------------------------------------------------------------
+
+/** The server of one path, and its ports where they are not the usual ones. */
+interface Destination {
+  server: string;
+  ports?: { iperf: number; rr: number };
+}
 
 /** Who sends and where to, for one variant of one path; undefined when the variant cannot take it. */
 function scenarioTarget(pathKey: PathKey, key: DatapathVariantKey, pairs: Partial<Record<DatapathVariantKey, Endpoints>>,
-  routedFloor: Endpoints | undefined, routed: RoutedPaths): { client: Endpoints; target: Target } | undefined {
+  routedFloor: Endpoints | undefined, routed: RoutedPaths): { client: Endpoints; to: Destination } | undefined {
   const pair = pairs[key];
   switch (pathKey) {
     case 'c2c-v4':
-      return pair && { client: pair, target: { server: pair.server, port: undefined } };
+      return pair && { client: pair, to: { server: pair.server } };
     case 'c2c-v6':
-      return pair?.serverV6 ? { client: pair, target: { server: pair.serverV6 } } : undefined;
+      return pair?.serverV6 ? { client: pair, to: { server: pair.serverV6 } } : undefined;
     case 'c2host':
     case 'c2outside': {
       const client = key === 'veth' ? routedFloor : pair;
       if (!client || !routedFloor) return undefined;
-      const [server, ports] = pathKey === 'c2host' ? [routed.hostAddress, HOST_PORTS] : [routed.outsideAddress, OUTSIDE_PORTS];
-      return { client, target: { server, port: ports.iperf, rrPort: ports.rr } };
+      return { client, to: pathKey === 'c2host' ? { server: routed.hostAddress, ports: HOST_PORTS } : { server: routed.outsideAddress, ports: OUTSIDE_PORTS } };
     }
   }
 }
@@ -664,13 +665,13 @@ class ScenarioRuns {
     this.kind = workload.endsWith('-rr') ? 'latency' : 'throughput';
   }
 
-  async measure(key: DatapathVariantKey, client: Endpoints, target: Target, o: DatapathOptions, pin: Pinning): Promise<{ value: number; p99?: number }> {
+  async measure(key: DatapathVariantKey, client: Endpoints, to: Destination, o: DatapathOptions, pin: Pinning): Promise<{ value: number; p99?: number }> {
     if (this.kind === 'throughput') {
-      const x = await iperfOnce(client, o, pin, { server: target.server, port: target.port, streams: Number(this.workload.split('-')[1]) });
+      const x = await iperfOnce(client, o, pin, { server: to.server, port: to.ports?.iperf, streams: Number(this.workload.split('-')[1]) });
       this.runs[key].push(x);
       return { value: x.gbps };
     }
-    const x = await rrOnce(client, o, pin, { server: target.server, port: target.rrPort, udp: this.workload === 'udp-rr' });
+    const x = await rrOnce(client, o, pin, { server: to.server, port: to.ports?.rr, udp: this.workload === 'udp-rr' });
     this.runs[key].push(x);
     return { value: x.p50Us, p99: x.p99Us };
   }
@@ -711,6 +712,8 @@ class ScenarioRuns {
     };
   }
 }
+
+// ---- the live section --------------------------------------------------------------------------
 
 export interface LiveContext {
   runId: string;
@@ -867,7 +870,7 @@ export async function benchDatapathLive(o: DatapathOptions, ctx: LiveContext): P
           const where = scenarioTarget(sc.path, key, endpoints, routedFloor, routed);
           if (!where) continue;
           try {
-            values[key] = await sc.measure(key, where.client, where.target, o, pin);
+            values[key] = await sc.measure(key, where.client, where.to, o, pin);
           } catch (err) {
             sc.fail(key, err);
           }

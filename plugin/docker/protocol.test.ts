@@ -54,8 +54,7 @@ function tempDir(): string {
 }
 
 function buildCore(config: MembraneConfig, nl: FakeNetlink, procSys: string, idle?: IdleWork): MembraneCore {
-  // Fake links have no sysfs entries: receive steering writes (and warns) under the scratch dir.
-  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys, sysClassNet: path.join(procSys, 'no-sys-class-net'), idle });
+  return createCore(config, { nl, log: silentLogger(), netfilter: new Netfilter(false), procSys, idle });
 }
 
 /** Sends one request the way dockerd does. `body` is sent verbatim when a string, else JSON + '\n'. */

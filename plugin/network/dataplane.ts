@@ -129,6 +129,8 @@ export class Dataplane {
   readonly janitor: LinkJanitor;
   /** Veth pairs prepared ahead of CreateEndpoint (see prepared.ts); set up by preparePairs. */
   prepared: PreparedEndpoints | undefined;
+  /** A failed rps_cpus write was logged at warn (later ones at debug). */
+  private steeringWarned = false;
 
   constructor(private readonly nl: NetlinkAddon, private readonly log: Logger, private readonly rulePriority: number,
     private readonly procSys = '/proc/sys', private readonly idle?: IdleWork,
@@ -176,12 +178,10 @@ export class Dataplane {
     // retransmit what was never lost (measured: thousands per 5 s iperf3 run, mostly answered
     // by D-SACKs). Steering keeps one flow on one CPU (by flow hash), so its order holds.
     // Also in sysfs, so it follows the device through a rename.
-    if (this.steering && this.steering.cpuMask) {
-      this.writeSysFile(`${this.steering.sysClassNet}/${name}/queues/rx-0/rps_cpus`, this.steering.cpuMask);
-    }
+    if (this.steering?.cpuMask) this.writeRpsCpus(`${this.steering.sysClassNet}/${name}/queues/rx-0/rps_cpus`, this.steering.cpuMask);
   }
 
-  private writeSysFile(file: string, value: string): void {
+  private writeRpsCpus(file: string, value: string): void {
     try {
       if (parseCpuMask(fs.readFileSync(file, 'utf8')) !== parseCpuMask(value)) fs.writeFileSync(file, value);
     } catch (err) {
@@ -193,7 +193,6 @@ export class Dataplane {
         { file, value, error: (err as Error).message });
     }
   }
-  private steeringWarned = false;
 
   /** Forwarding on for both families: the host routes every container packet. */
   ensureForwarding(): void {
