@@ -1,7 +1,7 @@
 // State that survives anything: graceful restarts, kill -9 in the middle of container starts,
 // and Docker's ungraceful-restart scenario (dockerd and Membrane both killed, both started).
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import {
@@ -124,6 +124,32 @@ async function startDockerd(): Promise<void> {
   await eventually(() => run('docker', ['info']), 60_000, 500);
 }
 
+/**
+ * Waits for dockerd to have restarted a --restart always container. If it does not, the failure
+ * carries why: the container's state, what dockerd logged about it, and Membrane's warnings.
+ */
+async function comesBack(t: ExecutionContext, name: string): Promise<void> {
+  try {
+    await eventually(async () => {
+      const state = await docker('inspect', '-f', '{{.State.Running}}', name);
+      if (state !== 'true') throw new Error(`container ${name} is not running`);
+    }, 60_000, 500);
+  } catch (err) {
+    const state = (await dockerMayFail('inspect', '-f', '{{json .State}}', name)).stdout.trim();
+    const id = (await dockerMayFail('inspect', '-f', '{{.Id}}', name)).stdout.trim();
+    let dockerdLog = '(no dockerd log)';
+    try {
+      const lines = fs.readFileSync('/var/log/membrane-dockerd.log', 'utf8').split('\n');
+      dockerdLog = lines.filter((l) => (id && l.includes(id.slice(0, 12))) || /level=(error|warning)/.test(l)).slice(-15).join('\n');
+    } catch {
+      // dockerd under systemd logs to the journal
+    }
+    const membraneLog = membrane.tail(200).split('\n').filter((l) => /"level":"(warn|error)"/.test(l)).slice(-15).join('\n');
+    t.log(`state of ${name}: ${state}\ndockerd:\n${dockerdLog}\nmembrane:\n${membraneLog}`);
+    throw err;
+  }
+}
+
 test.serial('ungraceful restart of dockerd and Membrane: a container with a static --ip comes back with the same address', async (t) => {
   await cleanupDocker();
   const net = uniqueName('mbt-ur');
@@ -143,17 +169,11 @@ test.serial('ungraceful restart of dockerd and Membrane: a container with a stat
     await membrane.start();
     await startDockerd();
   }
-  await eventually(async () => {
-    const state = await docker('inspect', '-f', '{{.State.Running}}', fixed);
-    if (state !== 'true') throw new Error(`container ${fixed} is not running`);
-  }, 60_000, 500);
+  await comesBack(t, fixed);
   const addr = await addressesOf(fixed, net);
   t.is(addr.ipv4, '10.232.9.9');
   t.is(addr.ipv6, 'fd00:db8:99::9');
-  await eventually(async () => {
-    const state = await docker('inspect', '-f', '{{.State.Running}}', peer);
-    if (state !== 'true') throw new Error(`container ${peer} is not running`);
-  }, 60_000, 500);
+  await comesBack(t, peer);
   await ping(peer, 4, '10.232.9.9');
   await ping(peer, 6, 'fd00:db8:99::9');
   await docker('update', '--restart', 'no', fixed, peer);

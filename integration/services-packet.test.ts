@@ -90,11 +90,12 @@ test.serial('per packet: docker stop under load fails no request; a VIP without 
   const client = uniqueName('mbt-qc');
   await docker('run', '-d', '--name', client, '--label', TEST_LABEL, '--network', net1, IMAGE, 'sleep', '3600');
   const s = await ready('ppd', net1, 2);
+  // Each request retried up to 3 times, 100 ms apart (why: services.test.ts, the same test on the socket path).
   const loop = `end=$(( $(date +%s) + 10 )); n=0; failed=0; retries=0
     while [ $(date +%s) -lt $end ] && [ $n -lt 5000 ]; do
       ok=0; for attempt in 1 2 3; do
         out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc ${s.vip4} 80 | tail -1)
-        if [ -n "$out" ]; then ok=1; break; fi; retries=$((retries+1))
+        if [ -n "$out" ]; then ok=1; break; fi; retries=$((retries+1)); sleep 0.1
       done
       [ $ok = 1 ] || failed=$((failed+1)); n=$((n+1))
     done; echo "$n $failed $retries"`;

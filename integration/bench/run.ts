@@ -3,7 +3,7 @@
 //
 //   node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N]
 //                                      [--datapath-rounds N] [--policy-rounds N] [--lb-rounds N] [--lb-pinning MODE]
-//                                      [--only SECTION,...]
+//                                      [--only SECTION,...] [--scale-levels N,N]
 //                                      [--wait-max-seconds S] [--log-level LEVEL]
 //
 //   1. `docker run --rm IMAGE true` wall time on a Membrane network vs Docker's bridge driver vs
@@ -28,7 +28,11 @@
 //      DNAT rules and an nftables verdict map on a bridge pair, with direct connections as floors;
 //      adding one service at 10,000 (and the time to the first connection through it), the LB maps'
 //      memory, and Maglev table build time and disruption (in-process).
-//   --only runs some sections: docker-run, plugin-latency, ipam, datapath, program-cost, policy, lb.
+//   8. Many containers on one host (scale.ts): at 10 and at 1,000 running containers on several
+//      Membrane networks, `docker run` (Membrane and bridge), Join -> identity, plugin calls, one
+//      policy change over the whole population, the daemon's memory and CPU at rest, and restarts.
+//   --only runs some sections: docker-run, plugin-latency, ipam, datapath, program-cost, policy, lb, scale.
+//   --scale-levels 10,1000 sets section 8's population levels (the first is the baseline).
 //   An environment header.
 //
 // Writes DIR/bench.json and DIR/bench.md (DIR defaults to integration/bench/results/<timestamp>)
@@ -54,8 +58,10 @@ import {
   BENCH_IMAGE, benchDatapathLive, benchProgramCost, datapathOptions, type DatapathLiveResult, type DatapathVariantKey, type ProgCostResult,
   type VariantRatios,
 } from './datapath.js';
+import { timedDockerRun } from './docker-run.js';
 import { runIpamBench, type IpamResult } from './ipam.js';
 import { benchPolicyLive, benchPolicyNewFlow, policyOptions, renderPolicy, type PolicyLiveResult, type PolicyNewFlowResult } from './policy.js';
+import { benchScale, renderScale, scaleOptions, type ScaleResult } from './scale.js';
 import { LB_PINNINGS, benchLbLive, benchMaglev, lbOptions, renderLb, type LbLiveResult, type LbMaglevResult, type LbPinning } from './lb.js';
 import { fmt, median, ratio, round, summarize, type Summary } from './stats.js';
 
@@ -84,20 +90,22 @@ export interface BenchOptions {
   lbRounds: number;
   /** CPUs of the load-balancer section's client and servers (lb.ts). */
   lbPinning: LbPinning;
+  /** Population levels of the scale section (ascending; the first is the baseline). */
+  scaleLevels: number[];
   /** Sections to run (all when null). */
   only: Section[] | null;
   waitMaxSeconds: number;
   logLevel: string;
 }
 
-export const SECTIONS = ['docker-run', 'plugin-latency', 'ipam', 'datapath', 'program-cost', 'policy', 'lb'] as const;
+export const SECTIONS = ['docker-run', 'plugin-latency', 'ipam', 'datapath', 'program-cost', 'policy', 'lb', 'scale'] as const;
 export type Section = typeof SECTIONS[number];
 /** Sections that need the run's own daemon (and its Docker networks). */
-const DAEMON_SECTIONS: readonly Section[] = ['docker-run', 'plugin-latency', 'datapath', 'policy', 'lb'];
+const DAEMON_SECTIONS: readonly Section[] = ['docker-run', 'plugin-latency', 'datapath', 'policy', 'lb', 'scale'];
 
 function usage(): string {
   return 'usage: node dist/integration/bench/run.js [--smoke] [--out DIR] [--rounds N] [--cycles N] ' +
-    `[--datapath-rounds N] [--policy-rounds N] [--lb-rounds N] [--lb-pinning same|split|none] [--only ${SECTIONS.join(',')}] [--wait-max-seconds S] [--log-level LEVEL]`;
+    `[--datapath-rounds N] [--policy-rounds N] [--lb-rounds N] [--lb-pinning same|split|none] [--only ${SECTIONS.join(',')}] [--scale-levels N,N] [--wait-max-seconds S] [--log-level LEVEL]`;
 }
 
 export function wants(options: Pick<BenchOptions, 'only'>, section: Section): boolean {
@@ -119,6 +127,7 @@ export function parseArgs(argv: string[]): BenchOptions {
     policyRounds: policyOptions(smoke).rounds,
     lbRounds: lbOptions(smoke).rounds,
     lbPinning: 'same',
+    scaleLevels: scaleOptions(smoke).levels,
     only: null,
     waitMaxSeconds: 900,
     logLevel: 'info',
@@ -142,6 +151,14 @@ export function parseArgs(argv: string[]): BenchOptions {
         const mode = argv[++i] ?? '';
         if (!(LB_PINNINGS as readonly string[]).includes(mode)) throw new Error(`--lb-pinning takes ${LB_PINNINGS.join(', ')}\n${usage()}`);
         options.lbPinning = mode as LbPinning;
+        break;
+      }
+      case '--scale-levels': {
+        const levels = (argv[++i] ?? '').split(',').map((x) => positiveInt(arg, x));
+        if (levels.length < 2 || levels.some((n, k) => k > 0 && n <= levels[k - 1]!)) {
+          throw new Error(`--scale-levels takes two or more ascending container counts, e.g. 10,1000\n${usage()}`);
+        }
+        options.scaleLevels = levels;
         break;
       }
       case '--only': {
@@ -304,6 +321,7 @@ class BenchDaemon {
     this.child = child;
     fs.closeSync(log);
     const deadline = performance.now() + 20_000;
+    // Polled often: section 8 reports the time from spawn to this answer.
     while (performance.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`membrane daemon exited (${child.exitCode ?? child.signalCode}): ${this.tail()}`);
@@ -315,10 +333,29 @@ class BenchDaemon {
       } catch {
         // not up yet
       }
-      await sleep(100);
+      await sleep(10);
     }
     await this.stop();
     throw new Error(`membrane daemon did not answer within 20 s: ${this.tail()}`);
+  }
+
+  /** Stops the daemon with `signal` (SIGKILL after 20 s) and starts it again, both timed. */
+  async restart(signal: 'SIGTERM' | 'SIGKILL'): Promise<{ stopMs: number; readyMs: number }> {
+    const stopStarted = performance.now();
+    const child = this.child;
+    if (child && this.running()) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill(signal);
+      await Promise.race([exited, unrefSleep(20_000)]);
+      if (this.running()) {
+        child.kill('SIGKILL');
+        await Promise.race([exited, unrefSleep(5_000)]);
+      }
+    }
+    const stopMs = performance.now() - stopStarted;
+    const started = performance.now();
+    await this.start();
+    return { stopMs, readyMs: performance.now() - started };
   }
 
   running(): boolean {
@@ -401,14 +438,6 @@ export interface DockerRunResult {
 }
 
 type VariantKey = 'membrane' | 'bridge' | 'none';
-
-async function timedDockerRun(network: string, labels: string[]): Promise<{ ms: number; error?: string }> {
-  const started = performance.now();
-  const r = await run('docker', ['run', '--rm', ...labels.flatMap((l) => ['--label', l]), '--network', network, IMAGE, 'true'],
-    { allowFail: true, timeoutMs: 60_000 });
-  const ms = performance.now() - started;
-  return r.code === 0 ? { ms } : { ms, error: (r.stderr.trim() || r.stdout.trim() || `exit ${r.code}`).slice(0, 300) };
-}
 
 async function createBridge(name: string, labels: string[]): Promise<string> {
   const labelArgs = labels.flatMap((l) => ['--label', l]);
@@ -737,6 +766,8 @@ export interface BenchResult {
   lb: LbLiveResult | null;
   /** Section 7: Maglev table build time and disruption, in-process. */
   lbMaglev: LbMaglevResult | null;
+  /** Section 8: 10 against 1,000 containers on one host. */
+  scale: ScaleResult | null;
   errors: string[];
   durationSeconds: number;
   /** Wall time per phase (setup includes waiting for another daemon to go away). */
@@ -818,6 +849,7 @@ export function renderMarkdown(r: BenchResult): string {
   out.push(...renderDatapath(r.datapath, missing(r, 'datapath')), ...renderProgramCost(r.programCost, r.datapath, missing(r, 'program-cost')));
   out.push(...renderPolicy(r.policy, r.policyNewFlow, !wants(r.settings, 'policy')));
   out.push(...renderLb(r.lb, r.lbMaglev, !wants(r.settings, 'lb')));
+  out.push(...renderScale(r.scale, missing(r, 'scale')));
   if (r.errors.length) out.push('## Errors', '', ...r.errors.map((x) => `- ${x}`), '');
   return out.join('\n');
 }
@@ -956,7 +988,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     schema: 'membrane-bench/1',
     environment: await environment(options, runId),
     settings: { ...options },
-    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null, lb: null, lbMaglev: null,
+    dockerRun: null, pluginLatency: null, ipam: null, datapath: null, programCost: null, policy: null, policyNewFlow: null, lb: null, lbMaglev: null, scale: null,
     errors: [], durationSeconds: 0, phaseSeconds: {},
   };
   let phaseStart = performance.now();
@@ -1033,6 +1065,21 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           result.errors.push(`lb section: ${err instanceof Error ? err.message : String(err)}`);
         }
         phase('lb');
+      }
+      checkAborted();
+      // Last of the daemon sections: it restarts the daemon.
+      if (want('scale')) {
+        try {
+          result.scale = await benchScale({ ...scaleOptions(options.smoke), levels: options.scaleLevels }, {
+            runId, labels, networks, aborted: () => aborted, daemonPid: () => daemon.child?.pid,
+            restartDaemon: (signal) => daemon.restart(signal),
+          });
+          result.errors.push(...result.scale.errors.map((e) => `scale section: ${e}`));
+          result.errors.push(...result.scale.cleanup.problems.map((p) => `scale cleanup: ${p}`));
+        } catch (err) {
+          result.errors.push(`scale section: ${err instanceof Error ? err.message : String(err)}`);
+        }
+        phase('scale');
       }
     } catch (err) {
       result.errors.push(err instanceof Error ? err.message : String(err));

@@ -199,6 +199,28 @@ test('bench --smoke writes bench.json and bench.md with the expected keys and fi
     t.true(r.lbMaglev.build.length > 0 && r.lbMaglev.build.every((b: { medianMs: number }) => finite(b.medianMs)), 'Maglev build times');
     t.true(r.lbMaglev.disruption.length > 0, 'Maglev disruption');
 
+    const scale = r.scale;
+    t.true(markdown.includes('## 8.'), 'scale section in the markdown');
+    t.true(scale.fill.reachedLargest, `the population reached its largest level: ${JSON.stringify(scale.fill)}`);
+    t.is(scale.levels.length, r.settings.scaleLevels.length);
+    for (const level of scale.levels) {
+      t.true(level.running >= level.target, `level ${level.target}: ${level.running} running`);
+      for (const k of ['membrane', 'bridge']) t.true(finite(level.dockerRun[k].p50Ms), `scale docker run ${k} at ${level.target}`);
+      t.is(level.joinToIdentity.n, scale.settings.probes, `every probe's Join -> identity at ${level.target}`);
+      t.true(finite(level.joinToIdentity.p99Ms));
+      for (const m of KEY_CALLS) t.true(level.calls[m].n >= 1 && finite(level.calls[m].p99Ms), `${m} samples at ${level.target}`);
+      t.true(level.policy.addDaemon.samplesMs.every(finite) && level.policy.addDaemon.n === scale.settings.policyChanges, 'policy change timings');
+      t.true(level.policy.written.every((w: number) => w >= level.target), 'the change wrote an entry per population endpoint');
+      t.true(finite(level.atRest.daemon.rssMiB) && finite(level.atRest.daemon.cpuPercent), 'daemon at rest');
+      for (const kind of ['graceful', 'kill9']) {
+        const restart = level.restart[kind];
+        t.is(restart.ready.n, scale.settings.restarts, `${kind} restarts at ${level.target}`);
+        t.true(restart.endpoints.every((n: number) => n >= level.target), `the restarted daemon has every endpoint (${kind})`);
+      }
+    }
+    for (const k of ['membraneDockerRun', 'bridgeDockerRun', 'joinToIdentityP99', 'policyAddDaemon']) t.true(finite(scale.ratios[k]), `scale.ratios.${k}`);
+    t.deepEqual(scale.cleanup.problems, []);
+
     const namespaces = (await run('ip', ['netns', 'list'])).stdout;
     t.false(namespaces.includes(`mbbench-${r.environment.runId}`), 'the veth variant\'s namespaces are gone');
 

@@ -49,11 +49,16 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
   policy: PolicyEngine, policyMaps?: PolicyMaps, services?: ServiceManager, lbMaps?: LbMaps): express.Express {
   const app = express();
   app.disable('x-powered-by');
-  app.get('/v1/status', (_req, res) => {
+  app.get('/v1/status', (req, res) => {
+    // ?samples=1 adds the recent raw latencies (a benchmark takes the samples of one phase).
+    const withSamples = req.query.samples === '1';
     const calls: Record<string, unknown> = {};
     for (const [method, s] of status.stats) {
       const sorted = [...s.recent].sort((a, b) => a - b);
-      calls[method] = { count: s.count, errors: s.errors, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99) };
+      calls[method] = {
+        count: s.count, errors: s.errors, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99),
+        ...(withSamples ? { recentMs: s.recent } : {}),
+      };
     }
     res.json({
       version: status.version, pid: process.pid, uptimeSeconds: Math.round(process.uptime()),
@@ -73,7 +78,9 @@ export function createApiApp(ctx: Context, networks: NetworkManager, endpoints: 
       lastKernelSync: status.lastKernelSync ?? null, lastDockerReconcile: status.lastDockerReconcile ?? null,
       policy: {
         enforced: policy.enforcing, revision: policy.repository.revision, rules: policy.repository.rules().length,
-        identities: policy.identities.all().length, joinToIdentityMs: policy.identityLatency(), lastRegeneration: policy.report ?? null,
+        identities: policy.identities.all().length,
+        joinToIdentityMs: { ...policy.identityLatency(), ...(withSamples ? { recentMs: policy.identityLatencyMs } : {}) },
+        lastRegeneration: policy.report ?? null,
       },
     });
   });

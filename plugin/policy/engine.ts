@@ -59,6 +59,8 @@ export class PolicyEngine {
   readonly identities: IdentityAllocator;
   /** Join -> identity applied, in ms, most recent last. */
   readonly identityLatencyMs: number[] = [];
+  /** Samples ever taken (identityLatencyMs keeps the last LATENCY_SAMPLES): a reader takes the new ones. */
+  private identityLatencyTotal = 0;
   private readonly joinedAt = new Map<string, number>();
   private pending: Promise<RegenerationReport> | undefined;
   private lastReport: RegenerationReport | undefined;
@@ -95,9 +97,12 @@ export class PolicyEngine {
     return this.lastReport;
   }
 
-  identityLatency(): { samples: number; p50?: number; p99?: number; max?: number } {
+  identityLatency(): { samples: number; total: number; p50?: number; p99?: number; max?: number } {
     const v = this.identityLatencyMs;
-    return { samples: v.length, p50: percentile(v, 50), p99: percentile(v, 99), max: v.length ? Math.max(...v) : undefined };
+    return {
+      samples: v.length, total: this.identityLatencyTotal, p50: percentile(v, 50), p99: percentile(v, 99),
+      max: v.length ? Math.max(...v) : undefined,
+    };
   }
 
   modeOf(network: NetworkRecord | undefined): EnforcementMode {
@@ -178,6 +183,7 @@ export class PolicyEngine {
     if (started !== undefined) {
       this.joinedAt.delete(endpoint.id);
       this.identityLatencyMs.push(performance.now() - started);
+      this.identityLatencyTotal++;
       if (this.identityLatencyMs.length > LATENCY_SAMPLES) this.identityLatencyMs.shift();
     }
     this.ctx.log.info('endpoint identity applied', {
