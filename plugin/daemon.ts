@@ -6,7 +6,6 @@ import path from 'node:path';
 import http from 'node:http';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import Docker from 'dockerode';
 import type { MembraneConfig } from './config.js';
 import type { Logger } from './log.js';
 import { native, type Family, type NativeAddon, type NetlinkAddon } from './kernel/native.js';
@@ -292,6 +291,14 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
       await deps.idle?.drain();
     },
     async reconcileKernel() {
+      // Where a start's time goes (ms per step), reported with what the reconcile changed.
+      const phaseMs: Record<string, number> = {};
+      let phaseStart = performance.now();
+      const phase = (name: string) => {
+        const now = performance.now();
+        phaseMs[name] = Math.round((now - phaseStart) * 10) / 10;
+        phaseStart = now;
+      };
       dataplane.ensureForwarding();
       let migrations: unknown[] = [];
       if (endpointMaps) {
@@ -304,12 +311,14 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         // Closing sockets of removed backends needs bpf_sock_destroy (Linux 6.5+): without it those programs stay out.
         const socketDestroy = probeKfunc('bpf_sock_destroy');
         socketCloser?.reset();
+        phase('probes');
         Object.assign(features, endpointMaps.datapath.start({
           geometry, attachMode: config.attachMode, traceSample: config.traceSample, probeTcx: tcxProbe!,
           policyVerdictEvents: config.policyVerdictEvents,
           skipPrograms: unloadablePrograms(),
         }));
         features.socketDestroy = socketDestroy;
+        phase('objectLoad');
         const cgroupRoot = findCgroup2Root(config.cgroupRoot);
         if (cgroupRoot) {
           endpointMaps.datapath.attachSockets(cgroupRoot);
@@ -322,6 +331,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
         dataplane.bpfMaps = endpointMaps;
         policyMaps!.close();
         policyMaps!.prune(new Set(endpoints!.list().map((e) => e.number!)));
+        phase('socketPrograms');
       }
       lbMaps?.setConfig({
         socket: config.serviceSocketLB, events: config.serviceEvents,
@@ -329,14 +339,20 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
       });
       // Identities and policy before any endpoint entry is (re)written: entries carry both.
       const policyReport = await policy.regenerate();
+      phase('policy');
       const kernelReport = dataplane.syncEndpoints(endpoints!.list(), new Map(networks.list().map((n) => [n.id, n])));
       for (const endpoint of kernelReport.vanished) endpoints!.releaseVanished(endpoint);
+      phase('endpoints');
       const networkReport = dataplane.syncNetworks(networks.list());
+      phase('networks');
       await services.start();
+      phase('services');
       await store.commit();
+      phase('stateWrite');
       await networks.syncNetfilter();
+      phase('netfilter');
       return { ...kernelReport, ...networkReport, vanished: kernelReport.vanished.map((e) => e.id), migrations, policy: policyReport,
-        datapath: endpointMaps ? 'bpf' : 'routing', at: new Date().toISOString() };
+        datapath: endpointMaps ? 'bpf' : 'routing', phaseMs, at: new Date().toISOString() };
     },
   };
 }
@@ -361,14 +377,35 @@ export interface RunningDaemon {
   core: MembraneCore;
 }
 
+/** How long a stop waits for work that depends on dockerd answering. */
+const STOP_WAIT_MS = 5_000;
+
+/** Waits for `work` to settle, at most `ms`; says so when it gives up. */
+async function settleWithin(work: Promise<unknown>, ms: number, what: string, log: Logger): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const gaveUp = await Promise.race([
+    work.then(() => false, () => false),
+    new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(true), ms); }),
+  ]);
+  clearTimeout(timer);
+  if (gaveUp) log.warn(`stopping without waiting any longer for ${what} (dockerd has not answered for ${ms / 1000} s)`);
+}
+
 export async function startDaemon(config: MembraneConfig, log: Logger): Promise<RunningDaemon> {
   const startedAt = Date.now();
+  // Since the process started: module loading is part of a restart too.
+  const loadedMs = performance.now();
   const lock = await lockNamespace();
   const nl = native();
   const idle = new IdleWork(log);
+  const stateStarted = performance.now();
   const core = createCore(config, { nl, bpf: nl, log, idle });
+  const stateMs = performance.now() - stateStarted;
   const { ctx, networks, endpoints, stateFile } = core;
   const lastKernelSync = await core.reconcileKernel();
+  lastKernelSync.phaseMs = {
+    modules: Math.round(loadedMs), state: Math.round(stateMs * 10) / 10, ...(lastKernelSync.phaseMs as Record<string, number>),
+  };
   log.info('kernel reconciled', lastKernelSync);
 
   const stats = new Map<string, CallStats>();
@@ -386,7 +423,9 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   const apiServer = http.createServer(createApiApp(ctx, networks, endpoints, status, core.policy, core.policyMaps, core.services, core.lbMaps));
   fs.mkdirSync(path.dirname(config.apiSocket), { recursive: true, mode: 0o700 });
   await listenUnix(apiServer, config.apiSocket, 0o600);
-  log.info('membrane listening', { pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version });
+  log.info('membrane listening', {
+    pluginSocket: config.pluginSocket, apiSocket: config.apiSocket, version: status.version, sinceProcessStartMs: Math.round(performance.now()),
+  });
   core.startPreparing();
 
   // Conntrack garbage collection: expired entries go, however full the table is. Once now (the
@@ -407,6 +446,9 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
   const driverName = path.basename(config.pluginSocket).replace(/\.sock$/, '');
   // Container labels -> identities: from Docker's event stream, never inside a plugin handler
   // (dockerd may be waiting on this plugin while it holds the locks an inspect would need).
+  // Loaded only now, after both sockets listen: dockerode brings ssh2 and gRPC along (about a
+  // fifth of the daemon's module loading), and nothing before this point talks to Docker.
+  const { default: Docker } = await import('dockerode');
   const watcher = new DockerLabelWatcher(new Docker(), async (update) => {
     await core.policy.endpointLabels(update).catch((err: unknown) => {
       log.error('applying container labels failed', { endpoint: update.endpointId.slice(0, 12), error: String(err) });
@@ -457,7 +499,9 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
       abort.abort();
       if (gc) clearInterval(gc);
       clearInterval(hostWatch);
-      await watcher.close();
+      // Bounded: the watcher's background work waits on Docker's API, and a dockerd that hangs
+      // (it can, in its own locks) must not keep Membrane from stopping.
+      await settleWithin(watcher.close(), STOP_WAIT_MS, 'the Docker label watcher', log);
       await dns?.close();
       status.datapath?.monitor.close();
       const close = (server: http.Server) => new Promise<void>((resolve) => {
@@ -465,7 +509,7 @@ export async function startDaemon(config: MembraneConfig, log: Logger): Promise<
         server.closeAllConnections();
       });
       await Promise.all([close(pluginServer), close(apiServer)]);
-      await dockerReconcile.catch(() => undefined);
+      await settleWithin(dockerReconcile, STOP_WAIT_MS, 'the reconcile with Docker', log);
       await core.stopPreparing();
       await core.store.close();
       fs.rmSync(config.pluginSocket, { force: true });

@@ -312,7 +312,7 @@ class BenchDaemon {
     }
   }
 
-  async start(): Promise<void> {
+  async start(timeoutMs = 20_000): Promise<void> {
     const log = fs.openSync(this.logFile, 'a');
     const child = spawn(process.execPath, [CLI, 'daemon'], {
       env: { ...process.env, MEMBRANE_STATE_DIR: this.stateDir, MEMBRANE_LOG_LEVEL: this.logLevel },
@@ -320,7 +320,7 @@ class BenchDaemon {
     });
     this.child = child;
     fs.closeSync(log);
-    const deadline = performance.now() + 20_000;
+    const deadline = performance.now() + timeoutMs;
     // Polled often: section 8 reports the time from spawn to this answer.
     while (performance.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null) {
@@ -336,7 +336,7 @@ class BenchDaemon {
       await sleep(10);
     }
     await this.stop();
-    throw new Error(`membrane daemon did not answer within 20 s: ${this.tail()}`);
+    throw new Error(`membrane daemon did not answer within ${timeoutMs / 1000} s: ${this.tail()}`);
   }
 
   /** Stops the daemon with `signal` (SIGKILL after 20 s) and starts it again, both timed. */
@@ -354,7 +354,8 @@ class BenchDaemon {
     }
     const stopMs = performance.now() - stopStarted;
     const started = performance.now();
-    await this.start();
+    // A start with many endpoints is what section 8 measures: a slow one is a result, not a failure.
+    await this.start(180_000);
     return { stopMs, readyMs: performance.now() - started };
   }
 

@@ -80,6 +80,8 @@ interface RestartTiming {
   stop: TimingSummary;
   /** Endpoints the restarted daemon reported. */
   endpoints: number[];
+  /** Where each start's time went, as the daemon reports it (lastKernelSync.phaseMs). */
+  phaseMs: Record<string, number>[];
 }
 
 interface CallTiming {
@@ -150,6 +152,7 @@ interface StatusSamples {
   dockerCalls: Record<string, { count: number; recentMs?: number[] }>;
   policy: { joinToIdentityMs: { total: number; recentMs?: number[] }; lastRegeneration: { revision: number; ms: number; written: number } | null };
   lastDockerReconcile: unknown;
+  lastKernelSync?: { phaseMs?: Record<string, number> } | null;
 }
 
 async function statusWithSamples(): Promise<StatusSamples> {
@@ -297,7 +300,7 @@ async function removeContainers(names: string[], problems: string[]): Promise<vo
 }
 
 function emptyRestart(): RestartTiming {
-  return { ready: timingSummary([], 1), dockerReconciled: timingSummary([], 1), stop: timingSummary([], 1), endpoints: [] };
+  return { ready: timingSummary([], 1), dockerReconciled: timingSummary([], 1), stop: timingSummary([], 1), endpoints: [], phaseMs: [] };
 }
 
 async function measureRestarts(ctx: ScaleContext, signal: 'SIGTERM' | 'SIGKILL', count: number, errors: string[]): Promise<RestartTiming> {
@@ -305,6 +308,7 @@ async function measureRestarts(ctx: ScaleContext, signal: 'SIGTERM' | 'SIGKILL',
   const reconciled: number[] = [];
   const stop: number[] = [];
   const endpoints: number[] = [];
+  const phaseMs: Record<string, number>[] = [];
   for (let i = 0; i < count && !ctx.aborted(); i++) {
     try {
       const r = await ctx.restartDaemon(signal);
@@ -318,6 +322,7 @@ async function measureRestarts(ctx: ScaleContext, signal: 'SIGTERM' | 'SIGKILL',
         if (s.lastDockerReconcile) {
           reconciled.push(performance.now() - since);
           endpoints.push(s.endpoints);
+          if (s.lastKernelSync?.phaseMs) phaseMs.push(s.lastKernelSync.phaseMs);
           break;
         }
         if (performance.now() > deadline) {
@@ -331,7 +336,7 @@ async function measureRestarts(ctx: ScaleContext, signal: 'SIGTERM' | 'SIGKILL',
       break;
     }
   }
-  return { ready: timingSummary(ready, 1), dockerReconciled: timingSummary(reconciled, 1), stop: timingSummary(stop, 1), endpoints };
+  return { ready: timingSummary(ready, 1), dockerReconciled: timingSummary(reconciled, 1), stop: timingSummary(stop, 1), endpoints, phaseMs };
 }
 
 async function policyChange(runId: string): Promise<{ api: number; daemon: number; written: number }> {
@@ -567,6 +572,13 @@ export function renderScale(s: ScaleResult | null, whyMissing: string): string[]
     row('SIGTERM → daemon exited', (l) => cell(l.restart.graceful.stop, 0)),
   ];
   out.push(`| ${header.join(' | ')} |`, `| ${header.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`), '');
+  for (const l of s.levels) {
+    const last = l.restart.graceful.phaseMs.at(-1);
+    if (last) {
+      out.push(`Start-up at ${l.running} containers, last SIGTERM restart, ms per step: ` +
+        `${Object.entries(last).map(([k, v]) => `${k} ${num(v, 0)}`).join(', ')}.`, '');
+    }
+  }
   const failures = s.levels.flatMap((l) => l.dockerRun.failures.map((f) => `level ${l.target}: ${f}`));
   if (failures.length) out.push(...failures.map((f) => `- ${f}`), '');
   return out;

@@ -157,7 +157,15 @@ export class PolicyMaps {
     const known = this.tries.get(endpointNumber);
     if (known) return known;
     const opened = this.openTrie(endpointNumber);
-    this.bpf.bpfMapUpdate(this.datapath.map('mb_policy'), encodeIfindexKey(endpointNumber), fdValue(opened.fd), 0);
+    // Only when mb_policy does not point at this trie already (a lookup answers the inner map's
+    // id): every update of a map of maps waits for an RCU grace period, 10 ms or more, which a
+    // daemon start would otherwise pay once per endpoint.
+    const outer = this.datapath.map('mb_policy');
+    const key = encodeIfindexKey(endpointNumber);
+    const current = this.bpf.bpfMapLookup(outer, key);
+    if (!current || current.readUInt32LE(0) !== this.bpf.bpfMapInfo(opened.fd).id) {
+      this.bpf.bpfMapUpdate(outer, key, fdValue(opened.fd), 0);
+    }
     this.tries.set(endpointNumber, opened);
     return opened;
   }

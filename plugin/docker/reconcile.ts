@@ -7,7 +7,7 @@
 // carries, never a clock: the wall clock may step backwards right after boot (NTP), and a
 // timestamp comparison would then release what this very run just created.
 
-import Docker from 'dockerode';
+import type Docker from 'dockerode';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 import type { Context, NetworkManager } from '../network/networks.js';

@@ -21,7 +21,7 @@
 // So a connect event is answered from cached or listed labels plus a network inspect (labels are
 // known before the container's process runs), and a start event from a container inspect.
 
-import Docker from 'dockerode';
+import type Docker from 'dockerode';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { silentLogger, type Logger } from '../log.js';
@@ -230,9 +230,9 @@ export class DockerLabelWatcher {
   /** Container id -> network id -> what was last emitted, so two events for one change emit once. */
   private readonly emitted = new Map<string, Map<string, string>>();
 
-  constructor(docker: DockerClient | Docker | string, private readonly onEndpointLabels: EndpointLabelsCallback,
+  constructor(docker: DockerClient | Docker, private readonly onEndpointLabels: EndpointLabelsCallback,
     options: DockerLabelWatcherOptions = {}) {
-    this.docker = typeof docker === 'string' ? new Docker({ socketPath: docker }) : docker;
+    this.docker = docker;
     this.log = options.log ?? silentLogger();
     this.driverName = options.driverName ?? 'membrane';
     this.ours = options.isMembraneNetwork ?? ((_id, driver) => driver === this.driverName);

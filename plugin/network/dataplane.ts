@@ -217,8 +217,10 @@ export class Dataplane {
    * Creates (or adopts) the endpoint's veth pair and plumbs its host side. With a prepared pair,
    * that pair becomes the endpoint's: renamed and re-addressed, its programs already attached.
    */
-  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord, pair?: PreparedPair): void {
-    let link = this.nl.linkGetByName(endpoint.hostIfName);
+  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord, pair?: PreparedPair, known?: LinkInfo | null): void {
+    // `known`: the link as a dump just found it (null: absent), so a start with many endpoints
+    // does not ask for each by name.
+    let link = known !== undefined ? known : this.nl.linkGetByName(endpoint.hostIfName);
     if (link && link.alias === '') {
       // Creating a veth and naming its owner (the alias) are two requests: a kill -9 between them
       // leaves our name without the alias. Start that endpoint's link over.
@@ -384,10 +386,13 @@ export class Dataplane {
     const byId = new Map(endpoints.map((e) => [e.id, e]));
     const byHostIf = new Map(endpoints.map((e) => [e.hostIfName, e]));
     const remove = (link: LinkInfo): void => {
+      removed.add(link.name);
       this.janitor.delete(link.index, link.name);
       report.linksRemoved.push(link.name);
     };
-    for (const link of this.nl.linkList()) {
+    const links = this.nl.linkList();
+    const removed = new Set<string>();
+    for (const link of links) {
       // A Membrane-named link without its alias is a creation a crash interrupted: ours to remove
       // unless the state still wants that endpoint (then createEndpoint below redoes it).
       if (link.alias === '' && MEMBRANE_HOST_IF.test(link.name) && !byHostIf.has(link.name)) {
@@ -407,25 +412,28 @@ export class Dataplane {
     }
     // Now, in one batch: an orphan may hold a name an endpoint restored below needs.
     this.janitor.run();
+    const byName = new Map(links.filter((l) => !removed.has(l.name)).map((l) => [l.name, l]));
     const wantedRoutes = new Map<string, PlannedRoute>();
     for (const endpoint of endpoints) {
       const network = networks.get(endpoint.networkId);
-      if (!this.nl.linkGetByName(endpoint.hostIfName)) {
+      const link = byName.get(endpoint.hostIfName) ?? null;
+      if (!link) {
         if (endpoint.joined || !network) {
           report.vanished.push(endpoint);
           continue;
         }
         report.linksRestored.push(endpoint.hostIfName);
       }
-      if (network) this.createEndpoint(endpoint, network);
+      if (network) this.createEndpoint(endpoint, network, undefined, link);
       for (const route of planEndpointRoutes(endpoint)) wantedRoutes.set(routeKey(route), route);
     }
-    // Remove endpoint routes that no endpoint wants any more.
+    // Remove endpoint routes that no endpoint wants any more (link names from one dump, not one
+    // request per route).
+    const nameOf = new Map(this.nl.linkList().map((l) => [l.index, l.name]));
     for (const family of [4, 6] as Family[]) {
       for (const route of this.nl.routeList(family, 0)) {
         if (route.protocol !== MEMBRANE_RTPROT || route.type !== 'unicast') continue;
-        const link = this.nl.linkGetByIndex(route.oif);
-        const key = routeKey({ ...route, oif: undefined, oifName: link?.name ?? '' });
+        const key = routeKey({ ...route, oif: undefined, oifName: nameOf.get(route.oif) ?? '' });
         if (!wantedRoutes.has(key) && this.deleteRouteQuietly({ family, dst: route.dst, dstLen: route.dstLen,
           table: route.table, oif: route.oif, protocol: MEMBRANE_RTPROT })) {
           report.routesRemoved++;
