@@ -318,6 +318,7 @@ export function createCore(config: MembraneConfig, deps: CoreDependencies): Memb
           skipPrograms: unloadablePrograms(),
         }));
         features.socketDestroy = socketDestroy;
+        features.programs = endpointMaps.datapath.programsReused ? 'reused from their pins (same build as the last start)' : 'loaded (verified)';
         phase('objectLoad');
         const cgroupRoot = findCgroup2Root(config.cgroupRoot);
         if (cgroupRoot) {

@@ -4,7 +4,7 @@
 // veths, routes and rules removed, missing ones restored.
 
 import fs from 'node:fs';
-import type { Family, LinkInfo, NetlinkAddon, RouteSpec, RuleSpec } from '../kernel/native.js';
+import type { Family, LinkInfo, NetlinkAddon, RouteInfo, RouteSpec, RuleSpec } from '../kernel/native.js';
 import type { Logger } from '../log.js';
 import type { EndpointRecord, NetworkRecord } from '../state/model.js';
 import {
@@ -26,6 +26,19 @@ const ENODEV = 19;
 
 function errno(err: unknown): number | undefined {
   return typeof (err as { errno?: unknown })?.errno === 'number' ? (err as { errno: number }).errno : undefined;
+}
+
+/** What dumps of the kernel showed, for createEndpoint at start-up: the link (null: none) and what is already in place. */
+export interface KernelView {
+  link: LinkInfo | null;
+  /** addressKey of every address. */
+  addresses: ReadonlySet<string>;
+  /** routeKey of every Membrane endpoint route. */
+  routes: ReadonlySet<string>;
+}
+
+function addressKey(index: number, family: Family, address: string, prefixLen: number): string {
+  return `${index}/${family}/${address}/${prefixLen}`;
 }
 
 export interface SyncReport {
@@ -217,10 +230,11 @@ export class Dataplane {
    * Creates (or adopts) the endpoint's veth pair and plumbs its host side. With a prepared pair,
    * that pair becomes the endpoint's: renamed and re-addressed, its programs already attached.
    */
-  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord, pair?: PreparedPair, known?: LinkInfo | null): void {
-    // `known`: the link as a dump just found it (null: absent), so a start with many endpoints
-    // does not ask for each by name.
-    let link = known !== undefined ? known : this.nl.linkGetByName(endpoint.hostIfName);
+  createEndpoint(endpoint: EndpointRecord, network: NetworkRecord, pair?: PreparedPair, known?: KernelView): void {
+    // `known`: what dumps just found (a start with many endpoints asks for nothing one by one,
+    // and writes only what is missing).
+    let link = known ? known.link : this.nl.linkGetByName(endpoint.hostIfName);
+    const dumped = link;
     if (link && link.alias === '') {
       // Creating a veth and naming its owner (the alias) are two requests: a kill -9 between them
       // leaves our name without the alias. Start that endpoint's link over.
@@ -240,8 +254,10 @@ export class Dataplane {
       link = this.nl.linkGetByName(endpoint.hostIfName)!;
     }
     this.configureHostSide(endpoint.hostIfName);
-    this.nl.linkSetUp(link.index, true);
+    const seen = known && dumped === link ? known : undefined;
+    if (!seen || !link.up) this.nl.linkSetUp(link.index, true);
     for (const addr of planEndpointAddresses(endpoint, network)) {
+      if (seen?.addresses.has(addressKey(link.index, addr.family, addr.address, addr.prefixLen))) continue;
       try {
         this.nl.addrAdd(link.index, addr.family, addr.address, addr.prefixLen, { nodad: true, noprefixroute: true });
       } catch (err) {
@@ -249,6 +265,7 @@ export class Dataplane {
       }
     }
     for (const route of planEndpointRoutes(endpoint)) {
+      if (seen?.routes.has(routeKey(route))) continue;
       this.nl.routeAdd(this.resolve(route), true);
     }
     endpoint.ifindex = link.index;
@@ -379,6 +396,18 @@ export class Dataplane {
    * never joined (Docker has not moved the peer yet) and returned as `vanished` when they were
    * joined (the container's namespace died, taking the pair with it).
    */
+  /** Membrane's per-endpoint routes in the kernel, by routeKey (the link named as `nameOf` says). */
+  private endpointRouteKeys(nameOf: Map<number, string>): { keys: Set<string>; routes: [string, RouteInfo][] } {
+    const routes: [string, RouteInfo][] = [];
+    for (const family of [4, 6] as Family[]) {
+      for (const route of this.nl.routeList(family, 0)) {
+        if (route.protocol !== MEMBRANE_RTPROT || route.type !== 'unicast') continue;
+        routes.push([routeKey({ ...route, oif: undefined, oifName: nameOf.get(route.oif) ?? '' }), route]);
+      }
+    }
+    return { keys: new Set(routes.map(([key]) => key)), routes };
+  }
+
   syncEndpoints(endpoints: EndpointRecord[], networks: Map<string, NetworkRecord>): SyncReport & { vanished: EndpointRecord[] } {
     const report: SyncReport & { vanished: EndpointRecord[] } = {
       linksRemoved: [], linksRestored: [], routesAdded: 0, routesRemoved: 0, rulesAdded: 0, rulesRemoved: 0, vanished: [],
@@ -413,6 +442,9 @@ export class Dataplane {
     // Now, in one batch: an orphan may hold a name an endpoint restored below needs.
     this.janitor.run();
     const byName = new Map(links.filter((l) => !removed.has(l.name)).map((l) => [l.name, l]));
+    const addresses = new Set(([4, 6] as Family[]).flatMap((family) => this.nl.addrList(family, 0))
+      .map((a) => addressKey(a.index, a.family, a.address, a.prefixLen)));
+    const routes = this.endpointRouteKeys(new Map(links.map((l) => [l.index, l.name])));
     const wantedRoutes = new Map<string, PlannedRoute>();
     for (const endpoint of endpoints) {
       const network = networks.get(endpoint.networkId);
@@ -424,20 +456,15 @@ export class Dataplane {
         }
         report.linksRestored.push(endpoint.hostIfName);
       }
-      if (network) this.createEndpoint(endpoint, network, undefined, link);
+      if (network) this.createEndpoint(endpoint, network, undefined, { link, addresses, routes: routes.keys });
       for (const route of planEndpointRoutes(endpoint)) wantedRoutes.set(routeKey(route), route);
     }
     // Remove endpoint routes that no endpoint wants any more (link names from one dump, not one
     // request per route).
-    const nameOf = new Map(this.nl.linkList().map((l) => [l.index, l.name]));
-    for (const family of [4, 6] as Family[]) {
-      for (const route of this.nl.routeList(family, 0)) {
-        if (route.protocol !== MEMBRANE_RTPROT || route.type !== 'unicast') continue;
-        const key = routeKey({ ...route, oif: undefined, oifName: nameOf.get(route.oif) ?? '' });
-        if (!wantedRoutes.has(key) && this.deleteRouteQuietly({ family, dst: route.dst, dstLen: route.dstLen,
-          table: route.table, oif: route.oif, protocol: MEMBRANE_RTPROT })) {
-          report.routesRemoved++;
-        }
+    for (const [key, route] of this.endpointRouteKeys(new Map(this.nl.linkList().map((l) => [l.index, l.name]))).routes) {
+      if (!wantedRoutes.has(key) && this.deleteRouteQuietly({ family: route.family, dst: route.dst, dstLen: route.dstLen,
+        table: route.table, oif: route.oif, protocol: MEMBRANE_RTPROT })) {
+        report.routesRemoved++;
       }
     }
     if (this.bpfMaps) {
