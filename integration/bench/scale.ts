@@ -342,18 +342,12 @@ async function measureRestarts(ctx: ScaleContext, signal: 'SIGTERM' | 'SIGKILL',
   return { ready: timingSummary(ready, 1), dockerReconciled: timingSummary(reconciled, 1), stop: timingSummary(stop, 1), endpoints, phaseMs };
 }
 
-async function policyChange(runId: string): Promise<{ api: number; daemon: number; written: number }> {
-  const { body, ms } = await apiRequest<{ revision: number }>('POST', '/v1/policy', JSON.stringify([changeRule(runId)]));
-  await apiRequest('GET', `/v1/policy/wait?revision=${body.revision}&timeout=120000`);
+/** One policy change, its revision waited for: the API round trip and the daemon's own regeneration time. */
+async function timedPolicyChange(method: 'POST' | 'DELETE', urlPath: string, body?: string): Promise<{ api: number; daemon: number; written: number }> {
+  const answer = await apiRequest<{ revision: number }>(method, urlPath, body);
+  await apiRequest('GET', `/v1/policy/wait?revision=${answer.body.revision}&timeout=120000`);
   const report = (await statusWithSamples()).policy.lastRegeneration;
-  return { api: ms, daemon: report && report.revision === body.revision ? report.ms : NaN, written: report?.written ?? 0 };
-}
-
-async function policyRevert(runId: string): Promise<{ api: number; daemon: number }> {
-  const { body, ms } = await apiRequest<{ revision: number }>('DELETE', `/v1/policy?labels=${encodeURIComponent(`bench-run=${runId},bench-set=scale-change`)}`);
-  await apiRequest('GET', `/v1/policy/wait?revision=${body.revision}&timeout=120000`);
-  const report = (await statusWithSamples()).policy.lastRegeneration;
-  return { api: ms, daemon: report && report.revision === body.revision ? report.ms : NaN };
+  return { api: answer.ms, daemon: report && report.revision === answer.body.revision ? report.ms : NaN, written: report?.written ?? 0 };
 }
 
 async function measureLevel(o: ScaleBenchOptions, ctx: ScaleContext, pop: Population, target: number, errors: string[]): Promise<ScaleLevel> {
@@ -407,11 +401,11 @@ async function measureLevel(o: ScaleBenchOptions, ctx: ScaleContext, pop: Popula
   const deleteDaemon: number[] = [];
   const written: number[] = [];
   for (let k = 0; k < o.policyChanges && !ctx.aborted(); k++) {
-    const add = await policyChange(ctx.runId);
+    const add = await timedPolicyChange('POST', '/v1/policy', JSON.stringify([changeRule(ctx.runId)]));
     addApi.push(add.api);
     addDaemon.push(add.daemon);
     written.push(add.written);
-    const del = await policyRevert(ctx.runId);
+    const del = await timedPolicyChange('DELETE', `/v1/policy?labels=${encodeURIComponent(`bench-run=${ctx.runId},bench-set=scale-change`)}`);
     deleteApi.push(del.api);
     deleteDaemon.push(del.daemon);
   }

@@ -390,14 +390,8 @@ export class Dataplane {
     return report;
   }
 
-  /**
-   * Start-up reconciliation of endpoints: veths Membrane owns (alias 'membrane:<id>') that the
-   * state does not know are deleted; endpoints whose veth is missing are restored when they were
-   * never joined (Docker has not moved the peer yet) and returned as `vanished` when they were
-   * joined (the container's namespace died, taking the pair with it).
-   */
   /** Membrane's per-endpoint routes in the kernel, by routeKey (the link named as `nameOf` says). */
-  private endpointRouteKeys(nameOf: Map<number, string>): { keys: Set<string>; routes: [string, RouteInfo][] } {
+  private endpointRoutes(nameOf: Map<number, string>): [string, RouteInfo][] {
     const routes: [string, RouteInfo][] = [];
     for (const family of [4, 6] as Family[]) {
       for (const route of this.nl.routeList(family, 0)) {
@@ -405,9 +399,15 @@ export class Dataplane {
         routes.push([routeKey({ ...route, oif: undefined, oifName: nameOf.get(route.oif) ?? '' }), route]);
       }
     }
-    return { keys: new Set(routes.map(([key]) => key)), routes };
+    return routes;
   }
 
+  /**
+   * Start-up reconciliation of endpoints: veths Membrane owns (alias 'membrane:<id>') that the
+   * state does not know are deleted; endpoints whose veth is missing are restored when they were
+   * never joined (Docker has not moved the peer yet) and returned as `vanished` when they were
+   * joined (the container's namespace died, taking the pair with it).
+   */
   syncEndpoints(endpoints: EndpointRecord[], networks: Map<string, NetworkRecord>): SyncReport & { vanished: EndpointRecord[] } {
     const report: SyncReport & { vanished: EndpointRecord[] } = {
       linksRemoved: [], linksRestored: [], routesAdded: 0, routesRemoved: 0, rulesAdded: 0, rulesRemoved: 0, vanished: [],
@@ -444,7 +444,10 @@ export class Dataplane {
     const byName = new Map(links.filter((l) => !removed.has(l.name)).map((l) => [l.name, l]));
     const addresses = new Set(([4, 6] as Family[]).flatMap((family) => this.nl.addrList(family, 0))
       .map((a) => addressKey(a.index, a.family, a.address, a.prefixLen)));
-    const routes = this.endpointRouteKeys(new Map(links.map((l) => [l.index, l.name])));
+    // One route dump for both the repair below and the clean-up after it: routes the repair adds
+    // are wanted ones, and those of links the janitor removed went with their links.
+    const routes = this.endpointRoutes(new Map(links.map((l) => [l.index, l.name])));
+    const routeKeys = new Set(routes.map(([key]) => key));
     const wantedRoutes = new Map<string, PlannedRoute>();
     for (const endpoint of endpoints) {
       const network = networks.get(endpoint.networkId);
@@ -456,12 +459,11 @@ export class Dataplane {
         }
         report.linksRestored.push(endpoint.hostIfName);
       }
-      if (network) this.createEndpoint(endpoint, network, undefined, { link, addresses, routes: routes.keys });
+      if (network) this.createEndpoint(endpoint, network, undefined, { link, addresses, routes: routeKeys });
       for (const route of planEndpointRoutes(endpoint)) wantedRoutes.set(routeKey(route), route);
     }
-    // Remove endpoint routes that no endpoint wants any more (link names from one dump, not one
-    // request per route).
-    for (const [key, route] of this.endpointRouteKeys(new Map(this.nl.linkList().map((l) => [l.index, l.name]))).routes) {
+    // Remove endpoint routes that no endpoint wants any more.
+    for (const [key, route] of routes) {
       if (!wantedRoutes.has(key) && this.deleteRouteQuietly({ family: route.family, dst: route.dst, dstLen: route.dstLen,
         table: route.table, oif: route.oif, protocol: MEMBRANE_RTPROT })) {
         report.routesRemoved++;
