@@ -873,6 +873,16 @@ test('deferred deletion: DeleteEndpoint answers before the veth goes; the veths 
   t.is(nl.linkList().filter((l) => l.group === DOOMED_LINK_GROUP).length, 0);
 });
 
+test('a prepared pair whose creation a kill -9 cut before its alias is removed by the next start', async (t) => {
+  const { nl, config, dir } = await setupWithIdleWork(t, 0);
+  // The veth exists, its alias (a second request) was never set.
+  nl.linkCreateVeth('mbp0123456789ab', 'mbq0123456789ab', {});
+  const core2 = buildCore(config, nl, path.join(dir, 'proc-sys'), new IdleWork(silentLogger(), 60_000));
+  const report = await core2.reconcileKernel();
+  t.is(nl.linkGetByName('mbp0123456789ab'), null);
+  t.true((report.linksRemoved as string[]).includes('mbp0123456789ab'));
+});
+
 test('deferred deletion: a daemon that dies before the batch leaves orphans the next start removes, with leftover prepared pairs', async (t) => {
   const { call, nl, core, config, dir } = await setupWithIdleWork(t, 2);
   const net = await createNetwork(t, call);

@@ -14,7 +14,7 @@ import {
 import { asMembraneError } from '../errors.js';
 import type { EndpointMaps } from '../datapath/endpoint-maps.js';
 import type { IdleWork } from '../idle-work.js';
-import { POOL_ALIAS_PREFIX, PreparedEndpoints, type PreparedPair } from './prepared.js';
+import { POOL_ALIAS_PREFIX, POOL_HOST_IF, PreparedEndpoints, type PreparedPair } from './prepared.js';
 import { parseCpuMask } from './cpu-mask.js';
 
 const EEXIST = 17;
@@ -428,9 +428,11 @@ export class Dataplane {
         remove(link);
         continue;
       }
-      // Prepared pairs of a daemon that died (their numbers were never handed out), and links a
-      // deletion batch had marked when the daemon died.
-      if (link.alias.startsWith(POOL_ALIAS_PREFIX) && !this.prepared?.names.has(link.name)) {
+      // Prepared pairs of a daemon that died (their numbers were never handed out), links a
+      // deletion batch had marked when the daemon died, and a pair whose creation a kill -9
+      // interrupted before its alias was set (the alias is a second request).
+      const unnamedPool = link.alias === '' && POOL_HOST_IF.test(link.name);
+      if ((unnamedPool || link.alias.startsWith(POOL_ALIAS_PREFIX)) && !this.prepared?.names.has(link.name)) {
         remove(link);
         continue;
       }
